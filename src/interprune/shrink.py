@@ -1,0 +1,194 @@
+"""Shrink (or grow) a Hugging Face model: configs in, an ordinary model folder out.
+
+This layer knows about transformers (configs, model classes, ``save_pretrained``) and about
+folders; the tensor math lives in ``resample`` and the model walk in ``transfer``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+
+from .errors import InterpruneError
+from .resample import METHODS
+from .transfer import TransferReport, transfer
+
+__all__ = ["shrink", "save", "load_config", "target_config", "build_model", "load_model", "parse_overrides"]
+
+PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt")
+HIDDEN_SIZES = ("d_model", "hidden_size", "embed_dim")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["d_model=128", "id2label={...}"]`` -> dict; values are JSON where they parse, else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InterpruneError(f"--set {item!r} is not key=value; write e.g. --set d_model=128")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_config(source: str | os.PathLike) -> PretrainedConfig:
+    """The source's config, with a one-line error when the source does not exist."""
+    try:
+        return AutoConfig.from_pretrained(str(source))
+    except (OSError, ValueError):
+        raise InterpruneError(
+            f"cannot load model {str(source)!r}: it is neither a folder with a config.json nor a Hugging Face "
+            f"Hub id that can be reached; check the path or the name (Hub ids need network access)"
+        ) from None
+
+
+def target_config(config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
+    """A copy of ``config`` with ``overrides`` applied (dotted keys reach sub-configs), validated."""
+    out = copy.deepcopy(config)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        holder = out
+        for part in parents:
+            holder = getattr(holder, part, None)
+        if holder is None or not hasattr(holder, leaf):
+            known = ", ".join(sorted(k for k in config.to_diff_dict() if not k.startswith("_"))[:12])
+            raise InterpruneError(
+                f"unknown config key {key!r} for {type(config).__name__}; known keys include: {known}, ..."
+            )
+        try:
+            setattr(holder, leaf, value)
+        except Exception as err:  # strict configs reject wrong types here
+            detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            raise InterpruneError(f"bad value {value!r} for {key}: {detail}") from None
+    _check_heads(out)
+    return out
+
+
+def _check_heads(config: PretrainedConfig) -> None:
+    """Attention splits the hidden size over heads; some models only fail at the first forward."""
+    hidden = next((getattr(config, k) for k in HIDDEN_SIZES if isinstance(getattr(config, k, None), int)), None)
+    if hidden is None:
+        return
+    for key, heads in config.to_dict().items():
+        if key.endswith("attention_heads") and isinstance(heads, int) and heads > 0 and hidden % heads:
+            raise InterpruneError(
+                f"hidden size {hidden} is not divisible by {key}={heads}; pick a size that is a multiple "
+                f"of {heads} or change {key}"
+            )
+
+
+def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The class the source was saved as (``architectures``), else the Auto class for its type."""
+    for name in config.architectures or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    for auto in (transformers.AutoModelForObjectDetection, transformers.AutoModel):
+        try:
+            return auto._model_mapping[type(config)]
+        except KeyError:
+            continue
+    raise InterpruneError(f"transformers has no model class for config type {type(config).__name__}")
+
+
+def build_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
+    """A freshly initialised model for ``config``; the seed makes its initial values reproducible."""
+    torch.manual_seed(seed)
+    try:
+        model = model_class(config)(config)
+    except InterpruneError:
+        raise
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InterpruneError(f"the target configuration cannot be built: {first}; change the --set values") from None
+    return model.eval()
+
+
+def load_model(source: str | os.PathLike, config: PretrainedConfig | None = None) -> PreTrainedModel:
+    """Load a pretrained model with the class it was saved as."""
+    config = config or load_config(source)
+    return model_class(config).from_pretrained(str(source)).eval()
+
+
+def shrink(
+    source: str | os.PathLike | PreTrainedModel,
+    overrides: dict[str, Any] | None = None,
+    method: str = "select",
+    *,
+    seed: int = 0,
+    reinit: str | None = None,
+) -> tuple[PreTrainedModel, TransferReport]:
+    """Build the model ``source`` would be with ``overrides`` and fill it from ``source``'s weights.
+
+    Everything that can be checked cheaply (method, keys, values, the target's architecture) is checked
+    before the source's weights are read.
+    """
+    if method not in METHODS:
+        raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
+    config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
+    target = build_model(target_config(config, overrides or {}), seed)
+    model = source if isinstance(source, PreTrainedModel) else load_model(source, config)
+    report = transfer(model, target, method, seed=seed, reinit=reinit)
+    report.source = str(getattr(source, "name_or_path", source))
+    report.overrides = dict(overrides or {})
+    return target, report
+
+
+def save(
+    model: PreTrainedModel,
+    out: str | os.PathLike,
+    *,
+    report: TransferReport | None = None,
+    source: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out`` atomically: a temporary sibling folder that is renamed only once complete.
+
+    Besides ``config.json`` and ``model.safetensors``, it gets ``interprune.json`` (the report) and
+    the source's processor files, so the image processor settings travel with the weights.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if report is not None:
+            (tmp / "interprune.json").write_text(json.dumps(report.to_dict(), indent=1))
+        if source is not None:
+            copy_processor_files(source, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def copy_processor_files(source: str | os.PathLike, dest: Path) -> None:
+    """Copy image-processor/tokenizer files from a local folder, or fetch them for a Hub id."""
+    folder = Path(source)
+    for name in PROCESSOR_FILES:
+        if folder.is_dir():
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, dest / name)
+            continue
+        try:
+            from huggingface_hub import hf_hub_download
+
+            shutil.copy2(hf_hub_download(str(source), name), dest / name)
+        except Exception:  # the Hub model simply has no such file
+            continue

@@ -1,0 +1,48 @@
+import json
+import subprocess
+import sys
+
+from interprune.cli import main
+from interprune.resample import METHODS
+
+
+def test_methods_lists_one_line_per_method(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(METHODS)
+    assert all(len(line.split()) > 2 for line in lines)
+
+
+def test_python_dash_m_is_the_same_program():
+    run = subprocess.run([sys.executable, "-m", "interprune", "methods"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.split()[0] == "nearest-exact"
+
+
+def test_shrink_writes_a_folder_and_prints_a_summary(detr_dir, tmp_path, capsys):
+    out = tmp_path / "small"
+    code = main(["shrink", str(detr_dir), "--set", "d_model=16", "--set", "encoder_ffn_dim=32",
+                 "--method", "area", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "% smaller" in printed and "resampled (area)" in printed and str(out) in printed
+    meta = json.loads((out / "interprune.json").read_text())
+    assert meta["overrides"] == {"d_model": 16, "encoder_ffn_dim": 32}
+    assert main(["shrink", str(detr_dir), "--out", str(out), "--overwrite", "--method", "first"]) == 0
+    assert json.loads((out / "interprune.json").read_text())["method"] == "first"
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(detr_dir, tmp_path, capsys):
+    cases = [
+        ["--method", "cubic"],
+        ["--set", "d_model=30"],
+        ["--set", "no_such_key=1"],
+        ["--set", "d_model"],
+    ]
+    for extra in cases:
+        assert main(["shrink", str(detr_dir), "--out", str(tmp_path / "x"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("interprune: error: ") and err.count("\n") == 1, err
+    assert main(["shrink", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["shrink", str(detr_dir), "--out", str(detr_dir)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]
