@@ -32,6 +32,31 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
 
 
+def cmd_data_generate(args: argparse.Namespace) -> None:
+    from .data import rocks, shapes
+    from .data.synthetic import write_dataset
+
+    module = {"rocks": rocks, "shapes": shapes}[args.domain]
+    draw = rocks.draw_rocks if args.domain == "rocks" else shapes.draw_shapes
+    out = write_dataset(args.out, draw, module.NAMES, args.domain, train=args.train, valid=args.valid,
+                        test=args.test, copies=args.copies, size=args.size, seed=args.seed,
+                        overwrite=args.overwrite)
+    print(f"wrote {out}/ ({args.train * args.copies} training images from {args.train} drawn x {args.copies} "
+          f"augmented copies, {args.valid} validation, {args.test} test; {len(module.NAMES)} classes)")
+
+
+def cmd_data_show(args: argparse.Namespace) -> None:
+    from .data.coco import open_dataset
+    from .data.show import dataset_grid
+
+    data = open_dataset(args.data, images=args.images)
+    out = dataset_grid(data, args.out, split=args.split, count=args.count, augment=args.augment, seed=args.seed)
+    for note in data.notes:
+        print(note)
+    print(f"{len(data.train)} train / {len(data.valid)} valid images, classes: {', '.join(data.names)}")
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interprune", description=__doc__.split("\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for tensors that are freshly initialised")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_shrink)
+
+    data = sub.add_parser("data", help="synthetic datasets and dataset pictures").add_subparsers(
+        dest="data_command", required=True)
+    for domain, train, valid, copies, about in (
+        ("rocks", 127, 31, 3, "9 ore-rock classes, the paper's fine-tuning domain"),
+        ("shapes", 600, 100, 1, "10 shape classes on clutter, the demo's pre-training domain"),
+    ):
+        p = data.add_parser(domain, help=f"write a synthetic Roboflow-layout COCO dataset: {about}")
+        p.add_argument("--out", required=True)
+        p.add_argument("--train", type=int, default=train, help="drawn training images")
+        p.add_argument("--valid", type=int, default=valid)
+        p.add_argument("--test", type=int, default=0)
+        p.add_argument("--copies", type=int, default=copies, help="augmented copies stored per training image")
+        p.add_argument("--size", type=int, default=256, help="image side in pixels")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--overwrite", action="store_true")
+        p.set_defaults(func=cmd_data_generate, domain=domain)
+    p = data.add_parser("show", help="draw a grid of images with their boxes")
+    p.add_argument("data", help="Roboflow export folder or COCO annotations JSON")
+    p.add_argument("--images", help="image folder for a plain COCO JSON")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--split", default="train", choices=["train", "valid", "test"])
+    p.add_argument("--count", type=int, default=16)
+    p.add_argument("--augment", action="store_true", help="show on-the-fly augmentations")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_show)
     return parser
 
 
