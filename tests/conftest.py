@@ -42,3 +42,24 @@ def detr_dir(detr, tmp_path):
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="session")
+def rocks_dir(tmp_path_factory):
+    """A small synthetic rocks dataset (64 px) shared by the training tests."""
+    from interprune.data.rocks import NAMES, draw_rocks
+    from interprune.data.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data") / "rocks", draw_rocks, NAMES, "rocks",
+                         train=6, valid=3, copies=1, size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def detector_dir(tmp_path_factory):
+    """A tiny DETR folder with a 64 px image processor, as 'interprune shrink' would write one."""
+    from transformers import DetrImageProcessor
+
+    path = tmp_path_factory.mktemp("models") / "tiny-detr"
+    tiny_detr().save_pretrained(path)
+    DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(path)
+    return path

@@ -57,6 +57,38 @@ def cmd_data_show(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train.run import train
+    from .train.settings import TrainSettings
+
+    fields = {k: getattr(args, k) for k in TrainSettings.model_fields if getattr(args, k, None) is not None}
+    try:
+        settings = TrainSettings(**fields)
+    except ValueError as err:
+        raise InterpruneError("--" + _first_pydantic_error(err).replace("_", "-", 1)) from None
+    summary = train(args.model, args.data, args.out, settings, resume=args.resume, images=args.images)
+    print(f"steps {summary['steps']}, {summary['seconds']:.0f} s; validation loss final {summary['final_val_loss']:.3f}, "
+          f"best {summary['best_val_loss']:.3f}; mAP {summary['map']:.3f}, mAP@50 {summary['map_50']:.3f}")
+    print(f"wrote {args.out}/ (summary.json, metrics.csv, model/, checkpoints/, tensorboard/)")
+
+
+def _first_pydantic_error(err: Exception) -> str:
+    errors = getattr(err, "errors", lambda: [])()
+    if not errors:
+        return str(err).splitlines()[0]
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{where}: {first.get('msg')} (got {first.get('input')!r})"
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import predict
+
+    found = predict(args.model, args.images, args.out, args.threshold, args.limit)
+    print(f"{sum(f['detections'] for f in found)} detections on {len(found)} images above score {args.threshold}")
+    print(f"wrote {args.out}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interprune", description=__doc__.split("\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +131,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true", help="show on-the-fly augmentations")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_show)
+
+    p = sub.add_parser("train", help="fine-tune a detection model on a COCO dataset")
+    p.add_argument("--model", required=True, help="model folder (e.g. from 'interprune shrink') or Hub id")
+    p.add_argument("--data", required=True, help="Roboflow export folder or COCO annotations JSON")
+    p.add_argument("--images", help="image folder for a plain COCO JSON")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    from .train.settings import TrainSettings
+
+    for name, field in TrainSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = field.annotation
+        if kind is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        else:
+            convert = {int: int, float: float}.get(kind, str)
+            p.add_argument(flag, dest=name, type=convert, default=None,
+                           help=f"{field.description or ''} (default {field.default})".strip())
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="draw a detector's boxes on images")
+    p.add_argument("--model", required=True)
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--limit", type=int, help="at most this many images")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

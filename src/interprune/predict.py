@@ -1,0 +1,48 @@
+"""``interprune predict``: draw a detector's findings on images, so a person can judge it by eye."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .data.loader import load_image
+from .data.show import draw_boxes
+from .errors import InterpruneError
+from .shrink import load_config
+from .train.run import check_detector, load_processor
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@torch.no_grad()
+def predict(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+            threshold: float = 0.5, limit: int | None = None) -> list[dict]:
+    """Run ``model`` on every image in ``images`` and write ``out/<name>.png`` with boxes and scores."""
+    from .shrink import model_class
+
+    files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(
+        images).is_dir() else []
+    if not files:
+        raise InterpruneError(f"{images}: no images (.jpg, .png, ...) found; point --images at a folder of images")
+    config = load_config(model)
+    check_detector(config, str(model))
+    processor = load_processor(model, config)
+    detector = model_class(config).from_pretrained(str(model)).eval()
+    names = [config.id2label.get(i, str(i)) for i in range(config.num_labels)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    found = []
+    for file in files[:limit]:
+        image = load_image(file)
+        inputs = processor(images=image, return_tensors="pt")
+        outputs = detector(pixel_values=inputs["pixel_values"], pixel_mask=inputs.get("pixel_mask"))
+        result = processor.post_process_object_detection(outputs, threshold=threshold,
+                                                         target_sizes=[tuple(image.shape[-2:])])[0]
+        labels = result["labels"].tolist()
+        drawn = draw_boxes(image, result["boxes"], labels, names, result["scores"].tolist())
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out / f"{file.stem}.png")
+        found.append({"image": file.name, "detections": len(labels)})
+    return found

@@ -1,0 +1,97 @@
+"""The paper's ``Detr`` LightningModule (its Algorithm 1), for any Hugging Face detection model.
+
+The model computes its own loss (Hungarian matching, classification, L1 and GIoU terms) when given
+``labels``, so one ``common_step`` serves training and validation. COCO mAP comes from torchmetrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_convert
+
+__all__ = ["DetectionModule", "NonFiniteLoss"]
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped because the loss became NaN or infinite; ``step`` says when."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss became {value} at step {step}")
+        self.step, self.value = step, value
+
+
+class DetectionModule(L.LightningModule):
+    def __init__(self, model: Any, processor: Any, *, lr: float = 1e-4, lr_backbone: float = 1e-5,
+                 weight_decay: float = 1e-4, map_every_val: bool = False) -> None:
+        super().__init__()
+        self.model, self.processor = model, processor
+        self.lr, self.lr_backbone, self.weight_decay = lr, lr_backbone, weight_decay
+        self.map_every_val = map_every_val
+        self.compute_map = False  # switched on for the final evaluation
+        self.map_metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True)
+        self.started = time.time()
+
+    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> Any:
+        return self.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+
+    def common_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        labels = [{k: v.to(self.device) for k, v in t.items()} for t in batch["labels"]]
+        outputs = self.model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=labels)
+        return outputs.loss, outputs.loss_dict, outputs
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, terms, _ = self.common_step(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(self.global_step, float(loss))
+        size = len(batch["labels"])
+        self.log("train_loss", loss, prog_bar=True, batch_size=size)
+        self.log_dict({f"train_{k}": v for k, v in terms.items()}, batch_size=size)
+        self.log("wall_time", time.time() - self.started, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, terms, outputs = self.common_step(batch)
+        size = len(batch["labels"])
+        self.log("val_loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log_dict({f"val_{k}": v for k, v in terms.items()}, batch_size=size, sync_dist=True)
+        if self.compute_map or self.map_every_val:
+            self._update_map(outputs, batch["labels"])
+
+    def _update_map(self, outputs: Any, labels: list[dict]) -> None:
+        sizes = torch.stack([t["size"] for t in labels]).to(self.device)
+        found = self.processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
+        preds = [{"boxes": f["boxes"], "scores": f["scores"], "labels": f["labels"]} for f in found]
+        truth = []
+        for t in labels:
+            h, w = t["size"].tolist()
+            boxes = box_convert(t["boxes"].to(self.device), "cxcywh", "xyxy") * torch.tensor([w, h, w, h], device=self.device)
+            truth.append({"boxes": boxes, "labels": t["class_labels"].to(self.device)})
+        self.map_metric.update(preds, truth)
+
+    def on_validation_epoch_end(self) -> None:
+        if not (self.compute_map or self.map_every_val):
+            return
+        result = self.map_metric.compute()
+        self.map_metric.reset()
+        self.log_dict({"map": result["map"], "map_50": result["map_50"], "map_75": result["map_75"]}, sync_dist=True)
+        classes = result.get("classes")
+        per_class = result.get("map_per_class")
+        if classes is not None and per_class is not None and per_class.dim() > 0:
+            self.last_per_class = {int(c): float(v) for c, v in zip(classes.tolist(), per_class.tolist())}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        backbone = [p for n, p in self.model.named_parameters() if "backbone" in n and p.requires_grad]
+        rest = [p for n, p in self.model.named_parameters() if "backbone" not in n and p.requires_grad]
+        groups = [{"params": rest, "lr": self.lr}] + ([{"params": backbone, "lr": self.lr_backbone}] if backbone else [])
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+
+def finite(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None

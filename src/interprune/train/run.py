@@ -1,0 +1,168 @@
+"""``interprune train``: fine-tune a detection model on a COCO dataset and write a run folder.
+
+A run folder holds TensorBoard logs, ``metrics.csv``, Lightning checkpoints (``--resume`` continues
+from ``checkpoints/last.ckpt``), the final model as a loadable folder and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoImageProcessor, AutoModelForObjectDetection, PretrainedConfig
+
+from ..data import DetectionData, make_loaders, open_dataset
+from ..errors import InterpruneError
+from ..shrink import load_config, model_class, save
+from ..transfer import count_parameters
+from .module import DetectionModule, NonFiniteLoss
+from .settings import TrainSettings
+
+__all__ = ["train", "load_detector", "load_processor", "TrainSettings"]
+
+CHECKPOINTS = "checkpoints"
+
+
+def check_detector(config: PretrainedConfig, source: str) -> None:
+    if type(config) not in AutoModelForObjectDetection._model_mapping:
+        raise InterpruneError(
+            f"{source} is a {config.model_type} model, not an object-detection model; give a DETR-family "
+            f"model (e.g. a folder written by 'interprune shrink facebook/detr-resnet-50 ...')"
+        )
+
+
+def load_processor(source: str | os.PathLike, config: PretrainedConfig, image_size: int | None = None) -> Any:
+    """The model's own image processor; a default one for its type when the folder has none."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(str(source))
+    except (OSError, ValueError):
+        from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+        names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type) or {}
+        name = names.get("torchvision") or names.get("pil") if isinstance(names, dict) else names
+        import transformers
+
+        processor = getattr(transformers, name)()
+    if image_size:
+        processor.size = {"shortest_edge": image_size, "longest_edge": math.ceil(image_size * 5 / 3)}
+    return processor
+
+
+def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0) -> Any:
+    """Load ``source`` for the dataset's classes; the classification head is re-created when the
+    model's classes are not the dataset's, and every other tensor keeps its (transferred) value."""
+    config = load_config(source)
+    check_detector(config, str(source))
+    cls = model_class(config)
+    id2label = dict(enumerate(names))
+    torch.manual_seed(seed)
+    if [config.id2label.get(i) for i in range(config.num_labels)] == names:
+        return cls.from_pretrained(str(source))
+    model = cls.from_pretrained(str(source), id2label=id2label, label2id={n: i for i, n in enumerate(names)},
+                                ignore_mismatched_sizes=True)
+    for name, module in model.named_modules():
+        if "class" in name.split(".")[-1] and isinstance(module, torch.nn.Linear):
+            torch.manual_seed(seed)
+            module.reset_parameters()
+    return model
+
+
+def _loggers(out: Path) -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    return [TensorBoardLogger(out, name="tensorboard", version=""), CSVLogger(out, name="csv", version="")]
+
+
+def _quiet() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*number of training batches.*")
+
+
+def read_metrics(out: Path) -> list[dict[str, float]]:
+    """Lightning's CSV rows (one per logged step), with empty cells dropped."""
+    path = Path(out) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out: str | os.PathLike,
+          settings: TrainSettings | None = None, *, resume: bool = False, images: str | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``model`` on ``data`` for ``settings.steps`` steps; returns (and writes) the summary."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    settings = settings or TrainSettings()
+    out = Path(out)
+    ckpt = out / CHECKPOINTS / "last.ckpt"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise InterpruneError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    dataset = data if isinstance(data, DetectionData) else open_dataset(data, images=images, seed=settings.seed)
+    config = load_config(model)
+    check_detector(config, str(model))
+    processor = load_processor(model, config, settings.image_size)
+    _quiet()
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    detector = load_detector(model, dataset.names, settings.seed).train()  # from_pretrained gives eval mode
+    module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
+                             weight_decay=settings.weight_decay, map_every_val=settings.map_every_val)
+    train_loader, valid_loader = make_loaders(
+        dataset, processor, batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
+        augment=settings.augment, copies=settings.copies, workers=settings.workers, seed=settings.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = L.Trainer(
+        max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
+        gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
+        num_nodes=settings.num_nodes, strategy=settings.strategy, precision=settings.precision,
+        logger=_loggers(out), log_every_n_steps=settings.log_every, enable_progress_bar=progress,
+        enable_model_summary=False, num_sanity_val_steps=0, deterministic="warn",
+        callbacks=[ModelCheckpoint(out / CHECKPOINTS, save_last=True, every_n_train_steps=settings.val_every,
+                                   save_top_k=0), LearningRateMonitor("step")],
+    )
+    started = time.time()
+    try:
+        trainer.fit(module, train_loader, valid_loader, ckpt_path=str(ckpt) if resume and ckpt.is_file() else None)
+    except NonFiniteLoss as err:
+        saved = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint had been written yet"
+        raise InterpruneError(f"{err}; {saved}. Lower --lr or check the data") from None
+    seconds = time.time() - started
+    module.compute_map = True
+    final = trainer.validate(module, valid_loader, verbose=False)[0]
+    if not trainer.is_global_zero:
+        return {}
+    _flatten_csv(out)
+    rows = read_metrics(out)
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    summary = {
+        "model": str(model), "data": dataset.source, "steps": int(trainer.global_step), "seconds": round(seconds, 2),
+        "final_val_loss": float(final["val_loss"]), "best_val_loss": min(val + [float(final["val_loss"])]),
+        "map": float(final["map"]), "map_50": float(final["map_50"]), "map_75": float(final["map_75"]),
+        "map_per_class": {dataset.names[c]: v for c, v in getattr(module, "last_per_class", {}).items()
+                          if 0 <= c < len(dataset.names)},
+        "parameters": count_parameters(detector),
+        "trainable_parameters": sum(p.numel() for p in detector.parameters() if p.requires_grad),
+        "seed": settings.seed, "settings": settings.model_dump(),
+    }
+    save(detector, out / "model", overwrite=True)
+    processor.save_pretrained(out / "model")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _flatten_csv(out: Path) -> None:
+    """Lightning writes ``csv/metrics.csv``; keep the table where people look for it: ``metrics.csv``."""
+    src = out / "csv" / "metrics.csv"
+    if src.is_file():
+        (out / "metrics.csv").write_text(src.read_text())

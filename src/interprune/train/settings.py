@@ -1,0 +1,33 @@
+"""Training settings as data: one validated object shared by ``interprune train`` and sweeps."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainSettings(BaseModel):
+    """Hyper-parameters default to the paper's (DETR's own): AdamW, lr 1e-4, backbone lr 1e-5,
+    weight decay 1e-4, gradient clipping 0.1, batches of 4 (training) and 2 (validation), 3000 steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(3000, gt=0, description="optimiser steps")
+    lr: float = Field(1e-4, gt=0)
+    lr_backbone: float = Field(1e-5, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    clip: float = Field(0.1, gt=0, description="gradient-norm clipping")
+    batch_size: int = Field(4, gt=0)
+    val_batch_size: int = Field(2, gt=0)
+    val_every: int = Field(100, gt=0, description="validate every N steps")
+    map_every_val: bool = Field(False, description="compute COCO mAP at every validation, not only at the end")
+    seed: int = 0
+    augment: bool = True
+    copies: int = Field(1, gt=0, description="augmented copies of each training image per epoch")
+    image_size: int | None = Field(None, gt=15, description="shortest image edge; default: the model's processor")
+    workers: int = Field(2, ge=0, description="data-loading worker processes")
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = Field(1, gt=0)
+    strategy: str = "auto"
+    precision: str | None = None
+    log_every: int = Field(10, gt=0)
