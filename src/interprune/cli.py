@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -57,19 +58,37 @@ def cmd_data_show(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from .train.run import train
+def _settings(args: argparse.Namespace, **defaults):
     from .train.settings import TrainSettings
 
-    fields = {k: getattr(args, k) for k in TrainSettings.model_fields if getattr(args, k, None) is not None}
+    fields = {**defaults, **{k: getattr(args, k) for k in TrainSettings.model_fields if getattr(args, k, None) is not None}}
     try:
-        settings = TrainSettings(**fields)
+        return TrainSettings(**fields)
     except ValueError as err:
         raise InterpruneError("--" + _first_pydantic_error(err).replace("_", "-", 1)) from None
-    summary = train(args.model, args.data, args.out, settings, resume=args.resume, images=args.images)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train.run import train
+
+    summary = train(args.model, args.data, args.out, _settings(args), resume=args.resume, images=args.images)
+    _print_run(summary, args.out)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .pretrain import pretrain
+
+    summary = pretrain(args.config, args.data, args.out, _settings(args, lr_backbone=1e-4), resume=args.resume)
+    recipe = {"command": "interprune " + " ".join(sys.argv[1:]), "summary": summary}
+    (Path(args.out) / "run" / "model" / "pretrain.json").write_text(json.dumps(recipe, indent=1))
+    _print_run(summary, f"{args.out}/run")
+    print(f"the pretrained model is {args.out}/run/model")
+
+
+def _print_run(summary: dict, out) -> None:
     print(f"steps {summary['steps']}, {summary['seconds']:.0f} s; validation loss final {summary['final_val_loss']:.3f}, "
           f"best {summary['best_val_loss']:.3f}; mAP {summary['map']:.3f}, mAP@50 {summary['map_50']:.3f}")
-    print(f"wrote {args.out}/ (summary.json, metrics.csv, model/, checkpoints/, tensorboard/)")
+    print(f"wrote {out}/ (summary.json, metrics.csv, model/, checkpoints/, tensorboard/)")
 
 
 def _first_pydantic_error(err: Exception) -> str:
@@ -87,6 +106,32 @@ def cmd_predict(args: argparse.Namespace) -> None:
     found = predict(args.model, args.images, args.out, args.threshold, args.limit)
     print(f"{sum(f['detections'] for f in found)} detections on {len(found)} images above score {args.threshold}")
     print(f"wrote {args.out}/")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep.config import load_sweep, preset_path
+    from .sweep.report import write_report
+    from .sweep.run import run_sweep
+
+    if bool(args.file) == bool(args.preset):
+        raise InterpruneError("give a sweep YAML file or --preset NAME (e.g. --preset paper), not both")
+    config = load_sweep(args.file or preset_path(args.preset), {"data": args.data})
+    run_sweep(config, args.out, only=args.only)
+    report = write_report(args.out)
+    print(f"report: {report} (also {report.with_suffix('.html')}, summary.csv, figures/)")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .sweep.report import write_report
+
+    report = write_report(args.results)
+    print(f"report: {report} (also {report.with_suffix('.html')}, summary.csv, figures/)")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, steps=args.steps, seeds=args.seeds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,20 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (e.g. from 'interprune shrink') or Hub id")
     p.add_argument("--data", required=True, help="Roboflow export folder or COCO annotations JSON")
     p.add_argument("--images", help="image folder for a plain COCO JSON")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
-    from .train.settings import TrainSettings
-
-    for name, field in TrainSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kind = field.annotation
-        if kind is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
-        else:
-            convert = {int: int, float: float}.get(kind, str)
-            p.add_argument(flag, dest=name, type=convert, default=None,
-                           help=f"{field.description or ''} (default {field.default})".strip())
+    _add_training_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="train a detector from a bare config (how the demo's source was made)")
+    p.add_argument("--config", default="demo", help="'demo' or a JSON model config")
+    p.add_argument("--data", required=True, help="Roboflow export folder or COCO annotations JSON")
+    _add_training_flags(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("predict", help="draw a detector's boxes on images")
     p.add_argument("--model", required=True)
@@ -158,7 +197,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--limit", type=int, help="at most this many images")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("sweep", help="run a set of experiments (YAML or preset), then write the report")
+    p.add_argument("file", nargs="?", help="sweep YAML")
+    p.add_argument("--preset", help="a shipped sweep, e.g. 'paper' (the paper's eight experiments)")
+    p.add_argument("--data", help="dataset folder, overriding the YAML's 'data'")
+    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--only", help="run only this experiment (spread a sweep over machines)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="join a results folder's runs into a report")
+    p.add_argument("results")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the whole story offline on a CPU: data, source, every method, report")
+    p.add_argument("--out", default="demo-results", help="results folder (default: demo-results)")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default: the demo preset's)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the demo preset's)")
+    p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainSettings field, so the CLI and YAML sweeps can never disagree."""
+    from .train.settings import TrainSettings
+
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.ckpt")
+    for name, field in TrainSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        else:
+            convert = {int: int, float: float}.get(field.annotation, str)
+            p.add_argument(flag, dest=name, type=convert, default=None,
+                           help=f"{field.description or ''} (default {field.default})".strip())
 
 
 def main(argv: list[str] | None = None) -> int:

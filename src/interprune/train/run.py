@@ -23,6 +23,7 @@ from ..data import DetectionData, make_loaders, open_dataset
 from ..errors import InterpruneError
 from ..shrink import load_config, model_class, save
 from ..transfer import count_parameters
+from . import batchnorm
 from .module import DetectionModule, NonFiniteLoss
 from .settings import TrainSettings
 
@@ -116,6 +117,8 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     _quiet()
     L.seed_everything(settings.seed, workers=True, verbose=False)
     detector = load_detector(model, dataset.names, settings.seed).train()  # from_pretrained gives eval mode
+    if settings.live_batch_norm:
+        batchnorm.thaw(detector)
     module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
                              weight_decay=settings.weight_decay, map_every_val=settings.map_every_val)
     train_loader, valid_loader = make_loaders(
@@ -138,6 +141,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         saved = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint had been written yet"
         raise InterpruneError(f"{err}; {saved}. Lower --lr or check the data") from None
     seconds = time.time() - started
+    batchnorm.freeze(detector)  # the final evaluation and the saved model use the stock (frozen) layers
     module.compute_map = True
     final = trainer.validate(module, valid_loader, verbose=False)[0]
     if not trainer.is_global_zero:
@@ -159,6 +163,26 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     processor.save_pretrained(out / "model")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def evaluate(model: str | os.PathLike, data: DetectionData, *, batch_size: int = 8) -> dict[str, float]:
+    """Validation loss and COCO mAP of a saved detector on ``data``'s validation split, as is."""
+    import lightning as L
+
+    config = load_config(model)
+    check_detector(config, str(model))
+    names = [config.id2label.get(i) for i in range(config.num_labels)]
+    if names != data.names:
+        raise InterpruneError(f"{model} detects {names}, the dataset has {data.names}; evaluate on its own classes")
+    processor = load_processor(model, config)
+    module = DetectionModule(model_class(config).from_pretrained(str(model)).eval(), processor)
+    module.compute_map = True
+    _, loader = make_loaders(data, processor, val_batch_size=batch_size, augment=False)
+    _quiet()
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="auto",
+                        devices=1)
+    result = trainer.validate(module, loader, verbose=False)[0]
+    return {key: float(result[key]) for key in ("val_loss", "map", "map_50", "map_75")}
 
 
 def _flatten_csv(out: Path) -> None:

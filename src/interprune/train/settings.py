@@ -31,3 +31,5 @@ class TrainSettings(BaseModel):
     strategy: str = "auto"
     precision: str | None = None
     log_every: int = Field(10, gt=0)
+    live_batch_norm: bool = Field(False, description="train the backbone's batch norm (a from-scratch backbone); "
+                                  "frozen again when saved")

@@ -1,0 +1,158 @@
+"""Join a sweep's run folders into ``summary.csv``, figures, ``report.md`` and ``report.html``.
+
+Works on whatever runs exist, so experiments spread over machines (``--only``) can be joined later.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InterpruneError
+from ..train.run import read_metrics
+from .config import SweepConfig
+
+__all__ = ["collect", "write_report", "steps_to_reach"]
+
+PAPER_PARAMETERS = [("(1)-(3) full DETR-R50", 41_288_719), ("(4)-(8) half-width transformer", 28_128_975)]
+
+
+@dataclass
+class Result:
+    """All seeds of one experiment."""
+
+    name: str
+    size: str
+    init: str
+    summaries: list[dict] = field(default_factory=list)
+    curves: list[list[tuple[int, float]]] = field(default_factory=list)  # (step, validation loss) per seed
+
+    def values(self, key: str) -> list[float]:
+        return [float(s[key]) for s in self.summaries if s.get(key) is not None]
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _curve(run: Path) -> list[tuple[int, float]]:
+    seen: dict[int, float] = {}
+    for row in read_metrics(run):
+        if "val_loss" in row:
+            seen.setdefault(int(row["step"]) + 1, row["val_loss"])  # Lightning's step is 0-based; count steps done
+    return sorted(seen.items())
+
+
+def steps_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
+    """The first validated step at which the validation loss is at or below ``level``."""
+    return next((step for step, loss in curve if loss <= level), None)
+
+
+def collect(out: str | Path) -> tuple[SweepConfig, list[Result]]:
+    out = Path(out)
+    try:
+        config = SweepConfig.model_validate(json.loads((out / "sweep.json").read_text()))
+    except (OSError, ValueError):
+        raise InterpruneError(f"{out} is not a sweep folder (no readable sweep.json); run 'interprune sweep' first") from None
+    results = []
+    for experiment in config.experiments:
+        result = Result(experiment.name, experiment.size, experiment.init)
+        for seed in config.seeds:
+            run = out / "runs" / experiment.name / f"seed{seed}"
+            if (run / "summary.json").is_file():
+                result.summaries.append(json.loads((run / "summary.json").read_text()))
+                result.curves.append(_curve(run))
+        if result.summaries:
+            results.append(result)
+    if not results:
+        raise InterpruneError(f"{out} has no finished runs yet; run 'interprune sweep' first")
+    return config, results
+
+
+def _fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if std else "")
+
+
+def table_rows(config: SweepConfig, results: list[Result]) -> list[dict[str, str]]:
+    by_name = {r.name: r for r in results}
+    rows = []
+    for r in results:
+        baseline = config.baseline_for(next(e for e in config.experiments if e.name == r.name))
+        base = by_name.get(baseline.name) if baseline else None
+        level = mean_std(base.values("final_val_loss"))[0] if base else None
+        reached = [steps_to_reach(c, level) for c in r.curves] if level is not None else []
+        hits = [s for s in reached if s is not None]
+        to_base = "-" if level is None else (f"{statistics.fmean(hits):.0f} ({len(hits)}/{len(reached)} seeds)"
+                                             if hits else f"never (0/{len(reached)})")
+        row = {"experiment": r.name, "size": r.size, "init": r.init,
+               "parameters": f"{int(r.values('parameters')[0]):,}", "seeds": str(len(r.summaries))}
+        for key, label in (("final_val_loss", "final val loss"), ("best_val_loss", "best val loss"),
+                           ("map", "mAP"), ("map_50", "mAP@50")):
+            row[label] = _fmt(*mean_std(r.values(key)))
+        row["train seconds"] = _fmt(*mean_std(r.values("seconds")), digits=0)
+        row["steps to baseline's final loss"] = to_base
+        rows.append(row)
+    return rows
+
+
+def write_report(out: str | Path) -> Path:
+    """Write ``summary.csv``, the figures, ``report.md`` and ``report.html``; return the Markdown path."""
+    from .figures import draw_figures
+
+    out = Path(out)
+    config, results = collect(out)
+    rows = table_rows(config, results)
+    with (out / "summary.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    figures = draw_figures(results, out / "figures")
+    md = _markdown(config, rows, figures, out)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(_html(config, rows, figures))
+    return out / "report.md"
+
+
+def _md_table(rows: list[dict[str, str]]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _markdown(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[str, Path]], out: Path) -> str:
+    paper = "\n".join(f"| {name} | {count:,} |" for name, count in PAPER_PARAMETERS)
+    parts = [
+        f"# {config.name}: which way of initialising the smaller model works best?",
+        f"Source `{config.source}`, small model `{json.dumps(config.target)}`, {config.train.steps} steps, "
+        f"seeds {config.seeds}. Mean ± standard deviation over seeds. *Steps to baseline's final loss*: the first "
+        "validated step at which a run's validation loss is at or below the final validation loss of the random-init "
+        "model of its size (lower is faster; the paper's claim is that interpolated weights train faster).",
+        _md_table(rows),
+        "## The paper's parameter counts\n\n| models | parameters |\n|---|---|\n" + paper,
+        "## Figures",
+        *[f"### {title}\n\n![{title}]({path.relative_to(out)})" for title, path in figures],
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _html(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[str, Path]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r.values()) + "</tr>" for r in rows)
+    images = "".join(
+        f"<h3>{title}</h3><img alt='{title}' src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
+        for title, path in figures)
+    return (f"<!doctype html><meta charset='utf-8'><title>{config.name}</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style>"
+            f"<h1>{config.name}</h1><p>Source <code>{config.source}</code>, small model "
+            f"<code>{json.dumps(config.target)}</code>, {config.train.steps} steps, seeds {config.seeds}.</p>"
+            f"<table><tr>{head}</tr>{body}</table>{images}")
