@@ -78,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from .pretrain import pretrain
 
-    summary = pretrain(args.config, args.data, args.out, _settings(args, lr_backbone=1e-4), resume=args.resume)
+    settings = _settings(args, lr_backbone=1e-4, from_scratch=True)  # a bare config: everything learns
+    summary = pretrain(args.config, args.data, args.out, settings, resume=args.resume)
     recipe = {"command": "interprune " + " ".join(sys.argv[1:]), "summary": summary}
     (Path(args.out) / "run" / "model" / "pretrain.json").write_text(json.dumps(recipe, indent=1))
     _print_run(summary, f"{args.out}/run")

@@ -117,8 +117,10 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     _quiet()
     L.seed_everything(settings.seed, workers=True, verbose=False)
     detector = load_detector(model, dataset.names, settings.seed).train()  # from_pretrained gives eval mode
-    if settings.live_batch_norm:
+    if settings.from_scratch:  # DETR freezes batch norms (some versions the ResNet stem too): right when pretrained
         batchnorm.thaw(detector)
+        for param in detector.parameters():
+            param.requires_grad_(True)
     module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
                              weight_decay=settings.weight_decay, map_every_val=settings.map_every_val)
     train_loader, valid_loader = make_loaders(

@@ -31,5 +31,5 @@ class TrainSettings(BaseModel):
     strategy: str = "auto"
     precision: str | None = None
     log_every: int = Field(10, gt=0)
-    live_batch_norm: bool = Field(False, description="train the backbone's batch norm (a from-scratch backbone); "
-                                  "frozen again when saved")
+    from_scratch: bool = Field(False, description="the backbone trains from scratch: all its layers learn and "
+                               "its batch norms are live (frozen again when saved)")
