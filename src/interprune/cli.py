@@ -19,11 +19,8 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_shrink(args: argparse.Namespace) -> None:
-    from .resample import METHODS
     from .shrink import parse_overrides, save, shrink
 
-    if args.method not in METHODS:
-        raise InterpruneError(f"unknown method {args.method!r}; run 'interprune methods' to list them")
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -34,16 +31,12 @@ def cmd_shrink(args: argparse.Namespace) -> None:
 
 
 def cmd_data_generate(args: argparse.Namespace) -> None:
-    from .data import rocks, shapes
-    from .data.synthetic import write_dataset
+    from .data.domains import DOMAINS, write_domain
 
-    module = {"rocks": rocks, "shapes": shapes}[args.domain]
-    draw = rocks.draw_rocks if args.domain == "rocks" else shapes.draw_shapes
-    out = write_dataset(args.out, draw, module.NAMES, args.domain, train=args.train, valid=args.valid,
-                        test=args.test, copies=args.copies, size=args.size, seed=args.seed,
-                        overwrite=args.overwrite)
+    out = write_domain(args.domain, args.out, train=args.train, valid=args.valid, test=args.test,
+                       copies=args.copies, size=args.size, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {out}/ ({args.train * args.copies} training images from {args.train} drawn x {args.copies} "
-          f"augmented copies, {args.valid} validation, {args.test} test; {len(module.NAMES)} classes)")
+          f"augmented copies, {args.valid} validation, {args.test} test; {len(DOMAINS[args.domain][1])} classes)")
 
 
 def cmd_data_show(args: argparse.Namespace) -> None:
@@ -80,7 +73,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     settings = _settings(args, lr_backbone=1e-4, from_scratch=True)  # a bare config: everything learns
     summary = pretrain(args.config, args.data, args.out, settings, resume=args.resume)
-    recipe = {"command": "interprune " + " ".join(sys.argv[1:]), "summary": summary}
+    recipe = {"command": "interprune " + " ".join(args.argv), "summary": summary}
     (Path(args.out) / "run" / "model" / "pretrain.json").write_text(json.dumps(recipe, indent=1))
     _print_run(summary, f"{args.out}/run")
     print(f"the pretrained model is {args.out}/run/model")
@@ -236,7 +229,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded where a command's output should say how it was made
     try:
         args.func(args)
     except InterpruneError as err:

@@ -14,8 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from .data import open_dataset, shapes
-from .data.synthetic import write_dataset
+from .data import open_dataset
+from .data.domains import write_domain
 from .errors import InterpruneError
 from .sweep.config import load_sweep, preset_path
 from .sweep.report import collect, table_rows, write_report
@@ -38,7 +38,7 @@ def check_source(source: Path, out: Path) -> dict:
     """mAP of the source on shapes it has never seen (a seed its pre-training did not use)."""
     folder = out / "data" / "shapes-check"
     if not folder.exists():
-        write_dataset(folder, shapes.draw_shapes, shapes.NAMES, "shapes", train=1, valid=60, size=160, seed=12345)
+        write_domain("shapes", folder, train=1, valid=60, size=160, seed=12345)
     return evaluate(source, open_dataset(folder))
 
 
@@ -61,8 +61,9 @@ def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seed
     rows = table_rows(*collect(out))
     width = max(len(r["experiment"]) for r in rows)
     print(f"\n{'experiment':<{width}}  final val loss     mAP@50          steps to baseline's final loss")
+    steps = "steps to baseline's final loss"
     for r in rows:
-        print(f"{r['experiment']:<{width}}  {r['final val loss']:<17}  {r['mAP@50']:<14}  {r["steps to baseline's final loss"]}")
+        print(f"{r['experiment']:<{width}}  {r['final val loss']:<17}  {r['mAP@50']:<14}  {r[steps]}")
     print(f"\ndemo finished in {(time.time() - started) / 60:.1f} min; report: {report.resolve()} "
           f"(and report.html, summary.csv, figures/)")
     return report

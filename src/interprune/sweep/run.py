@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DetectionData, open_dataset
-from ..data.synthetic import write_dataset
+from ..data.domains import write_domain
 from ..errors import InterpruneError
 from ..shrink import build_model, load_config, load_model, save, shrink, target_config
 from ..train.run import train
@@ -37,16 +37,12 @@ def check_sweep(config: SweepConfig, only: str | None = None) -> None:
 def prepare_data(config: SweepConfig, out: Path) -> DetectionData:
     if config.data:
         return open_dataset(config.data)
-    from ..data import rocks, shapes
-
     spec = config.generate
     assert spec is not None
     folder = out / "data" / spec.domain
     if not folder.exists():
-        module = rocks if spec.domain == "rocks" else shapes
-        draw = rocks.draw_rocks if spec.domain == "rocks" else shapes.draw_shapes
-        write_dataset(folder, draw, module.NAMES, spec.domain, train=spec.train, valid=spec.valid,
-                      copies=spec.copies, size=spec.size, seed=spec.seed)
+        write_domain(spec.domain, folder, train=spec.train, valid=spec.valid, copies=spec.copies, size=spec.size,
+                     seed=spec.seed)
     return open_dataset(folder)
 
 
