@@ -39,6 +39,8 @@ def test_same_seed_same_metrics_and_resume(detector_dir, rocks_dir, tmp_path):
     c = train(detector_dir, rocks_dir, tmp_path / "b", TrainSettings(**{**FAST, "steps": 6}), resume=True,
               progress=False)
     assert c["steps"] == 6
+    val_steps = [int(r["step"]) for r in read_metrics(tmp_path / "b") if "val_loss" in r]
+    assert val_steps[:3] == [1, 3, 5]  # the resumed run's table keeps its first part
     with pytest.raises(InterpruneError, match="already holds a run"):
         train(detector_dir, rocks_dir, tmp_path / "a", TrainSettings(**FAST))
 

@@ -152,12 +152,13 @@ def save(
     *,
     report: TransferReport | None = None,
     source: str | os.PathLike | None = None,
+    processor: Any = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``out`` atomically: a temporary sibling folder that is renamed only once complete.
 
     Besides ``config.json`` and ``model.safetensors``, it gets ``interprune.json`` (the report) and
-    the source's processor files, so the image processor settings travel with the weights.
+    the source's processor files (or ``processor`` itself), so image processor settings travel with the weights.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -170,6 +171,8 @@ def save(
             (tmp / "interprune.json").write_text(json.dumps(report.to_dict(), indent=1))
         if source is not None:
             copy_processor_files(source, tmp)
+        if processor is not None:  # the processor actually used (its settings may differ from the source's)
+            processor.save_pretrained(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -127,6 +127,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         dataset, processor, batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
         augment=settings.augment, copies=settings.copies, workers=settings.workers, seed=settings.seed)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_rows(out) if resume else []  # Lightning's CSV logger starts its file afresh
     trainer = L.Trainer(
         max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
@@ -148,7 +149,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     final = trainer.validate(module, valid_loader, verbose=False)[0]
     if not trainer.is_global_zero:
         return {}
-    _flatten_csv(out)
+    _write_metrics(out, earlier)
     rows = read_metrics(out)
     val = [r["val_loss"] for r in rows if "val_loss" in r]
     summary = {
@@ -161,8 +162,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         "trainable_parameters": sum(p.numel() for p in detector.parameters() if p.requires_grad),
         "seed": settings.seed, "settings": settings.model_dump(),
     }
-    save(detector, out / "model", overwrite=True)
-    processor.save_pretrained(out / "model")
+    save(detector, out / "model", processor=processor, overwrite=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -187,8 +187,29 @@ def evaluate(model: str | os.PathLike, data: DetectionData, *, batch_size: int =
     return {key: float(result[key]) for key in ("val_loss", "map", "map_50", "map_75")}
 
 
-def _flatten_csv(out: Path) -> None:
-    """Lightning writes ``csv/metrics.csv``; keep the table where people look for it: ``metrics.csv``."""
-    src = out / "csv" / "metrics.csv"
-    if src.is_file():
-        (out / "metrics.csv").write_text(src.read_text())
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _earlier_rows(out: Path) -> list[dict[str, str]]:
+    """Rows of a run's earlier parts: the joined table of finished parts, then the logger's file of an
+    interrupted one."""
+    joined, last = _csv_rows(out / "metrics.csv"), _csv_rows(out / "csv" / "metrics.csv")
+    end = max((float(r["step"]) for r in joined if r.get("step")), default=-1.0)
+    return joined + [r for r in last if r.get("step") and float(r["step"]) > end]
+
+
+def _write_metrics(out: Path, earlier: list[dict[str, str]]) -> None:
+    """Write ``metrics.csv`` (where people look for it) from Lightning's ``csv/metrics.csv``, with the rows
+    of the run's earlier parts in front when it was resumed."""
+    rows = _csv_rows(out / "csv" / "metrics.csv")
+    first = min((float(r["step"]) for r in rows if r.get("step")), default=float("inf"))
+    rows = [r for r in earlier if r.get("step") and float(r["step"]) < first] + rows
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
+    with (out / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
