@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from interprune.cli import main
 from interprune.resample import METHODS
 
@@ -27,8 +29,11 @@ def test_shrink_writes_a_folder_and_prints_a_summary(detr_dir, tmp_path, capsys)
     assert "% smaller" in printed and "resampled (area)" in printed and str(out) in printed
     meta = json.loads((out / "interprune.json").read_text())
     assert meta["overrides"] == {"d_model": 16, "encoder_ffn_dim": 32}
-    assert main(["shrink", str(detr_dir), "--out", str(out), "--overwrite", "--method", "first"]) == 0
+    assert main(["shrink", str(detr_dir), "--out", str(out), "--overwrite", "--method", "first", "--dtype", "float16"]) == 0
     assert json.loads((out / "interprune.json").read_text())["method"] == "first"
+    from transformers import AutoModelForObjectDetection
+
+    assert AutoModelForObjectDetection.from_pretrained(out).dtype == torch.float16
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(detr_dir, tmp_path, capsys):

@@ -98,3 +98,9 @@ def test_save_is_atomic(detr, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         save(detr, tmp_path / "half")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_half_precision_source_gives_a_half_precision_target(detr, tmp_path):
+    detr.half().save_pretrained(tmp_path / "half")
+    small, report = shrink(tmp_path / "half", {"d_model": 16}, "area")
+    assert small.dtype == torch.float16 and report.counts()["resampled"] > 0

@@ -19,12 +19,15 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_shrink(args: argparse.Namespace) -> None:
+    import torch
+
     from .shrink import parse_overrides, save, shrink
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
-    model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype)
     save(model, out, report=report, source=args.source, overwrite=args.overwrite)
     print(report.summary())
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
@@ -142,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="select", help="resampling method (see 'interprune methods')")
     p.add_argument("--out", required=True, help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0, help="seed for tensors that are freshly initialised")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="store the target in this dtype "
+                   "(default: the source's)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_shrink)
 

@@ -30,7 +30,7 @@ def predict(model: str | os.PathLike, images: str | os.PathLike, out: str | os.P
     config = load_config(model)
     check_detector(config, str(model))
     processor = load_processor(model, config)
-    detector = model_class(config).from_pretrained(str(model)).eval()
+    detector = model_class(config).from_pretrained(str(model), dtype=torch.float32).eval()
     names = [config.id2label.get(i, str(i)) for i in range(config.num_labels)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

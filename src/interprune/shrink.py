@@ -117,7 +117,7 @@ def build_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
 
 
 def load_model(source: str | os.PathLike, config: PretrainedConfig | None = None) -> PreTrainedModel:
-    """Load a pretrained model with the class it was saved as."""
+    """Load a pretrained model with the class it was saved as, in the dtype it was saved in."""
     config = config or load_config(source)
     return model_class(config).from_pretrained(str(source)).eval()
 
@@ -129,17 +129,21 @@ def shrink(
     *,
     seed: int = 0,
     reinit: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[PreTrainedModel, TransferReport]:
     """Build the model ``source`` would be with ``overrides`` and fill it from ``source``'s weights.
 
     Everything that can be checked cheaply (method, keys, values, the target's architecture) is checked
-    before the source's weights are read.
+    before the source's weights are read. The target keeps the source's dtype unless ``dtype`` is given.
     """
     if method not in METHODS:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
     config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
     target = build_model(target_config(config, overrides or {}), seed)
     model = source if isinstance(source, PreTrainedModel) else load_model(source, config)
+    dtype = dtype or model.dtype  # a bf16/fp16 source gives a bf16/fp16 target (and half the memory)
+    if dtype != target.dtype:
+        target = target.to(dtype)
     report = transfer(model, target, method, seed=seed, reinit=reinit)
     report.source = str(getattr(source, "name_or_path", source))
     report.overrides = dict(overrides or {})

@@ -66,9 +66,9 @@ def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0) ->
     id2label = dict(enumerate(names))
     torch.manual_seed(seed)
     if [config.id2label.get(i) for i in range(config.num_labels)] == names:
-        return cls.from_pretrained(str(source))
+        return cls.from_pretrained(str(source), dtype=torch.float32)  # train in fp32; --precision for mixed
     model = cls.from_pretrained(str(source), id2label=id2label, label2id={n: i for i, n in enumerate(names)},
-                                ignore_mismatched_sizes=True)
+                                ignore_mismatched_sizes=True, dtype=torch.float32)
     for name, module in model.named_modules():
         if "class" in name.split(".")[-1] and isinstance(module, torch.nn.Linear):
             torch.manual_seed(seed)
@@ -177,7 +177,7 @@ def evaluate(model: str | os.PathLike, data: DetectionData, *, batch_size: int =
     if names != data.names:
         raise InterpruneError(f"{model} detects {names}, the dataset has {data.names}; evaluate on its own classes")
     processor = load_processor(model, config)
-    module = DetectionModule(model_class(config).from_pretrained(str(model)).eval(), processor)
+    module = DetectionModule(model_class(config).from_pretrained(str(model), dtype=torch.float32).eval(), processor)
     module.compute_map = True
     _, loader = make_loaders(data, processor, val_batch_size=batch_size, augment=False)
     _quiet()
