@@ -55,6 +55,9 @@ def test_head_is_recreated_for_the_datasets_classes_and_the_rest_kept(detector_d
             assert torch.equal(value, src[name]), name
     same = load_detector(detector_dir, [source.config.id2label[i] for i in range(3)])
     assert torch.equal(same.class_labels_classifier.weight, source.class_labels_classifier.weight)
+    renamed = load_detector(detector_dir, ["x", "y", "z"])  # same count, other classes: a fresh head
+    assert not torch.equal(renamed.class_labels_classifier.weight, source.class_labels_classifier.weight)
+    assert renamed.class_labels_classifier.bias.abs().max() == 0 and list(renamed.config.id2label.values()) == ["x", "y", "z"]
 
 
 def test_optimizer_uses_the_papers_two_learning_rates(detector_dir):

@@ -69,10 +69,10 @@ def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0) ->
         return cls.from_pretrained(str(source), dtype=torch.float32)  # train in fp32; --precision for mixed
     model = cls.from_pretrained(str(source), id2label=id2label, label2id={n: i for i, n in enumerate(names)},
                                 ignore_mismatched_sizes=True, dtype=torch.float32)
-    for name, module in model.named_modules():
+    torch.manual_seed(seed)
+    for name, module in model.named_modules():  # same-shape heads were loaded: re-create them too
         if "class" in name.split(".")[-1] and isinstance(module, torch.nn.Linear):
-            torch.manual_seed(seed)
-            module.reset_parameters()
+            model._init_weights(module)  # the model's own initialisation, not torch's default
     return model
 
 
