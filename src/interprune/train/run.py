@@ -70,9 +70,13 @@ def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0) ->
     model = cls.from_pretrained(str(source), id2label=id2label, label2id={n: i for i, n in enumerate(names)},
                                 ignore_mismatched_sizes=True, dtype=torch.float32)
     torch.manual_seed(seed)
-    for name, module in model.named_modules():  # same-shape heads were loaded: re-create them too
-        if "class" in name.split(".")[-1] and isinstance(module, torch.nn.Linear):
-            model._init_weights(module)  # the model's own initialisation, not torch's default
+    std = getattr(model.config, "init_std", getattr(model.config, "initializer_range", 0.02))
+    with torch.no_grad():
+        for name, module in model.named_modules():  # same-shape heads were loaded: re-create them too
+            if "class" in name.split(".")[-1] and isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, std)  # as the models' own _init_weights does for Linear layers
+                if module.bias is not None:
+                    module.bias.zero_()
     return model
 
 
