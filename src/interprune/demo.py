@@ -54,7 +54,7 @@ def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seed
     recipe = json.loads((source / "pretrain.json").read_text()) if (source / "pretrain.json").is_file() else {}
     check = check_source(source, out)
     print(f"source detector: mAP@50 {check['map_50']:.3f} (mAP {check['map']:.3f}) on 60 unseen synthetic-shapes "
-          f"images, its own domain; recipe: {recipe.get('command', 'see README')}")
+          f"images, its own domain (how it was made: {source / 'pretrain.json'})")
     run_sweep(config, out)
     report = write_report(out)
     (out / "source_check.json").write_text(json.dumps({**check, "recipe": recipe}, indent=1))

@@ -168,7 +168,7 @@ def save(
     if out.exists() and not overwrite:
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temporary_sibling(out)
     try:
         model.save_pretrained(tmp)
         if report is not None:
@@ -183,6 +183,16 @@ def save(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def make_temporary_sibling(out: Path) -> Path:
+    """A hidden folder beside ``out`` to write into and rename when complete, with the permissions a
+    plain ``mkdir`` would give (``mkdtemp`` makes it private)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
 
 
 def copy_processor_files(source: str | os.PathLike, dest: Path) -> None:

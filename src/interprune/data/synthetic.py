@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 from .augment import augmentation
 from .coco import ROBOFLOW_JSON
 from ..errors import InterpruneError
+from ..shrink import make_temporary_sibling
 
 Boxes = list[tuple[int, list[float]]]
 Draw = Callable[[np.random.Generator, int], tuple[Image.Image, Boxes]]
@@ -78,7 +78,7 @@ def write_dataset(
     if min(train, valid) < 1 or test < 0 or copies < 1 or size < 32:
         raise InterpruneError("need --train and --valid >= 1, --copies >= 1 and --size >= 32")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temporary_sibling(out)
     rng = np.random.default_rng(seed)
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # the augmentation draws from torch's generator
