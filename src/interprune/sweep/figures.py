@@ -29,13 +29,14 @@ def _bars(results: list[Result], key: str, ylabel: str, title: str, path: Path) 
 
 def _curves(results: list[Result], title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in results:
+    for index, r in enumerate(results):
         steps = sorted({s for c in r.curves for s, _ in c})
         if not steps:
             continue
         grid = np.array([[dict(c).get(s, np.nan) for s in steps] for c in r.curves], dtype=float)
         mean = np.nanmean(grid, axis=0)
-        line, = ax.plot(steps, mean, marker="o", markersize=2.5, label=f"{r.name} ({len(r.curves)} seeds)")
+        style = ["-", "--", ":", "-."][index % 4]  # identical curves (pretrained and transfer) stay visible
+        line, = ax.plot(steps, mean, style, marker="o", markersize=2.5, label=f"{r.name} ({len(r.curves)} seeds)")
         if len(r.curves) > 1:
             ax.fill_between(steps, np.nanmin(grid, axis=0), np.nanmax(grid, axis=0), color=line.get_color(), alpha=0.15)
     ax.set_xlabel("training step")

@@ -36,9 +36,10 @@ class Result:
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation; the deviation is ``None`` for fewer than two values."""
     if not values:
         return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _curve(run: Path) -> list[tuple[int, float]]:
@@ -76,9 +77,10 @@ def collect(out: str | Path) -> tuple[SweepConfig, list[Result]]:
 
 
 def _fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
+    """``mean ± std``; a single seed has no spread to show, so its std is ``None`` and left out."""
     if value is None:
         return "-"
-    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if std else "")
+    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 def table_rows(config: SweepConfig, results: list[Result]) -> list[dict[str, str]]:
