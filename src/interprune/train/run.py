@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from transformers import AutoImageProcessor, AutoModelForObjectDetection, PretrainedConfig
+from transformers.utils import logging as transformers_logging
 
 from ..data import DetectionData, make_loaders, open_dataset
 from ..errors import InterpruneError
@@ -67,8 +68,13 @@ def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0) ->
     torch.manual_seed(seed)
     if [config.id2label.get(i) for i in range(config.num_labels)] == names:
         return cls.from_pretrained(str(source), dtype=torch.float32)  # train in fp32; --precision for mixed
-    model = cls.from_pretrained(str(source), id2label=id2label, label2id={n: i for i, n in enumerate(names)},
-                                ignore_mismatched_sizes=True, dtype=torch.float32)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report would only announce the head we re-create
+    try:
+        model = cls.from_pretrained(str(source), id2label=id2label, label2id={n: i for i, n in enumerate(names)},
+                                    ignore_mismatched_sizes=True, dtype=torch.float32)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     torch.manual_seed(seed)
     std = getattr(model.config, "init_std", getattr(model.config, "initializer_range", 0.02))
     with torch.no_grad():
