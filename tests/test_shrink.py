@@ -104,3 +104,11 @@ def test_a_half_precision_source_gives_a_half_precision_target(detr, tmp_path):
     detr.half().save_pretrained(tmp_path / "half")
     small, report = shrink(tmp_path / "half", {"d_model": 16}, "area")
     assert small.dtype == torch.float16 and report.counts()["resampled"] > 0
+
+
+def test_dotted_keys_reach_sub_configs(detr):
+    small, report = shrink(detr, {"backbone_config.out_indices": [1, 2, 3]}, "select")
+    assert small.config.backbone_config.out_indices == [1, 2, 3]
+    projection = next(t for t in report.tensors if t.name == "model.input_projection.weight")
+    assert projection.action == "resampled" and projection.target_shape[1] < projection.source_shape[1]
+    assert any(name.startswith("model.backbone.model.blocks.5") for name in report.dropped)
