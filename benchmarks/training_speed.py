@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 import torchvision
 from torch.utils.data import DataLoader
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader
 from interprune.data import make_loaders, open_dataset
 from interprune.data.rocks import NAMES, draw_rocks
 from interprune.data.synthetic import write_dataset
+from interprune.train.module import DetectionModule
 
 
 class ReferenceCoco(torchvision.datasets.CocoDetection):
@@ -76,41 +78,25 @@ def loader_rate(loader: DataLoader, batches: int) -> float:
 
 
 def train_rate(model, processor, loader: DataLoader, steps: int) -> float:
-    import lightning as L
-
-    from interprune.train.module import DetectionModule
-
-    module = DetectionModule(model, processor)
+    timer = StepTimer()
     trainer = L.Trainer(max_steps=steps + 2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, gradient_clip_val=0.1, limit_val_batches=0, accelerator="auto",
-                        devices=1)
-    timer = StepTimer()
-    trainer.callbacks.append(timer)
-    trainer.fit(module, loader)
+                        devices=1, callbacks=[timer])
+    trainer.fit(DetectionModule(model, processor), loader)
     return timer.images / timer.seconds
 
 
-class StepTimer:
-    """Times steps after the first two (warm-up), from batch start to batch end."""
+class StepTimer(L.Callback):
+    """Images and seconds of the steps after the first two (warm-up), data loading included."""
 
     def __init__(self) -> None:
-        import lightning as L
-
-        class _Cb(L.Callback):
-            def on_train_batch_start(cb, trainer, module, batch, idx):
-                self.t0 = time.perf_counter()
-
-            def on_train_batch_end(cb, trainer, module, outputs, batch, idx):
-                if trainer.global_step > 2:
-                    self.images += len(batch["labels"])
-                    self.seconds += time.perf_counter() - self.last
-                self.last = time.perf_counter()
-
         self.images, self.seconds, self.last = 0, 0.0, time.perf_counter()
-        self.callback = _Cb()
 
-    def __getattr__(self, name):
-        return getattr(self.callback, name)
+    def on_train_batch_end(self, trainer, module, outputs, batch, idx) -> None:
+        if trainer.global_step > 2:
+            self.images += len(batch["labels"])
+            self.seconds += time.perf_counter() - self.last
+        self.last = time.perf_counter()
 
 
 def main() -> None:

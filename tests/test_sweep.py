@@ -10,7 +10,6 @@ from interprune.sweep.config import load_sweep, preset_path
 from interprune.sweep.report import steps_to_reach, write_report
 from interprune.sweep.run import run_sweep
 
-from .conftest import tiny_detr
 
 SWEEP = """\
 name: tiny
@@ -80,7 +79,6 @@ def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, detector_dir, rock
     actions = {t["name"]: t["action"] for t in random_meta["tensors"]}
     assert all(a == "copied" for n, a in actions.items() if n.startswith("model.backbone."))
     assert all(a == "initialised" for n, a in actions.items() if n.startswith("model.encoder."))
-    transfer = torch.load  # noqa: F841  (the transferred model equals the source, buffers included)
     from transformers import AutoModelForObjectDetection
 
     source = AutoModelForObjectDetection.from_pretrained(detector_dir).state_dict()

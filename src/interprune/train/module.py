@@ -6,7 +6,6 @@ The model computes its own loss (Hungarian matching, classification, L1 and GIoU
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -91,7 +90,3 @@ class DetectionModule(L.LightningModule):
         groups = [{"params": rest, "lr": self.lr}] + ([{"params": backbone, "lr": self.lr_backbone}] if backbone else [])
         return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
 
-
-def finite(value: Any) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
