@@ -132,7 +132,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interprune", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="interprune", description="Make a smaller (or differently sized) variant "
+                                     "of a pretrained Hugging Face model by resampling its weights; fine-tune the "
+                                     "variants and compare them.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("methods", help="list the resampling methods")
