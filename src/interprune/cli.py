@@ -114,14 +114,16 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         raise InterpruneError("give a sweep YAML file or --preset NAME (e.g. --preset paper), not both")
     config = load_sweep(args.file or preset_path(args.preset), {"data": args.data})
     run_sweep(config, args.out, only=args.only)
-    report = write_report(args.out)
-    print(f"report: {report} (also {report.with_suffix('.html')}, summary.csv, figures/)")
+    _print_report(write_report(args.out))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .sweep.report import write_report
 
-    report = write_report(args.results)
+    _print_report(write_report(args.results))
+
+
+def _print_report(report: Path) -> None:
     print(f"report: {report} (also {report.with_suffix('.html')}, summary.csv, figures/)")
 
 

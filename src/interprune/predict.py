@@ -11,8 +11,7 @@ from PIL import Image
 from .data.loader import load_image
 from .data.show import draw_boxes
 from .errors import InterpruneError
-from .shrink import load_config
-from .train.run import check_detector, load_processor
+from .train.run import load_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -21,16 +20,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 def predict(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
             threshold: float = 0.5, limit: int | None = None) -> list[dict]:
     """Run ``model`` on every image in ``images`` and write ``out/<name>.png`` with boxes and scores."""
-    from .shrink import model_class
-
     files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(
         images).is_dir() else []
     if not files:
         raise InterpruneError(f"{images}: no images (.jpg, .png, ...) found; point --images at a folder of images")
-    config = load_config(model)
-    check_detector(config, str(model))
-    processor = load_processor(model, config)
-    detector = model_class(config).from_pretrained(str(model), dtype=torch.float32).eval()
+    config, processor, detector = load_for_inference(model)
     names = [config.id2label.get(i, str(i)) for i in range(config.num_labels)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -198,14 +198,16 @@ def make_temporary_sibling(out: Path) -> Path:
 def copy_processor_files(source: str | os.PathLike, dest: Path) -> None:
     """Copy image-processor/tokenizer files from a local folder, or fetch them for a Hub id."""
     folder = Path(source)
-    for name in PROCESSOR_FILES:
-        if folder.is_dir():
+    if folder.is_dir():
+        for name in PROCESSOR_FILES:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, dest / name)
-            continue
-        try:
-            from huggingface_hub import hf_hub_download
+        return
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
+    for name in PROCESSOR_FILES:
+        try:
             shutil.copy2(hf_hub_download(str(source), name), dest / name)
-        except Exception:  # the Hub model simply has no such file
+        except EntryNotFoundError:  # the Hub model simply has no such file; other failures are real errors
             continue

@@ -52,13 +52,12 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
         return config.source
     if folder.exists():
         return folder
+    # "transfer" is a same-size shrink: the whole state dict, buffers included. "random" keeps only what
+    # ``keep`` names (the backbone) and leaves every other tensor freshly initialised: the paper's random init.
     overrides = {} if experiment.size == "full" else config.target
-    if experiment.init == "random":  # fresh transformer, source backbone: the paper's "random init"
-        model, report = shrink(source, overrides, "random", seed=seed, reinit=f"^(?!{config.keep})")
-    elif experiment.init == "transfer":  # the whole state dict, buffers included
-        model, report = shrink(source, {}, "select", seed=seed)
-    else:
-        model, report = shrink(source, overrides, experiment.init, seed=seed)
+    method = "select" if experiment.init == "transfer" else experiment.init
+    reinit = f"^(?!{config.keep})" if experiment.init == "random" else None
+    model, report = shrink(source, overrides, method, seed=seed, reinit=reinit)
     report.source = config.source
     save(model, folder, report=report, source=config.source)
     return folder

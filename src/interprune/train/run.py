@@ -46,33 +46,41 @@ def load_processor(source: str | os.PathLike, config: PretrainedConfig, image_si
     try:
         processor = AutoImageProcessor.from_pretrained(str(source))
     except (OSError, ValueError):
+        import transformers
         from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
-        names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type) or {}
-        name = names.get("torchvision") or names.get("pil") if isinstance(names, dict) else names
-        import transformers
-
+        names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type) or {}  # {"torchvision": ..., "pil": ...}
+        name = (names.get("torchvision") or names.get("pil")) if isinstance(names, dict) else names
         processor = getattr(transformers, name)()
     if image_size:
         processor.size = {"shortest_edge": image_size, "longest_edge": math.ceil(image_size * 5 / 3)}
     return processor
 
 
-def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0) -> Any:
-    """Load ``source`` for the dataset's classes; the classification head is re-created when the
-    model's classes are not the dataset's, and every other tensor keeps its (transferred) value."""
+def load_for_inference(source: str | os.PathLike) -> tuple[PretrainedConfig, Any, Any]:
+    """Config, image processor and detector (float32, eval mode) of a saved detection model."""
     config = load_config(source)
     check_detector(config, str(source))
+    detector = model_class(config).from_pretrained(str(source), dtype=torch.float32).eval()
+    return config, load_processor(source, config), detector
+
+
+def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0,
+                  config: PretrainedConfig | None = None) -> Any:
+    """Load ``source`` for the dataset's classes; the classification head is re-created when the
+    model's classes are not the dataset's, and every other tensor keeps its (transferred) value."""
+    if config is None:
+        config = load_config(source)
+        check_detector(config, str(source))
     cls = model_class(config)
-    id2label = dict(enumerate(names))
-    torch.manual_seed(seed)
     if [config.id2label.get(i) for i in range(config.num_labels)] == names:
         return cls.from_pretrained(str(source), dtype=torch.float32)  # train in fp32; --precision for mixed
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report would only announce the head we re-create
     try:
-        model = cls.from_pretrained(str(source), id2label=id2label, label2id={n: i for i, n in enumerate(names)},
-                                    ignore_mismatched_sizes=True, dtype=torch.float32)
+        model = cls.from_pretrained(str(source), id2label=dict(enumerate(names)),
+                                    label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True,
+                                    dtype=torch.float32)
     finally:
         transformers_logging.set_verbosity(verbosity)
     torch.manual_seed(seed)
@@ -126,7 +134,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     processor = load_processor(model, config, settings.image_size)
     _quiet()
     L.seed_everything(settings.seed, workers=True, verbose=False)
-    detector = load_detector(model, dataset.names, settings.seed).train()  # from_pretrained gives eval mode
+    detector = load_detector(model, dataset.names, settings.seed, config).train()  # from_pretrained: eval mode
     if settings.from_scratch:  # DETR freezes batch norms (some versions the ResNet stem too): right when pretrained
         batchnorm.thaw(detector)
         for param in detector.parameters():
@@ -181,13 +189,11 @@ def evaluate(model: str | os.PathLike, data: DetectionData, *, batch_size: int =
     """Validation loss and COCO mAP of a saved detector on ``data``'s validation split, as is."""
     import lightning as L
 
-    config = load_config(model)
-    check_detector(config, str(model))
+    config, processor, detector = load_for_inference(model)
     names = [config.id2label.get(i) for i in range(config.num_labels)]
     if names != data.names:
         raise InterpruneError(f"{model} detects {names}, the dataset has {data.names}; evaluate on its own classes")
-    processor = load_processor(model, config)
-    module = DetectionModule(model_class(config).from_pretrained(str(model), dtype=torch.float32).eval(), processor)
+    module = DetectionModule(detector, processor)
     module.compute_map = True
     _, loader = make_loaders(data, processor, val_batch_size=batch_size, augment=False)
     _quiet()
