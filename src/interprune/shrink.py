@@ -31,6 +31,7 @@ __all__ = ["shrink", "save", "load_config", "target_config", "build_model", "loa
 HIDDEN_SIZES = ("d_model", "hidden_size", "embed_dim", "n_embd", "dim")
 HEAD_COUNTS = ("num_attention_heads", "encoder_attention_heads", "decoder_attention_heads", "n_head", "n_heads",
                "num_heads")
+COUNTS = ("num_stages",)  # counts some configs store beside their per-stage lists instead of deriving them
 KEEP = {"architectures", "id2label", "label2id", "model_type", "transformers_version", "dtype", "torch_dtype",
         "_name_or_path"}  # never re-derived, whatever their defaults say
 
@@ -129,6 +130,8 @@ def _follow_lists(config: PretrainedConfig, own: dict[str, Any], values: dict[st
         if not (isinstance(new, list) and isinstance(old, list)) or len(new) == len(old):
             continue
         for other, value in list(values.items()):
+            if other in COUNTS and other not in own and value == len(old):
+                values[other] = len(new)
             if other in own or other == key or not isinstance(value, list) or len(value) != len(old):
                 continue
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
