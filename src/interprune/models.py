@@ -36,6 +36,7 @@ PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_conf
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 HUB_HOST = ("huggingface.co", 443)
+HEAD_SEED_OFFSET = 7919
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -280,7 +281,8 @@ def recreate_head(model: PreTrainedModel, seed: int = 0) -> list[str]:
     """Give ``model`` a fresh classification head initialised exactly as the model itself initialises one
     (its own ``_init_weights``, focal-loss bias priors, every copy in a list of heads); returns the names."""
     names = head_tensors(model.config)
-    fresh = build_model(model.config, seed).state_dict()
+    # a stream of its own: an untrained source built with the same seed must not get its old head back
+    fresh = build_model(model.config, seed + HEAD_SEED_OFFSET).state_dict()
     state = model.state_dict()
     for name in names:
         state[name].copy_(fresh[name].to(state[name].dtype))
