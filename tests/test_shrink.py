@@ -46,6 +46,10 @@ def test_written_folder_loads_with_stock_auto_class_and_no_key_warnings(detr_dir
     assert fc1 == {"name": fc1["name"], "source_shape": [64, 32], "target_shape": [32, 16],
                    "action": "resampled", "kind": "parameter"}
     assert sum(meta["counts"].values()) == len(meta["tensors"])
+    residual = next(d for d in meta["plan"]["dimensions"] if d["name"] == "residual")
+    assert residual["kind"] == "residual" and (residual["source"], residual["target"]) == (32, 16)
+    assert ["model.input_projection.weight", 0, 1, 1] in residual["axes"]
+    assert meta["choices"]["residual"] == residual["aligned"] and len(meta["choices"]["model.encoder.layers.0.ffn"]) == 32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small", "source"]
 
 

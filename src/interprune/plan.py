@@ -233,13 +233,14 @@ class _Builder:
         return self.root_config
 
     def scope(self, name: str) -> str:
-        """The sub-model a tensor belongs to (CLIP's text_model/vision_model): residuals of different
-        sub-configs are different dimensions even when their sizes agree."""
+        """The sub-model a tensor belongs to (CLIP's text_model/vision_model, a backbone): residuals of
+        sub-models with their own kind of config are different dimensions even when their sizes agree
+        (T5's encoder and decoder copy the root config and share its residual)."""
         parts = name.split(".")
         for i in range(1, len(parts)):
             module = self.src_mods.get(".".join(parts[:i]))
             config = getattr(module, "config", None)
-            if config is not None and self.root_config is not None and config is not self.root_config:
+            if config is not None and self.root_config is not None and type(config) is not type(self.root_config):
                 return ".".join(parts[:i])
         return ""
 
