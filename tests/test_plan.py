@@ -135,3 +135,24 @@ def test_one_choice_reaches_every_axis_of_a_dimension():
     assert torch.equal(dst["encoder.layer.1.output.dense.weight"][:, :5],
                        src["encoder.layer.1.output.dense.weight"][keep][:, select_indices(64, 32)[:5]])
     assert set(default_choices(plan, "first")) == {d.name for d in plan.dimensions}
+
+
+def test_rt_detr_sine_embedding_agrees_on_the_kept_encoder_channels():
+    source, target = build("rt_detr"), build("rt_detr", encoder_hidden_dim=8)
+    report = transfer(source, target, "first")
+    kept = torch.tensor(report.choices["channels.16"])
+    assert kept.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]  # blocks [sin_h, cos_h, sin_w, cos_w] of 4 -> 2
+    big = source.model.encoder.aifi[0].position_embedding(3, 5, torch.device("cpu"), torch.float32)
+    small = target.model.encoder.aifi[0].position_embedding(3, 5, torch.device("cpu"), torch.float32)
+    assert torch.allclose(small, big[..., kept], atol=1e-6)
+
+
+def test_rotary_frequencies_agree_on_the_kept_head_channels():
+    source, target = build("llama"), build("llama", hidden_size=16, head_dim=4, intermediate_size=32)
+    report = transfer(source, target, "first")
+    kept = torch.tensor(report.choices["layers.0.self_attn.head_dim"])
+    assert kept.tolist() == [0, 2, 4, 6]  # pairs (i, i + d/2) at the nearest frequencies, not the first 4
+    x, positions = torch.zeros(1, 5, 4), torch.arange(5)[None]
+    cos_big, sin_big = source.rotary_emb(x, positions)
+    cos_small, sin_small = target.rotary_emb(x, positions)
+    assert torch.allclose(cos_small, cos_big[..., kept]) and torch.allclose(sin_small, sin_big[..., kept])

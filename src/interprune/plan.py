@@ -57,6 +57,8 @@ RULES: dict[str, Any] = {
     "position_names": r"(position|wpe|embed_positions)",
     "query_table_names": r"query_position_embeddings\.weight$",
     "hidden_fields": ("hidden_size", "d_model", "n_embd", "dim", "embed_dim"),
+    # parameter-free sine position embeddings: the attribute that gives their width -> channel layout
+    "sine_layouts": {"pairs": "num_position_features", "blocks": "embed_dim"},
 }
 
 
@@ -416,7 +418,7 @@ class _Builder:
             dim = made.get(key)
             if dim is None:
                 dim = made[key] = self.add(Dimension(label, kind, s, t))
-                if kind == "residual":
+                if info["global"]:
                     dim.aligned = _sine_alignment(self.source, s, t)
             self.claim(dim, Axis(name, axis, parts))
         return sorted(unplanned)
@@ -519,19 +521,28 @@ def _attention_info(prefix: str, module: nn.Module, modules: dict[str, nn.Module
 
 
 def _sine_alignment(model: nn.Module, source: int, target: int) -> Tensor | None:
-    """Source residual channels that keep the DETR-family sine position embedding unchanged.
+    """Source channels that keep a parameter-free 2-D sine position embedding unchanged on the kept channels.
 
-    The embedding of width d is ``[y-part, x-part]``, d/2 channels each, channel 2k = sin(p / T^(2k/(d/2))),
-    2k+1 = cos of the same. For each target frequency pair j we keep the source pair with the nearest
-    frequency, k = round(j * d / d'), in both halves: exact at d' = d/2 (source channels 4j, 4j+1).
+    DETR family (``num_position_features`` = d/2): ``[y-part, x-part]``, channel 2k = sin(p / T^(2k/(d/2))),
+    2k+1 = cos of the same. RT-DETR (``embed_dim`` = d): four blocks ``[sin_h, cos_h, sin_w, cos_w]`` of d/4
+    channels, channel k at frequency T^(-k/(d/4)). For each target frequency we keep the source channel(s)
+    with the nearest frequency: exact at d' = d/2 (DETR: source channels 4j, 4j+1 in each half).
     """
-    module = next((m for m in model.modules() if type(m).__name__.endswith("SinePositionEmbedding")
-                   and isinstance(getattr(m, "num_position_features", None), int)), None)
-    if module is None or 2 * module.num_position_features != source or source % 4 or target % 4:
-        return None
-    pairs = [min(round(j * source / target), source // 4 - 1) for j in range(target // 4)]
-    half = [c for k in pairs for c in (2 * k, 2 * k + 1)]
-    return torch.tensor(half + [source // 2 + c for c in half], dtype=torch.long)
+    for module in model.modules():
+        name = type(module).__name__
+        if not name.endswith("SinePositionEmbedding") or source % 4 or target % 4:
+            continue
+        layout, width = next(((k, getattr(module, f)) for k, f in RULES["sine_layouts"].items()
+                              if isinstance(getattr(module, f, None), int)), (None, None))
+        if layout == "pairs" and 2 * width == source:
+            pairs = [min(round(j * source / target), source // 4 - 1) for j in range(target // 4)]
+            half = [c for k in pairs for c in (2 * k, 2 * k + 1)]
+            return torch.tensor(half + [source // 2 + c for c in half], dtype=torch.long)
+        if layout == "blocks" and width == source:
+            block_s, block_t = source // 4, target // 4
+            picks = [min(round(j * block_s / block_t), block_s - 1) for j in range(block_t)]
+            return torch.tensor([b * block_s + k for b in range(4) for k in picks], dtype=torch.long)
+    return None
 
 
 def _rotary_alignment(model: nn.Module, source: int, target: int) -> Tensor | None:
