@@ -113,6 +113,7 @@ def test_layers_take_chosen_source_layers_and_unknown_structure_is_said():
     assert torch.equal(target.state_dict()[name], source.state_dict()["encoder.layer.1.output.dense.weight"])
     assert "encoder.layer.0.output.dense.weight" in report.dropped
     yolos, shallow = build("yolos"), build("yolos", num_hidden_layers=1)
+    assert make_plan(yolos, shallow).unplanned == ["vit.encoder.interpolation.mid_position_embeddings"]  # said
     for method in ("select", "max-pool", "nearest-exact"):  # was a traceback: 0-row mid_position_embeddings
         transfer(yolos, shallow, method)
 

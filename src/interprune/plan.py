@@ -208,9 +208,11 @@ class _Builder:
                     yield name, axis, int(a), int(b)
 
     def add(self, dim: Dimension) -> Dimension:
-        dim.axes = [a for a in dim.axes if (a.tensor, a.axis) not in self.claimed or
-                    self.claimed[(a.tensor, a.axis)].kind in ("head_dim",) and dim.kind in ("heads", "kv_heads")
-                    or self.claimed[(a.tensor, a.axis)].kind in ("heads", "kv_heads") and dim.kind == "head_dim"]
+        """Register ``dim`` with those of its axes no other dimension explains yet (a head's width and the
+        head count may share an axis: the axis is heads x width)."""
+        nests = {("head_dim", "heads"), ("head_dim", "kv_heads"), ("heads", "head_dim"), ("kv_heads", "head_dim")}
+        dim.axes = [a for a in dim.axes if (a.tensor, a.axis) not in self.claimed
+                    or (self.claimed[(a.tensor, a.axis)].kind, dim.kind) in nests]
         for a in dim.axes:
             self.claimed.setdefault((a.tensor, a.axis), dim)
         names = {d.name for d in self.dims}
@@ -226,13 +228,10 @@ class _Builder:
         return int(s.shape[axis]), int(t.shape[axis])
 
     def config_of(self, name: str) -> Any:
-        """The config of the deepest module above ``name`` that has one (sub-models have their own)."""
-        parts = name.split(".")
-        for i in range(len(parts) - 1, -1, -1):
-            module = self.src_mods.get(".".join(parts[:i]))
-            if module is not None and getattr(module, "config", None) is not None:
-                return module.config
-        return self.root_config
+        return _config_above(self.src_mods, name, self.root_config)
+
+    def target_config_of(self, name: str) -> Any:
+        return _config_above(self.tgt_mods, name, getattr(self.target, "config", None))
 
     def scope(self, name: str) -> str:
         """The sub-model a tensor belongs to (CLIP's text_model/vision_model, a backbone): residuals of
@@ -276,8 +275,7 @@ class _Builder:
                     continue
                 expect = parts * units_t * d_t
                 if self.tgt[tensor].shape[axis] != expect or self.src[tensor].shape[axis] != parts * units_s * d_s:
-                    return_none = True  # shapes disagree with what the attributes say: leave it to the size rules
-                    heads, width, kv = [], [], []
+                    heads, width, kv = [], [], []  # shapes disagree with the attributes: leave it to the size rules
                     break
                 if units_s != units_t:
                     (kv if role == "kv" and kv_s != h_s else heads).append(Axis(tensor, axis, parts, d_s))
@@ -344,7 +342,7 @@ class _Builder:
 
     def grid_of(self, name: str, s: int, t: int) -> dict | None:
         config = self.config_of(name)
-        tconfig = _same_config(self.target, self.tgt_mods, name) or config
+        tconfig = self.target_config_of(name) or config
         gs, gt = _grid_shape(config), _grid_shape(tconfig)
         if gs is None or gt is None:
             return None
@@ -369,7 +367,7 @@ class _Builder:
                     found.append((name, axis, parts))
         return found
 
-    def sizes(self) -> list[str]:
+    def sizes(self) -> None:
         """The rest: group changed axes by (sub-model, source size, target size); global when they meet
         outside a layer or in a norm (residual stream, conv channels), else one dimension per layer."""
         split = {(n, a): p for n, a, p in self.parts()}
@@ -396,13 +394,11 @@ class _Builder:
             info = keys.setdefault((self.scope(name), s, t), {"global": False, "known": False, "blocks": set()})
             info["global"] |= globl
             info["known"] |= known
-        unplanned: set[str] = set()
         made: dict[tuple, Dimension] = {}
         for name, axis, s, t, parts, known, globl in entries:
             scope = self.scope(name)
             info = keys[(scope, s, t)]
-            if not info["known"]:
-                unplanned.add(name)
+            if not info["known"]:  # only tensors of unknown modules have this size change: say so
                 continue
             if info["global"]:
                 label, kind = self.global_label(scope, s, t)
@@ -421,11 +417,9 @@ class _Builder:
                 if info["global"]:
                     dim.aligned = _sine_alignment(self.source, s, t)
             self.claim(dim, Axis(name, axis, parts))
-        return sorted(unplanned)
 
     def global_label(self, scope: str, s: int, t: int) -> tuple[str, str]:
-        config = self.config_of(scope + ".x") if scope else self.root_config
-        tconfig = _same_config(self.target, self.tgt_mods, scope + ".x") if scope else self.target.config
+        config, tconfig = self.config_of(scope + ".x"), self.target_config_of(scope + ".x")
         for field_name in RULES["hidden_fields"]:
             a, b = getattr(config, field_name, None), getattr(tconfig, field_name, None)
             if isinstance(a, int) and (a, b) == (s, t):
@@ -437,13 +431,14 @@ def json_key(grid: dict) -> str:
     return repr(sorted(grid.items()))
 
 
-def _same_config(model: nn.Module, modules: dict[str, nn.Module], name: str) -> Any:
+def _config_above(modules: dict[str, nn.Module], name: str, default: Any) -> Any:
+    """The config of the deepest module above ``name`` that has one (sub-models have their own)."""
     parts = name.split(".")
     for i in range(len(parts) - 1, -1, -1):
         module = modules.get(".".join(parts[:i]))
         if module is not None and getattr(module, "config", None) is not None:
             return module.config
-    return getattr(model, "config", None)
+    return default
 
 
 def _grid_shape(config: Any) -> tuple[int, int] | None:
@@ -560,13 +555,13 @@ def make_plan(source: nn.Module, target: nn.Module) -> Plan:
     builder.layers()
     builder.attention()
     builder.embeddings()
-    unplanned = builder.sizes()
+    builder.sizes()
     computed = [n for n, t in builder.tgt.items() if n in builder.src and not t.is_floating_point()
                 and builder.src[n].shape != t.shape]
-    covered = {a.tensor for d in builder.dims for a in d.axes}
-    leftovers = {n for n, *_ in builder.changed() if n not in covered and n not in computed}
     dims = [d for d in builder.dims if d.axes or d.kind == "layers"]
-    return Plan(dims, sorted(set(unplanned) | leftovers), computed)
+    covered = {(a.tensor, a.axis) for d in dims for a in d.axes}
+    unplanned = {n for n, axis, *_ in builder.changed() if (n, axis) not in covered and n not in computed}
+    return Plan(dims, sorted(unplanned), computed)
 
 
 # ------------------------------------------------------------------------------------------------ choices
