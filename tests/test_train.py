@@ -11,6 +11,7 @@ from interprune.data.rocks import NAMES
 from interprune.train.module import DetectionModule
 from interprune.train.run import load_detector, read_metrics, train
 from interprune.train.settings import TrainSettings
+from interprune.train.summary import RunSummary
 
 FAST = dict(steps=4, val_every=2, workers=0, log_every=1)
 
@@ -18,10 +19,10 @@ FAST = dict(steps=4, val_every=2, workers=0, log_every=1)
 def test_run_folder_summary_metrics_and_model(detector_dir, rocks_dir, tmp_path):
     out = tmp_path / "run"
     summary = train(detector_dir, rocks_dir, out, TrainSettings(**FAST), progress=False)
-    assert summary["steps"] == 4 and summary["seconds"] > 0
-    assert summary["final_val_loss"] > 0 and summary["best_val_loss"] <= summary["final_val_loss"]
-    assert 0.0 <= summary["map_50"] <= 1.0 and summary["parameters"] == summary["trainable_parameters"]
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary.steps == 4 and summary.seconds > 0 and summary.segments == 1
+    assert summary.final_val_loss > 0 and summary.best_val_loss <= summary.final_val_loss
+    assert 0.0 <= summary.map_50 <= 1.0 and summary.parameters == summary.trainable_parameters
+    assert RunSummary.read(out) == summary
     rows = read_metrics(out)
     assert [int(r["step"]) for r in rows if "val_loss" in r][:2] == [1, 3]  # validations after steps 2 and 4
     assert any("train_loss" in r and "train_loss_giou" in r and "wall_time" in r for r in rows)
@@ -35,10 +36,10 @@ def test_run_folder_summary_metrics_and_model(detector_dir, rocks_dir, tmp_path)
 def test_same_seed_same_metrics_and_resume(detector_dir, rocks_dir, tmp_path):
     a = train(detector_dir, rocks_dir, tmp_path / "a", TrainSettings(**FAST), progress=False)
     b = train(detector_dir, rocks_dir, tmp_path / "b", TrainSettings(**FAST), progress=False)
-    assert (a["final_val_loss"], a["map"]) == (b["final_val_loss"], b["map"])
+    assert (a.final_val_loss, a.map) == (b.final_val_loss, b.map)
     c = train(detector_dir, rocks_dir, tmp_path / "b", TrainSettings(**{**FAST, "steps": 6}), resume=True,
               progress=False)
-    assert c["steps"] == 6
+    assert c.steps == 6 and c.segments == 2
     val_steps = [int(r["step"]) for r in read_metrics(tmp_path / "b") if "val_loss" in r]
     assert val_steps[:3] == [1, 3, 5]  # the resumed run's table keeps its first part
     with pytest.raises(InterpruneError, match="already holds a run"):

@@ -164,12 +164,10 @@ def save(
     Besides ``config.json`` and ``model.safetensors``, it gets ``interprune.json`` (the report) and
     the source's processor files (or ``processor`` itself), so image processor settings travel with the weights.
     """
+    from .atomic import atomic_folder
+
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temporary_sibling(out)
-    try:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if report is not None:
             (tmp / "interprune.json").write_text(json.dumps(report.to_dict(), indent=1))
@@ -177,11 +175,6 @@ def save(
             copy_processor_files(source, tmp)
         if processor is not None:  # the processor actually used (its settings may differ from the source's)
             processor.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
