@@ -24,7 +24,7 @@ from .errors import InterpruneError
 __all__ = ["write_bytes", "write_text", "atomic_folder", "clean_stale", "is_disk_full", "temporary_name"]
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?:tmp|old)$")
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def temporary_name(dest: Path, kind: str = "tmp") -> Path:

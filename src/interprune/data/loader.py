@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from .augment import augmentation
 from .coco import CocoSplit, DetectionData, read_image
 
-__all__ = ["DetectionDataset", "Collator", "make_loaders", "load_image", "StepSampler", "ShardSampler"]
+__all__ = ["DetectionDataset", "Collator", "make_loaders", "load_image", "StepSampler"]
 
 
 def load_image(path) -> torch.Tensor:
@@ -61,21 +61,6 @@ class StepSampler(Sampler):
                 if draw // self.size != cycle:
                     cycle, order = draw // self.size, self._order(draw // self.size)
                 yield order[draw % self.size], (self.seed * 1_000_003 + draw) % 2**63
-
-
-class ShardSampler(Sampler):
-    """Validation order: every image once over all processes (``index = rank, rank + W, ...``)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __len__(self) -> int:
-        rank, world = _rank_and_world()
-        return len(range(rank, self.size, world))
-
-    def __iter__(self) -> Iterator[int]:
-        rank, world = _rank_and_world()
-        return iter(range(rank, self.size, world))
 
 
 class DetectionDataset(Dataset):
@@ -134,7 +119,7 @@ def make_loaders(
     seed: int = 0,
     steps: int | None = None,
 ) -> tuple[DataLoader, DataLoader]:
-    """Training loader (seeded order and augmentation) and validation loader (as is, sharded over processes).
+    """Training loader (seeded order and augmentation) and validation loader (as is).
 
     With ``steps`` the training loader is one pass of a :class:`StepSampler` over the whole run (what
     ``train`` uses, for exact resume); without, it is an ordinary shuffled epoch.
@@ -148,6 +133,8 @@ def make_loaders(
     return (
         DataLoader(train, batch_size=batch_size, collate_fn=collate, drop_last=False,
                    generator=torch.Generator().manual_seed(seed), **order, **extra),
-        DataLoader(valid, batch_size=val_batch_size, sampler=ShardSampler(len(valid)), collate_fn=collate,
+        # Every process validates every image: torchmetrics' mAP gathers one state per update call, so
+        # shards of unequal length would desynchronise it; whole copies give the single-process mAP.
+        DataLoader(valid, batch_size=val_batch_size, shuffle=False, collate_fn=collate,
                    generator=torch.Generator().manual_seed(seed), **extra),
     )

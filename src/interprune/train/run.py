@@ -33,6 +33,7 @@ __all__ = ["train", "evaluate", "check_trainer", "load_detector", "load_processo
            "RunSummary"]
 
 CHECKPOINTS = "checkpoints"
+TRAINER_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision")  # read by Lightning itself
 
 
 def check_detector(config: PretrainedConfig, source: str) -> None:
@@ -117,9 +118,9 @@ def check_trainer(settings: TrainSettings) -> None:
                   enable_progress_bar=False, enable_model_summary=False)
     except Exception as err:  # Lightning raises MisconfigurationException, ValueError, RuntimeError, TypeError
         detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-        given = ", ".join(f"--{k.replace('_', '-')} {getattr(settings, k)}" for k in
-                          ("accelerator", "devices", "num_nodes", "strategy", "precision"))
-        raise InterpruneError(f"trainer settings ({given}) rejected: {detail}") from None
+        given = " ".join(f"--{k.replace('_', '-')} {getattr(settings, k)}" for k in TRAINER_FIELDS
+                         if getattr(settings, k) != TrainSettings.model_fields[k].default) or "the defaults"
+        raise InterpruneError(f"{given}: {detail}") from None
 
 
 def _launching_process() -> bool:
