@@ -121,7 +121,7 @@ def test_sweep_survives_kills_a_corrupt_checkpoint_and_an_empty_summary(detector
     out = tmp_path / "killed"
     rng = random.Random(1)
     kills = 0
-    while not run_killed(_sweep, (config, out), rng.uniform(0.0, 1.0) * took if kills < 5 else None):
+    while not run_killed(_sweep, (config, out), rng.uniform(0.05, 0.6) * took if kills < 5 else None):
         kills += 1
     runs = [Path("runs/full-pretrained/seed0"), Path("runs/small-area/seed0")]
 

@@ -124,9 +124,10 @@ def check_trainer(settings: TrainSettings) -> None:
 
 
 def _launching_process() -> bool:
-    """Whether this is the process the user started on the first node, not one of the processes Lightning
-    launches for DDP (which run the same command with ``LOCAL_RANK`` set) nor another node's."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """Whether this is the first process of a run: not one Lightning launches for DDP (the same command with
+    ``LOCAL_RANK`` set), nor one that torchrun, SLURM or another node started beside it."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") in ("", "0") for name in ranks)
 
 
 def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out: str | os.PathLike,
