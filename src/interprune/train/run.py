@@ -1,7 +1,8 @@
 """``interprune train``: fine-tune a detection model on a COCO dataset and write a run folder.
 
-A run folder holds TensorBoard logs, ``metrics.csv``, Lightning checkpoints (``--resume`` continues
-from ``checkpoints/last.ckpt``), the final model as a loadable folder and ``summary.json``.
+A run folder holds TensorBoard logs, ``metrics.csv``, ``checkpoints/last.ckpt`` (``--resume`` continues
+from it exactly, see ``train.resume``), the final model as a loadable folder and ``summary.json``
+(``train.summary``). Every file is written atomically beside its destination, the summary last.
 """
 
 from __future__ import annotations
