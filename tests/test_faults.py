@@ -158,6 +158,30 @@ def test_sweep_survives_kills_a_corrupt_checkpoint_and_an_empty_summary(detector
     assert [row["experiment"] for row in csv.DictReader((out / "summary.csv").open())] == ["full-pretrained"]
 
 
+def _write_rocks(out):
+    from interprune.data.rocks import NAMES, draw_rocks
+    from interprune.data.synthetic import write_dataset
+
+    write_dataset(out, draw_rocks, NAMES, "rocks", train=30, valid=5, copies=2, size=96, seed=0)
+
+
+def test_a_killed_dataset_write_leaves_nothing_that_blocks_the_next(tmp_path):
+    started = time.perf_counter()
+    _write_rocks(tmp_path / "whole")
+    took = time.perf_counter() - started
+    rng = random.Random(2)
+    out = tmp_path / "killed"
+    left = []
+    for _ in range(3):
+        if not run_killed(_write_rocks, (out,), rng.uniform(0.3, 0.8) * took):
+            left += hidden(tmp_path)
+    assert left and not out.exists()  # killed part-way: only a hidden temporary, never a half dataset
+    _write_rocks(out)  # the next write to the same place runs, and sweeps the dead writers' temporaries away
+    assert hidden(tmp_path) == []
+    for name in ("train/_annotations.coco.json", "valid/_annotations.coco.json", "train/rocks_0029_1.jpg"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
 FULL_DISK = """
 import sys
 from pathlib import Path
