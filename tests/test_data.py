@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -82,7 +83,7 @@ def test_bad_annotations_name_the_file_and_annotation(tmp_path, annotation, mess
 def test_missing_image_and_malformed_json(tmp_path):
     path = write_coco(tmp_path / "m", ROBOFLOW_CATS, [])
     (tmp_path / "m" / "im1.jpg").unlink()
-    with pytest.raises(InterpruneError, match=r"im1.jpg: image missing or unreadable \(image id 1"):
+    with pytest.raises(InterpruneError, match=r"im1.jpg: image missing \(image id 1"):
         open_dataset(path)
     path.write_text("{not json")
     with pytest.raises(InterpruneError, match="malformed JSON"):
@@ -167,3 +168,51 @@ def test_dataset_grid_draws_boxes(roboflow, tmp_path):
     out = dataset_grid(open_dataset(roboflow), tmp_path / "grid.png", count=2)
     pixels = torch.tensor(list(Image.open(out).getdata()))
     assert len(torch.unique(pixels, dim=0)) > 3  # background, padding, and box colours
+
+
+def test_exif_orientation_is_honoured_in_the_check_and_the_loader(tmp_path):
+    """A phone photo stored landscape with EXIF orientation 6 (turn 90 degrees clockwise) is shown, and
+    annotated, as portrait: its boxes are in the portrait frame, and the loader must give that frame."""
+    folder = tmp_path / "exif" / "train"
+    folder.mkdir(parents=True)
+    stored = Image.new("RGB", (80, 40), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 40))  # the stored left edge is red: it is the top once turned
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(folder / "photo.jpg", exif=exif, quality=95)
+    coco = {"images": [{"id": 0, "file_name": "photo.jpg", "width": 40, "height": 80}],
+            "annotations": [{"id": 0, "image_id": 0, "category_id": 1, "bbox": [5, 50, 30, 25]}],  # fits 40x80 only
+            "categories": [{"id": 1, "name": "thing"}]}
+    (folder / "_annotations.coco.json").write_text(json.dumps(coco))
+    (folder.parent / "valid").mkdir()
+    shutil.copy(folder / "photo.jpg", folder.parent / "valid")
+    (folder.parent / "valid" / "_annotations.coco.json").write_text(json.dumps(coco))
+    data = open_dataset(folder.parent)
+    assert (data.train.images[0]["width"], data.train.images[0]["height"]) == (40, 80)
+    assert data.clipped == 0
+    image, target = DetectionDataset(data.train)[0]
+    assert image.shape == (3, 80, 40)
+    assert image[0, :5].float().mean() > 200 and image[2, :5].float().mean() < 60  # red on top
+    assert image[2, -5:].float().mean() > 200  # blue at the bottom
+    assert target["annotations"][0]["bbox"] == [5.0, 50.0, 30.0, 25.0]
+
+
+def test_images_that_do_not_decode_are_named_when_the_dataset_is_opened(roboflow):
+    jpeg = roboflow / "train" / "im1.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])  # cut short, as by a failed copy
+    with pytest.raises(InterpruneError, match=r"im1.jpg: image unreadable: .* \(image id 1 in .*; re-export or delete it"):
+        open_dataset(roboflow)
+    Image.new("RGB", (80, 60), (1, 2, 3)).save(jpeg.with_suffix(".bmp"))
+    jpeg.unlink()
+    jpeg.with_suffix(".bmp").rename(jpeg)  # a BMP under a .jpg name: PIL reads it, and so does the loader now
+    data = open_dataset(roboflow)
+    image, _ = DetectionDataset(data.train)[1]
+    assert image.shape == (3, 60, 80) and image[:, 0, 0].tolist() == [1, 2, 3]
+
+
+def test_a_validation_split_without_images_is_an_error(roboflow):
+    coco = json.loads((roboflow / "valid" / "_annotations.coco.json").read_text())
+    coco["images"], coco["annotations"] = [], []
+    (roboflow / "valid" / "_annotations.coco.json").write_text(json.dumps(coco))
+    with pytest.raises(InterpruneError, match=r"valid/_annotations.coco.json: the validation split has no images"):
+        open_dataset(roboflow)

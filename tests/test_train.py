@@ -1,5 +1,9 @@
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +16,7 @@ from interprune.data.rocks import NAMES
 from interprune.train.module import DetectionModule
 from interprune.train.run import load_detector, read_metrics, train
 from interprune.train.settings import TrainSettings
+from interprune.train.summary import RunSummary
 
 FAST = dict(steps=4, val_every=2, workers=0, log_every=1)
 
@@ -19,10 +24,10 @@ FAST = dict(steps=4, val_every=2, workers=0, log_every=1)
 def test_run_folder_summary_metrics_and_model(detector_dir, rocks_dir, tmp_path):
     out = tmp_path / "run"
     summary = train(detector_dir, rocks_dir, out, TrainSettings(**FAST), progress=False)
-    assert summary["steps"] == 4 and summary["seconds"] > 0
-    assert summary["final_val_loss"] > 0 and summary["best_val_loss"] <= summary["final_val_loss"]
-    assert 0.0 <= summary["map_50"] <= 1.0 and summary["parameters"] == summary["trainable_parameters"]
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary.steps == 4 and summary.seconds > 0 and summary.segments == 1
+    assert summary.final_val_loss > 0 and summary.best_val_loss <= summary.final_val_loss
+    assert 0.0 <= summary.map_50 <= 1.0 and summary.parameters == summary.trainable_parameters
+    assert RunSummary.read(out) == summary
     rows = read_metrics(out)
     assert [int(r["step"]) for r in rows if "val_loss" in r][:2] == [1, 3]  # validations after steps 2 and 4
     assert any("train_loss" in r and "train_loss_giou" in r and "wall_time" in r for r in rows)
@@ -36,10 +41,10 @@ def test_run_folder_summary_metrics_and_model(detector_dir, rocks_dir, tmp_path)
 def test_same_seed_same_metrics_and_resume(detector_dir, rocks_dir, tmp_path):
     a = train(detector_dir, rocks_dir, tmp_path / "a", TrainSettings(**FAST), progress=False)
     b = train(detector_dir, rocks_dir, tmp_path / "b", TrainSettings(**FAST), progress=False)
-    assert (a["final_val_loss"], a["map"]) == (b["final_val_loss"], b["map"])
+    assert (a.final_val_loss, a.map) == (b.final_val_loss, b.map)
     c = train(detector_dir, rocks_dir, tmp_path / "b", TrainSettings(**{**FAST, "steps": 6}), resume=True,
               progress=False)
-    assert c["steps"] == 6
+    assert c.steps == 6 and c.segments == 2
     val_steps = [int(r["step"]) for r in read_metrics(tmp_path / "b") if "val_loss" in r]
     assert val_steps[:3] == [1, 3, 5]  # the resumed run's table keeps its first part
     with pytest.raises(InterpruneError, match="already holds a run"):
@@ -133,3 +138,92 @@ def test_heads_in_a_list_and_bias_priors_are_recreated_as_the_model_initialises_
     prior = -math.log((1 - 1 / 4) / (1 / 4))  # focal-loss prior for 3 classes + no-object
     assert torch.allclose(model.model.decoder.class_embed[1].bias, torch.full((3,), prior))
     assert model.model.decoder.class_embed[0].weight.std() < 1.0  # fresh, not the 5.0 it held
+def without_wall_time(rows):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
+
+
+class Stop(Exception):
+    """Stands for a kill: the process ends at once, after the last checkpoint."""
+
+
+def test_a_run_stopped_twice_then_resumed_equals_an_uninterrupted_one(detector_dir, rocks_dir, tmp_path, monkeypatch):
+    settings = TrainSettings(steps=7, val_every=3, workers=0, log_every=1)  # dropout and augmentation draw randoms
+    whole = train(detector_dir, rocks_dir, tmp_path / "whole", settings, progress=False)
+    original = DetectionModule.training_step
+    for stop_at in (5, 6):  # after the checkpoint at step 3 (rows 3-4 redone), then at 6 (resumed from 6)
+        def step(self, batch, batch_idx, stop_at=stop_at):
+            if self.global_step == stop_at:
+                raise Stop
+            return original(self, batch, batch_idx)
+
+        monkeypatch.setattr(DetectionModule, "training_step", step)
+        with pytest.raises(Stop):
+            train(detector_dir, rocks_dir, tmp_path / "parts", settings, resume=True, progress=False)
+    monkeypatch.setattr(DetectionModule, "training_step", original)
+    parts = train(detector_dir, rocks_dir, tmp_path / "parts", settings, resume=True, progress=False)
+    rows = read_metrics(tmp_path / "parts")
+    assert [int(r["step"]) for r in rows] == list(range(7))  # every step exactly once
+    assert without_wall_time(rows) == without_wall_time(read_metrics(tmp_path / "whole"))
+    assert (parts.final_val_loss, parts.best_val_loss, parts.map, parts.map_per_class) == (
+        whole.final_val_loss, whole.best_val_loss, whole.map, whole.map_per_class)
+    assert parts.segments == 3 and parts.seconds > 0
+    assert [r["wall_time"] for r in rows] == sorted(r["wall_time"] for r in rows)  # continues across segments
+
+
+def test_a_corrupt_checkpoint_is_one_line_and_nothing_is_touched(detector_dir, rocks_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(detector_dir, rocks_dir, out, TrainSettings(**FAST), progress=False)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # cut short
+    before = (out / "metrics.csv").read_text()
+    args = ["train", "--model", str(detector_dir), "--data", str(rocks_dir), "--out", str(out), "--steps", "6",
+            "--val-every", "2", "--workers", "0", "--resume"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{ckpt} is cut short or not a checkpoint" in err
+    assert (out / "metrics.csv").read_text() == before and ckpt.stat().st_size == 1000
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--accelerator", "gpu"], "--accelerator gpu: "),
+    (["--precision", "banana"], "--precision banana: Precision 'banana' is invalid"),
+    (["--strategy", "nonsense"], "--strategy nonsense: You selected an invalid strategy name"),
+])
+def test_bad_trainer_settings_fail_before_any_loading(tmp_path, capsys, flags, message):
+    args = ["train", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "no-data"),
+            "--out", str(tmp_path / "run")]
+    assert main(args + flags) == 2  # the missing model and data are never reached
+    err = capsys.readouterr().err
+    assert err.startswith("interprune: error: " + message) and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_over_gloo_train_validate_and_write_one_summary(detector_dir, rocks_dir, tmp_path):
+    out = tmp_path / "ddp"
+    run = subprocess.run(
+        [sys.executable, "-m", "interprune", "train", "--model", str(detector_dir), "--data", str(rocks_dir),
+         "--out", str(out), "--steps", "4", "--val-every", "2", "--workers", "0", "--log-every", "1",
+         "--devices", "2", "--accelerator", "cpu", "--map-every-val"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in run.stderr
+    assert run.stdout.count("steps 4,") == 1  # one report, from the first process
+    summary = RunSummary.read(out)
+    assert summary.steps == 4 and summary.final_val_loss > 0 and 0 <= summary.map_50 <= 1
+    rows = read_metrics(out)
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3] and sum("map_50" in r for r in rows) == 2
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_predict_checks_every_image_before_writing_anything(detector_dir, rocks_dir, tmp_path):
+    from interprune.predict import predict
+
+    images = tmp_path / "images"
+    shutil.copytree(rocks_dir / "valid", images)
+    broken = sorted(images.glob("*.jpg"))[-1]
+    broken.write_bytes(broken.read_bytes()[:300])
+    with pytest.raises(InterpruneError, match=f"{broken.name}: image unreadable: .*--images"):
+        predict(detector_dir, images, tmp_path / "pred")
+    assert not (tmp_path / "pred").exists()

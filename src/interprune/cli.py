@@ -83,16 +83,23 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from .pretrain import pretrain
 
     settings = _settings(args, lr_backbone=1e-4, from_scratch=True)  # a bare config: everything learns
+    from .atomic import write_text
+
     summary = pretrain(args.config, args.data, args.out, settings, resume=args.resume)
-    recipe = {"command": "interprune " + " ".join(args.argv), "summary": summary}
-    (Path(args.out) / "run" / "model" / "pretrain.json").write_text(json.dumps(recipe, indent=1))
+    if summary is None:  # another process of a multi-process run: the first one writes and reports
+        return
+    recipe = {"command": "interprune " + " ".join(args.argv), "summary": summary.model_dump(mode="json")}
+    write_text(Path(args.out) / "run" / "model" / "pretrain.json", json.dumps(recipe, indent=1))
     _print_run(summary, f"{args.out}/run")
     print(f"the pretrained model is {args.out}/run/model")
 
 
-def _print_run(summary: dict, out) -> None:
-    print(f"steps {summary['steps']}, {summary['seconds']:.0f} s; validation loss final {summary['final_val_loss']:.3f}, "
-          f"best {summary['best_val_loss']:.3f}; mAP {summary['map']:.3f}, mAP@50 {summary['map_50']:.3f}")
+def _print_run(summary, out) -> None:
+    if summary is None:  # another process of a multi-process run: the first one reports
+        return
+    resumed = f" in {summary.segments} segments" if summary.segments > 1 else ""
+    print(f"steps {summary.steps}, {summary.seconds:.0f} s{resumed}; validation loss final {summary.final_val_loss:.3f}, "
+          f"best {summary.best_val_loss:.3f}; mAP {summary.map:.3f}, mAP@50 {summary.map_50:.3f}")
     print(f"wrote {out}/ (summary.json, metrics.csv, model/, checkpoints/, tensorboard/)")
 
 

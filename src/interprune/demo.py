@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from .atomic import write_text
 from .data import open_dataset
 from .data.domains import write_domain
 from .errors import InterpruneError
@@ -57,7 +58,7 @@ def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seed
           f"images, its own domain (how it was made: {source / 'pretrain.json'})")
     run_sweep(config, out)
     report = write_report(out)
-    (out / "source_check.json").write_text(json.dumps({**check, "recipe": recipe}, indent=1))
+    write_text(out / "source_check.json", json.dumps({**check, "recipe": recipe}, indent=1))
     rows = table_rows(*collect(out))
     width = max(len(r["experiment"]) for r in rows)
     print(f"\n{'experiment':<{width}}  final val loss     mAP@50          steps to baseline's final loss")

@@ -27,7 +27,7 @@ from transformers.utils import logging as transformers_logging
 from .errors import InterpruneError
 
 __all__ = ["PROCESSOR_FILES", "load_config", "model_class", "build_model", "load_model", "save",
-           "make_temporary_sibling", "copy_processor_files", "load_processor", "check_detector",
+           "copy_processor_files", "load_processor", "check_detector",
            "load_for_inference", "load_detector", "head_tensors", "recreate_head", "count_parameters"]
 
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -152,13 +152,11 @@ def save(
     Besides ``config.json`` and ``model.safetensors``, it gets ``interprune.json`` (the report) and
     the source's processor files (or ``processor`` itself), so processor settings travel with the weights.
     """
+    from .atomic import atomic_folder
+
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
     check_writable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temporary_sibling(out)
-    try:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if report is not None:
             (tmp / "interprune.json").write_text(json.dumps(report.to_dict(), indent=1))
@@ -166,11 +164,6 @@ def save(
             copy_processor_files(source, tmp)
         if processor is not None:  # the processor actually used (its settings may differ from the source's)
             processor.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -184,16 +177,6 @@ def check_writable(out: str | os.PathLike) -> None:
         raise InterpruneError(f"cannot write {out}: {parent} is a file, not a folder; choose another --out")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InterpruneError(f"cannot write {out}: {parent} is not writable; choose another --out")
-
-
-def make_temporary_sibling(out: Path) -> Path:
-    """A hidden folder beside ``out`` to write into and rename when complete, with the permissions a
-    plain ``mkdir`` would give (``mkdtemp`` makes it private)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
 
 
 def copy_processor_files(source: str | os.PathLike, dest: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from .atomic import write_bytes
+from .data.coco import check_image
 from .data.loader import load_image
 from .data.show import draw_boxes
 from .errors import InterpruneError
@@ -24,12 +27,15 @@ def predict(model: str | os.PathLike, images: str | os.PathLike, out: str | os.P
         images).is_dir() else []
     if not files:
         raise InterpruneError(f"{images}: no images (.jpg, .png, ...) found; point --images at a folder of images")
+    files = files[:limit]
+    for file in files:  # every image decodes before any output is written
+        check_image(file, "--images")
     config, processor, detector = load_for_inference(model)
     names = [config.id2label.get(i, str(i)) for i in range(config.num_labels)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     found = []
-    for file in files[:limit]:
+    for file in files:
         image = load_image(file)
         inputs = processor(images=image, return_tensors="pt")
         outputs = detector(pixel_values=inputs["pixel_values"], pixel_mask=inputs.get("pixel_mask"))
@@ -37,6 +43,8 @@ def predict(model: str | os.PathLike, images: str | os.PathLike, out: str | os.P
                                                          target_sizes=[tuple(image.shape[-2:])])[0]
         labels = result["labels"].tolist()
         drawn = draw_boxes(image, result["boxes"], labels, names, result["scores"].tolist())
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out / f"{file.stem}.png")
+        png = io.BytesIO()
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png, format="PNG")
+        write_bytes(out / f"{file.stem}.png", png.getbuffer())  # whole pictures only, even when killed
         found.append({"image": file.name, "detections": len(labels)})
     return found

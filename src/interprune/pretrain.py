@@ -18,6 +18,7 @@ from .errors import InterpruneError
 from .shrink import build_model, save
 from .train.run import load_processor, train
 from .train.settings import TrainSettings
+from .train.summary import RunSummary
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -32,7 +33,7 @@ def read_model_config(spec: str | os.PathLike) -> dict[str, Any]:
 
 
 def pretrain(config: str | os.PathLike | dict, data: str | os.PathLike, out: str | os.PathLike,
-             settings: TrainSettings, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+             settings: TrainSettings, *, resume: bool = False, progress: bool = True) -> RunSummary | None:
     """Write ``out/init`` (the freshly initialised model) and train it into ``out/run``."""
     out = Path(out)
     fields = dict(config) if isinstance(config, dict) else read_model_config(config)
@@ -44,6 +45,5 @@ def pretrain(config: str | os.PathLike | dict, data: str | os.PathLike, out: str
     if not init.exists():
         model_config = AutoConfig.for_model(model_type, **fields)
         model = build_model(model_config, settings.seed)
-        save(model, init)
-        load_processor(init, model_config, settings.image_size).save_pretrained(init)
+        save(model, init, processor=load_processor(init, model_config, settings.image_size))  # one atomic folder
     return train(init, dataset, out / "run", settings, resume=resume, progress=progress)

@@ -19,7 +19,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
 from .errors import InterpruneError
-from .models import (build_model, load_config, load_model, make_temporary_sibling, model_class,  # noqa: F401
+from .models import (build_model, load_config, load_model, model_class,  # noqa: F401
                      save, tokenizer_size)
 from .plan import Plan, make_plan
 from .resample import METHODS

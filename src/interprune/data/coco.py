@@ -11,11 +11,11 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import InterpruneError
 
-__all__ = ["CocoSplit", "DetectionData", "open_dataset", "ROBOFLOW_JSON"]
+__all__ = ["CocoSplit", "DetectionData", "open_dataset", "check_image", "read_image", "ROBOFLOW_JSON"]
 
 ROBOFLOW_JSON = "_annotations.coco.json"
 FAR_OUTSIDE = 0.25  # a box sticking out by more than this fraction of the image is an error, less is clipped
@@ -90,16 +90,43 @@ def _category_map(jsons: list[dict]) -> tuple[dict[int, int], list[str]]:
     return {cid: label for label, cid in enumerate(keep)}, [names[i] for i in keep]
 
 
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that turn the stored image by 90 degrees
+
+
+def check_image(file: Path, where: str) -> tuple[int, int]:
+    """Decode ``file`` as the loader will (PIL) and return its size as displayed (EXIF orientation applied).
+
+    Opening only reads the header, so a truncated file or one PIL cannot decode would pass; decoding it
+    here, JPEGs at 1/8 scale (the DCT scaling of libjpeg: every byte is still read), finds them now.
+    """
+    try:
+        with Image.open(file) as img:
+            width, height = img.size
+            turned = img.getexif().get(EXIF_ORIENTATION) in TRANSPOSED
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            img.load()
+    except FileNotFoundError:
+        raise InterpruneError(f"{file}: image missing ({where})") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InterpruneError(f"{file}: image unreadable: {reason} ({where}); re-export or delete it") from None
+    return (height, width) if turned else (width, height)
+
+
+def read_image(file: Path) -> Image.Image:
+    """An RGB image as annotation tools show it: the EXIF orientation is applied to the pixels."""
+    with Image.open(file) as img:
+        return ImageOps.exif_transpose(img).convert("RGB")
+
+
 def _read_split(path: Path, image_dir: Path, cats: dict[int, int]) -> tuple[CocoSplit, int]:
     data = _read_json(path)
     images, sizes = [], {}
     for im in data["images"]:
         file = image_dir / im["file_name"]
-        try:
-            with Image.open(file) as img:
-                width, height = img.size
-        except (OSError, ValueError):
-            raise InterpruneError(f"{file}: image missing or unreadable (image id {im.get('id')} in {path})") from None
+        width, height = check_image(file, f"image id {im.get('id')} in {path}")
         images.append({"id": int(im["id"]), "file": file, "width": width, "height": height})
         sizes[int(im["id"])] = (width, height)
     boxes: dict[int, list[tuple[int, list[float]]]] = {i: [] for i in sizes}
@@ -173,6 +200,9 @@ def open_dataset(
         notes.append(f"no validation split: held out {len(valid)} of {len(train) + len(valid)} images (seed {seed})")
     if len(train) == 0:
         raise InterpruneError(f"{data}: the training split has no images")
+    if len(valid) == 0:
+        raise InterpruneError(f"{files.get('valid', data)}: the validation split has no images; add some, or remove "
+                              f"the valid/ folder and a seeded {valid_fraction:.0%} of the training images is held out")
     if clipped:
         notes.append(f"clipped {clipped} boxes that stuck out of their image")
     return DetectionData(train, valid, names, splits.get("test"), clipped, str(data), notes)

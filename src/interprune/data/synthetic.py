@@ -7,7 +7,6 @@ module turns it into a Roboflow COCO export on disk, deterministic for a seed.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -19,8 +18,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from .augment import augmentation
 from .coco import ROBOFLOW_JSON
+from ..atomic import atomic_folder
 from ..errors import InterpruneError
-from ..shrink import make_temporary_sibling
 
 Boxes = list[tuple[int, list[float]]]
 Draw = Callable[[np.random.Generator, int], tuple[Image.Image, Boxes]]
@@ -77,21 +76,17 @@ def write_dataset(
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
     if min(train, valid) < 1 or test < 0 or copies < 1 or size < 32:
         raise InterpruneError("need --train and --valid >= 1, --copies >= 1 and --size >= 32")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temporary_sibling(out)
     rng = np.random.default_rng(seed)
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # the augmentation draws from torch's generator
     try:
-        for split, count in (("train", train), ("valid", valid), ("test", test)):
-            if count:
-                _write_split(tmp / split, draw, rng, count, copies if split == "train" else 1, size, names, dataset_name)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        with atomic_folder(out, overwrite=overwrite) as tmp:
+            for split, count in (("train", train), ("valid", valid), ("test", test)):
+                if count:
+                    _write_split(tmp / split, draw, rng, count, copies if split == "train" else 1, size, names,
+                                 dataset_name)
     finally:
         torch.random.set_rng_state(torch_state)
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

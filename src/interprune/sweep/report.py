@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import InterpruneError
-from ..train.run import read_metrics
+from ..train.metrics import read_metrics
+from ..train.summary import RunSummary, UnreadableSummary
 from .config import SweepConfig
 
 __all__ = ["collect", "write_report", "steps_to_reach"]
@@ -28,11 +32,11 @@ class Result:
     name: str
     size: str
     init: str
-    summaries: list[dict] = field(default_factory=list)
+    summaries: list[RunSummary] = field(default_factory=list)
     curves: list[list[tuple[int, float]]] = field(default_factory=list)  # (step, validation loss) per seed
 
     def values(self, key: str) -> list[float]:
-        return [float(s[key]) for s in self.summaries if s.get(key) is not None]
+        return [float(getattr(s, key)) for s in self.summaries if getattr(s, key) is not None]
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -66,8 +70,13 @@ def collect(out: str | Path) -> tuple[SweepConfig, list[Result]]:
         result = Result(experiment.name, experiment.size, experiment.init)
         for seed in config.seeds:
             run = out / "runs" / experiment.name / f"seed{seed}"
-            if (run / "summary.json").is_file():
-                result.summaries.append(json.loads((run / "summary.json").read_text()))
+            try:
+                summary = RunSummary.find(run)
+            except UnreadableSummary as err:  # one line, and the report is made of the readable runs
+                print(f"interprune: warning: {err}; left out (run 'interprune sweep' again to redo it)", file=sys.stderr)
+                continue
+            if summary is not None:
+                result.summaries.append(summary)
                 result.curves.append(_curve(run))
         if result.summaries:
             results.append(result)
@@ -112,14 +121,15 @@ def write_report(out: str | Path) -> Path:
     out = Path(out)
     config, results = collect(out)
     rows = table_rows(config, results)
-    with (out / "summary.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "summary.csv", table.getvalue())
     figures = draw_figures(results, out / "figures")
     md = _markdown(config, rows, figures, out)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(config, rows, figures))
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", _html(config, rows, figures))
     return out / "report.md"
 
 

@@ -1,21 +1,27 @@
 """Run a sweep: prepare each experiment's starting model, fine-tune it for every seed, report.
 
 Runs are independent folders (``runs/<experiment>/seed<k>``): a finished run (``summary.json``) is
-skipped, an interrupted one resumes from its checkpoint, and ``--only`` runs a single experiment so
-a cluster can spread them over machines before ``interprune report`` joins them.
+skipped, an interrupted one resumes exactly from its checkpoint, and ``--only`` runs a single experiment
+so a cluster can spread them over machines before ``interprune report`` joins them. A broken file found
+on the way (an unreadable summary, a corrupt checkpoint) is said in one line and that run is redone
+(from its checkpoint, or from scratch) without stopping the others.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text
 from ..data import DetectionData, open_dataset
 from ..data.domains import write_domain
 from ..errors import InterpruneError
 from ..shrink import build_model, load_config, load_model, save, shrink, target_config
-from ..train.run import train
+from ..train.resume import CorruptCheckpoint
+from ..train.run import CHECKPOINTS, check_trainer, train
+from ..train.summary import RunSummary, UnreadableSummary
 from .config import Experiment, SweepConfig
 
 __all__ = ["check_sweep", "run_sweep", "prepare_model"]
@@ -27,6 +33,7 @@ def check_sweep(config: SweepConfig, only: str | None = None) -> None:
         raise InterpruneError(f"--only {only!r}: no such experiment; have: {', '.join(e.name for e in config.experiments)}")
     if not config.data and not config.generate:
         raise InterpruneError("the sweep names no data: set 'data:' in the YAML or pass --data DIR")
+    check_trainer(config.train)
     source = load_config(config.source)
     try:
         build_model(target_config(source, config.target))
@@ -68,7 +75,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
     out = Path(out)
     check_sweep(config, only)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(config.model_dump(), indent=1))
+    write_text(out / "sweep.json", json.dumps(config.model_dump(), indent=1))
     data = prepare_data(config, out)
     source = None
     done = []
@@ -77,16 +84,33 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
             continue
         for seed in config.seeds:
             run = out / "runs" / experiment.name / f"seed{seed}"
-            if (run / "summary.json").is_file():
-                print(f"[{experiment.name} seed {seed}] finished before: skipped")
+            tag = f"[{experiment.name} seed {seed}]"
+            try:
+                finished = RunSummary.find(run)
+            except UnreadableSummary as err:
+                print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
+                finished = None
+            if finished is not None:
+                print(f"{tag} finished before: skipped")
                 done.append(run)
                 continue
             if source is None and experiment.init != "pretrained":
                 source = load_model(config.source)
             start = prepare_model(config, experiment, seed, out / "models" / f"{experiment.name}-seed{seed}", source)
-            print(f"[{experiment.name} seed {seed}] {experiment.size} model, init {experiment.init}: training "
-                  f"{config.train.steps} steps -> {run}")
+            print(f"{tag} {experiment.size} model, init {experiment.init}: training {config.train.steps} steps -> {run}")
             settings = config.train.model_copy(update={"seed": seed})
-            train(start, data, run, settings, resume=run.exists(), progress=progress)
+            try:
+                train(start, data, run, settings, resume=run.exists(), progress=progress)
+            except CorruptCheckpoint as err:
+                kept = set_aside(run / CHECKPOINTS / "last.ckpt")
+                print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
+                train(start, data, run, settings, resume=True, progress=progress)
             done.append(run)
     return done
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a broken file out of the way (kept for inspection, never read again)."""
+    kept = path.with_name(f"{path.name}.corrupt")
+    os.replace(path, kept)
+    return kept

@@ -1,37 +1,36 @@
 """``interprune train``: fine-tune a detection model on a COCO dataset and write a run folder.
 
-A run folder holds TensorBoard logs, ``metrics.csv``, Lightning checkpoints (``--resume`` continues
-from ``checkpoints/last.ckpt``), the final model as a loadable folder and ``summary.json``.
+A run folder holds TensorBoard logs, ``metrics.csv``, ``checkpoints/last.ckpt`` (``--resume`` continues
+from it exactly, see ``train.resume``), the final model as a loadable folder and ``summary.json``
+(``train.summary``). Every file is written atomically beside its destination, the summary last.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+
+from ..atomic import clean_stale
 from ..data import DetectionData, make_loaders, open_dataset
 from ..errors import InterpruneError
 from ..models import (check_detector, count_parameters, load_config, load_detector, load_for_inference,
                       load_processor, save)
 from . import batchnorm
+from .metrics import METRICS, MetricsTable, read_metrics
 from .module import DetectionModule, NonFiniteLoss
+from .resume import AtomicCheckpointIO, RunState, check_checkpoint
 from .settings import TrainSettings
+from .summary import SUMMARY, RunSummary
 
-__all__ = ["train", "load_detector", "load_processor", "TrainSettings"]
+__all__ = ["train", "evaluate", "check_trainer", "load_detector", "load_processor", "read_metrics", "TrainSettings",
+           "RunSummary"]
 
 CHECKPOINTS = "checkpoints"
-
-
-def _loggers(out: Path) -> list[Any]:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    return [TensorBoardLogger(out, name="tensorboard", version=""), CSVLogger(out, name="csv", version="")]
+TRAINER_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision")  # read by Lightning itself
 
 
 def _quiet() -> None:
@@ -39,29 +38,57 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
+    # The StepSampler makes the loader resumable from the step alone; Lightning cannot see that.
+    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
 
 
-def read_metrics(out: Path) -> list[dict[str, float]]:
-    """Lightning's CSV rows (one per logged step), with empty cells dropped."""
-    path = Path(out) / "metrics.csv"
-    if not path.is_file():
-        return []
-    with path.open() as handle:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+def check_trainer(settings: TrainSettings) -> None:
+    """Check ``accelerator``, ``devices``, ``num_nodes``, ``strategy`` and ``precision`` the way Lightning
+    reads them, before any data or model is loaded: building a ``Trainer`` only validates them."""
+    import lightning as L
+
+    _quiet()
+    try:
+        L.Trainer(accelerator=settings.accelerator, devices=settings.devices, num_nodes=settings.num_nodes,
+                  strategy=settings.strategy, precision=settings.precision, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False)
+    except Exception as err:  # Lightning raises MisconfigurationException, ValueError, RuntimeError, TypeError
+        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+        given = " ".join(f"--{k.replace('_', '-')} {getattr(settings, k)}" for k in TRAINER_FIELDS
+                         if getattr(settings, k) != TrainSettings.model_fields[k].default) or "the defaults"
+        raise InterpruneError(f"{given}: {detail}") from None
+
+
+def _launching_process() -> bool:
+    """Whether this is the first process of a run: not one Lightning launches for DDP (the same command with
+    ``LOCAL_RANK`` set), nor one that torchrun, SLURM or another node started beside it."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") in ("", "0") for name in ranks)
 
 
 def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out: str | os.PathLike,
           settings: TrainSettings | None = None, *, resume: bool = False, images: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Fine-tune ``model`` on ``data`` for ``settings.steps`` steps; returns (and writes) the summary."""
+          progress: bool = True) -> RunSummary | None:
+    """Fine-tune ``model`` on ``data`` for ``settings.steps`` steps; returns (and writes) the summary.
+
+    With ``resume`` a run continues from ``checkpoints/last.ckpt`` exactly as if it had not stopped (same
+    data order, random state and metrics rows; see ``train.resume``), or starts afresh when there is none.
+    Other processes of a multi-process run return ``None``; the first writes the run folder.
+    """
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     settings = settings or TrainSettings()
     out = Path(out)
     ckpt = out / CHECKPOINTS / "last.ckpt"
-    if out.exists() and any(out.iterdir()) and not resume:
+    lead = _launching_process()
+    if lead and out.exists() and any(out.iterdir()) and not resume:
         raise InterpruneError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    check_trainer(settings)
+    resuming = resume and ckpt.is_file()
+    if resuming:
+        check_checkpoint(ckpt)
     dataset = data if isinstance(data, DetectionData) else open_dataset(data, images=images, seed=settings.seed)
     config = load_config(model)
     check_detector(config, str(model))
@@ -77,45 +104,52 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
                              weight_decay=settings.weight_decay, map_every_val=settings.map_every_val)
     train_loader, valid_loader = make_loaders(
         dataset, processor, batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
-        augment=settings.augment, copies=settings.copies, workers=settings.workers, seed=settings.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    earlier = _earlier_rows(out) if resume else []  # Lightning's CSV logger starts its file afresh
+        augment=settings.augment, copies=settings.copies, workers=settings.workers, seed=settings.seed,
+        steps=settings.steps)
+    if lead:
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        for folder in (out, out / CHECKPOINTS):
+            clean_stale(folder)  # what killed earlier segments left half-written
+        if not resuming:  # a fresh start: nothing of an earlier attempt may be mistaken for this run's
+            for name in (METRICS, SUMMARY):
+                (out / name).unlink(missing_ok=True)
+    table = MetricsTable(out / METRICS)
+    state = RunState(ckpt, train_loader.sampler, table)
     trainer = L.Trainer(
         max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
         num_nodes=settings.num_nodes, strategy=settings.strategy, precision=settings.precision,
-        logger=_loggers(out), log_every_n_steps=settings.log_every, enable_progress_bar=progress,
-        enable_model_summary=False, num_sanity_val_steps=0, deterministic="warn",
-        callbacks=[ModelCheckpoint(out / CHECKPOINTS, save_last=True, every_n_train_steps=settings.val_every,
-                                   save_top_k=0), LearningRateMonitor("step")],
+        logger=[TensorBoardLogger(out, name="tensorboard", version=""), table],
+        log_every_n_steps=settings.log_every, enable_progress_bar=progress, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic="warn", enable_checkpointing=False, use_distributed_sampler=False,
+        callbacks=[state, LearningRateMonitor("step")], plugins=[AtomicCheckpointIO()],
     )
-    started = time.time()
     try:
-        trainer.fit(module, train_loader, valid_loader, ckpt_path=str(ckpt) if resume and ckpt.is_file() else None)
+        trainer.fit(module, train_loader, valid_loader, ckpt_path=str(ckpt) if resuming else None)
     except NonFiniteLoss as err:
         saved = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint had been written yet"
         raise InterpruneError(f"{err}; {saved}. Lower --lr or check the data") from None
-    seconds = time.time() - started
     batchnorm.freeze(detector)  # the final evaluation and the saved model use the stock (frozen) layers
     module.compute_map = True
+    table.recording = False  # the final evaluation goes into the summary, not the per-step table
     final = trainer.validate(module, valid_loader, verbose=False)[0]
     if not trainer.is_global_zero:
-        return {}
-    _write_metrics(out, earlier)
-    rows = read_metrics(out)
-    val = [r["val_loss"] for r in rows if "val_loss" in r]
-    summary = {
-        "model": str(model), "data": dataset.source, "steps": int(trainer.global_step), "seconds": round(seconds, 2),
-        "final_val_loss": float(final["val_loss"]), "best_val_loss": min(val + [float(final["val_loss"])]),
-        "map": float(final["map"]), "map_50": float(final["map_50"]), "map_75": float(final["map_75"]),
-        "map_per_class": {dataset.names[c]: v for c, v in getattr(module, "last_per_class", {}).items()
-                          if 0 <= c < len(dataset.names)},
-        "parameters": count_parameters(detector),
-        "trainable_parameters": sum(p.numel() for p in detector.parameters() if p.requires_grad),
-        "seed": settings.seed, "settings": settings.model_dump(),
-    }
+        return None
+    val = [r["val_loss"] for r in table.state() if "val_loss" in r]
+    summary = RunSummary(
+        model=str(model), data=dataset.source, steps=int(trainer.global_step), seconds=round(state.seconds, 2),
+        segments=state.segments, final_val_loss=float(final["val_loss"]),
+        best_val_loss=min(val + [float(final["val_loss"])]),
+        map=float(final["map"]), map_50=float(final["map_50"]), map_75=float(final["map_75"]),
+        map_per_class={dataset.names[c]: v for c, v in getattr(module, "last_per_class", {}).items()
+                       if 0 <= c < len(dataset.names)},
+        parameters=count_parameters(detector),
+        trainable_parameters=sum(p.numel() for p in detector.parameters() if p.requires_grad),
+        seed=settings.seed, settings=settings,
+    )
+    table.save()
     save(detector, out / "model", processor=processor, overwrite=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary.write(out)  # last: its presence means the run is complete
     return summary
 
 
@@ -135,31 +169,3 @@ def evaluate(model: str | os.PathLike, data: DetectionData, *, batch_size: int =
                         devices=1)
     result = trainer.validate(module, loader, verbose=False)[0]
     return {key: float(result[key]) for key in ("val_loss", "map", "map_50", "map_75")}
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
-
-
-def _earlier_rows(out: Path) -> list[dict[str, str]]:
-    """Rows of a run's earlier parts: the joined table of finished parts, then the logger's file of an
-    interrupted one."""
-    joined, last = _csv_rows(out / "metrics.csv"), _csv_rows(out / "csv" / "metrics.csv")
-    end = max((float(r["step"]) for r in joined if r.get("step")), default=-1.0)
-    return joined + [r for r in last if r.get("step") and float(r["step"]) > end]
-
-
-def _write_metrics(out: Path, earlier: list[dict[str, str]]) -> None:
-    """Write ``metrics.csv`` (where people look for it) from Lightning's ``csv/metrics.csv``, with the rows
-    of the run's earlier parts in front when it was resumed."""
-    rows = _csv_rows(out / "csv" / "metrics.csv")
-    first = min((float(r["step"]) for r in rows if r.get("step")), default=float("inf"))
-    rows = [r for r in earlier if r.get("step") and float(r["step"]) < first] + rows
-    columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
-    with (out / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)

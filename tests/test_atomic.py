@@ -1,0 +1,102 @@
+import errno
+import os
+import subprocess
+
+import pytest
+
+from interprune import InterpruneError
+from interprune import atomic
+from interprune.atomic import atomic_folder, clean_stale, is_disk_full, temporary_name, write_bytes, write_text
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def dead_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_write_replaces_whole_files_with_normal_permissions(tmp_path):
+    path = write_text(tmp_path / "sub" / "a.txt", "one")
+    write_text(path, "two")
+    assert path.read_text() == "two" and leftovers(path.parent) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_full_disk_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
+    path = write_text(tmp_path / "a.txt", "old")
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        if len(data) > 4:
+            return real_write(fd, bytes(data[:4]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "write", half_then_full)
+    with pytest.raises(InterpruneError, match=r"no space left on the device while writing .*a.txt; free some space"):
+        write_text(path, "new and longer")
+    assert path.read_text() == "old" and leftovers(tmp_path) == []
+
+
+def test_folder_appears_complete_or_not_at_all(tmp_path):
+    dest = tmp_path / "model"
+    with atomic_folder(dest) as tmp:
+        (tmp / "a").write_text("1")
+        assert not dest.exists() and tmp.parent == tmp_path and tmp.name.startswith(".model.")
+    assert (dest / "a").read_text() == "1"
+    with pytest.raises(InterpruneError, match="already exists"):
+        with atomic_folder(dest):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_folder(dest, overwrite=True) as tmp:
+            (tmp / "b").write_text("2")
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in dest.iterdir()) == ["a"] and leftovers(tmp_path) == []
+    with pytest.raises(InterpruneError, match="no space left"):
+        with atomic_folder(dest, overwrite=True):
+            raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")  # safetensors
+    with atomic_folder(dest, overwrite=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in dest.iterdir()) == ["b"] and leftovers(tmp_path) == []
+
+
+def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    dest = tmp_path / "data"
+    stale_dir = tmp_path / f".data.{dead_pid()}.0123abcd.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "big.jpg").write_bytes(b"x" * 1000)
+    stale_file = tmp_path / f".summary.json.{dead_pid()}.89abcdef.tmp"
+    stale_file.write_text("{")
+    live = temporary_name(tmp_path / "data")  # ours: this process is alive
+    live.mkdir()
+    other = tmp_path / ".notes.txt"  # not ours at all
+    other.write_text("keep")
+    with atomic_folder(dest) as tmp:  # the next write to the same destination cleans its own leftovers
+        (tmp / "a").write_text("1")
+    assert not stale_dir.exists() and stale_file.exists() and live.exists()
+    assert clean_stale(tmp_path) == [stale_file]  # a whole folder at once (what train does in a run folder)
+    assert live.exists() and other.exists()
+
+
+def test_disk_full_is_recognised_through_wrappers():
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as inner:
+            raise RuntimeError("PytorchStreamWriter failed writing file") from inner
+    except RuntimeError as outer:
+        assert is_disk_full(outer)
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(ValueError("bad"))
+
+
+def test_write_bytes_takes_memoryviews(tmp_path):
+    data = bytearray(range(256)) * 100
+    assert write_bytes(tmp_path / "b", memoryview(data)).read_bytes() == bytes(data)
