@@ -23,7 +23,7 @@ def test_run_folder_summary_metrics_and_model(detector_dir, rocks_dir, tmp_path)
     assert 0.0 <= summary["map_50"] <= 1.0 and summary["parameters"] == summary["trainable_parameters"]
     assert json.loads((out / "summary.json").read_text()) == summary
     rows = read_metrics(out)
-    assert [int(r["step"]) for r in rows if "val_loss" in r][:2] == [1, 3]  # validations after steps 2 and 4
+    assert [int(r["step"]) for r in rows if "val_loss" in r][:3] == [0, 2, 4]  # before training, after steps 2 and 4
     assert any("train_loss" in r and "train_loss_giou" in r and "wall_time" in r for r in rows)
     assert {r.get("lr-AdamW/pg1") for r in rows} >= {1e-4} and {r.get("lr-AdamW/pg2") for r in rows} >= {1e-5}
     assert (out / "checkpoints" / "last.ckpt").is_file() and any((out / "tensorboard").iterdir())
@@ -40,7 +40,7 @@ def test_same_seed_same_metrics_and_resume(detector_dir, rocks_dir, tmp_path):
               progress=False)
     assert c["steps"] == 6
     val_steps = [int(r["step"]) for r in read_metrics(tmp_path / "b") if "val_loss" in r]
-    assert val_steps[:3] == [1, 3, 5]  # the resumed run's table keeps its first part
+    assert val_steps == [0, 2, 4, 4, 6, 6]  # the first part kept, no second step-0 validation on resume
     with pytest.raises(InterpruneError, match="already holds a run"):
         train(detector_dir, rocks_dir, tmp_path / "a", TrainSettings(**FAST))
 

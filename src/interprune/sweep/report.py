@@ -46,7 +46,7 @@ def _curve(run: Path) -> list[tuple[int, float]]:
     seen: dict[int, float] = {}
     for row in read_metrics(run):
         if "val_loss" in row:
-            seen.setdefault(int(row["step"]) + 1, row["val_loss"])  # Lightning's step is 0-based; count steps done
+            seen.setdefault(int(row["step"]), row["val_loss"])  # logged at the steps done; 0 before training
     return sorted(seen.items())
 
 

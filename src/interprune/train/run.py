@@ -26,6 +26,7 @@ from ..shrink import load_config, model_class, save
 from ..transfer import count_parameters
 from . import batchnorm
 from .module import DetectionModule, NonFiniteLoss
+from .progress import StepProgressBar
 from .settings import TrainSettings
 
 __all__ = ["train", "load_detector", "load_processor", "TrainSettings"]
@@ -140,7 +141,8 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         for param in detector.parameters():
             param.requires_grad_(True)
     module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
-                             weight_decay=settings.weight_decay, map_every_val=settings.map_every_val)
+                             weight_decay=settings.weight_decay, map_every_val=settings.map_every_val,
+                             warmup_steps=settings.warmup_steps, lr_decay=settings.lr_decay, lr_end=settings.lr_end)
     train_loader, valid_loader = make_loaders(
         dataset, processor, batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
         augment=settings.augment, copies=settings.copies, workers=settings.workers, seed=settings.seed)
@@ -153,11 +155,14 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         logger=_loggers(out), log_every_n_steps=settings.log_every, enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, deterministic="warn",
         callbacks=[ModelCheckpoint(out / CHECKPOINTS, save_last=True, every_n_train_steps=settings.val_every,
-                                   save_top_k=0), LearningRateMonitor("step")],
+                                   save_top_k=0), LearningRateMonitor("step")] + ([StepProgressBar()] if progress else []),
     )
+    resuming = resume and ckpt.is_file()
+    if not resuming:  # validate at step 0: every curve starts from what the initialisation inherited
+        trainer.validate(module, valid_loader, verbose=False)
     started = time.time()
     try:
-        trainer.fit(module, train_loader, valid_loader, ckpt_path=str(ckpt) if resume and ckpt.is_file() else None)
+        trainer.fit(module, train_loader, valid_loader, ckpt_path=str(ckpt) if resuming else None)
     except NonFiniteLoss as err:
         saved = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint had been written yet"
         raise InterpruneError(f"{err}; {saved}. Lower --lr or check the data") from None
@@ -223,7 +228,10 @@ def _write_metrics(out: Path, earlier: list[dict[str, str]]) -> None:
     of the run's earlier parts in front when it was resumed."""
     rows = _csv_rows(out / "csv" / "metrics.csv")
     first = min((float(r["step"]) for r in rows if r.get("step")), default=float("inf"))
-    rows = [r for r in earlier if r.get("step") and float(r["step"]) < first] + rows
+    # validation rows count steps done, so the earlier part's last validation shares the step of the resumed
+    # part's first training row (its 0-based batch index) and is kept
+    rows = [r for r in earlier if r.get("step") and (float(r["step"]) < first or float(r["step"]) == first
+                                                      and r.get("val_loss"))] + rows
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
     with (out / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
