@@ -16,22 +16,17 @@ from pathlib import Path
 
 from .data import open_dataset
 from .data.domains import write_domain
-from .errors import InterpruneError
+from .sources import SHIPPED, shipped
 from .sweep.config import load_sweep, preset_path
 from .sweep.report import collect, table_rows, write_report
 from .sweep.run import run_sweep
 from .train.run import evaluate
 
-DEMO_SOURCE = Path(__file__).parent / "assets" / "demo-source"
+DEMO_SOURCE = SHIPPED["demo"]
 
 
 def demo_source() -> Path:
-    if not (DEMO_SOURCE / "model.safetensors").is_file():
-        raise InterpruneError(
-            f"the demo's source detector is missing from {DEMO_SOURCE}; re-create it with the command in "
-            "the README section 'The demo's source detector'"
-        )
-    return DEMO_SOURCE
+    return shipped("demo")
 
 
 def check_source(source: Path, out: Path) -> dict:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import InterpruneError
 from ..resample import METHODS
+from ..sources import resolve_source
 from ..train.settings import TrainSettings
 
 __all__ = ["Experiment", "SweepConfig", "load_sweep", "preset_path", "INITS"]
@@ -155,4 +156,5 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
         value = getattr(config, key)
         if value and not Path(value).is_absolute() and (path.parent / value).exists():
             setattr(config, key, str((path.parent / value).resolve()))
+    config.source = resolve_source(config.source)  # 'demo': the source shipped with the package
     return config

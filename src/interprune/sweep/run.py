@@ -17,6 +17,7 @@ from ..errors import InterpruneError
 from ..shrink import build_model, load_config, load_model, save, shrink, target_config
 from ..train.run import train
 from .config import Experiment, SweepConfig
+from .progress import SweepProgress
 
 __all__ = ["check_sweep", "run_sweep", "prepare_model"]
 
@@ -72,21 +73,23 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
     data = prepare_data(config, out)
     source = None
     done = []
+    counter = SweepProgress(sum(not only or e.name == only for e in config.experiments) * len(config.seeds))
     for experiment in config.experiments:
         if only and experiment.name != only:
             continue
         for seed in config.seeds:
             run = out / "runs" / experiment.name / f"seed{seed}"
             if (run / "summary.json").is_file():
-                print(f"[{experiment.name} seed {seed}] finished before: skipped")
+                print(f"{counter.next(skipped=True)} [{experiment.name} seed {seed}] finished before: skipped")
                 done.append(run)
                 continue
             if source is None and experiment.init != "pretrained":
                 source = load_model(config.source)
             start = prepare_model(config, experiment, seed, out / "models" / f"{experiment.name}-seed{seed}", source)
-            print(f"[{experiment.name} seed {seed}] {experiment.size} model, init {experiment.init}: training "
-                  f"{config.train.steps} steps -> {run}")
+            print(f"{counter.next()} [{experiment.name} seed {seed}] {experiment.size} model, init {experiment.init}: "
+                  f"training {config.train.steps} steps -> {run}")
             settings = config.train.model_copy(update={"seed": seed})
             train(start, data, run, settings, resume=run.exists(), progress=progress)
+            counter.done()
             done.append(run)
     return done
