@@ -114,3 +114,48 @@ def test_cli_train_then_predict(detector_dir, rocks_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "pred"), "--threshold", "0.0"]) == 0
     assert sorted(p.suffix for p in (tmp_path / "pred").iterdir()) == [".png"] * 3
     assert "30 detections on 3 images" in capsys.readouterr().out  # threshold 0: every one of 10 queries x 3 images
+
+
+def test_lr_factor_warms_up_then_decays():
+    from interprune.train.schedule import lr_factor
+
+    assert [lr_factor(s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]  # the paper's constant rate
+    assert [lr_factor(s, 10, warmup=3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    cosine = [lr_factor(s, 10, warmup=2, decay="cosine") for s in range(10)]
+    assert cosine[2] == 1.0 and cosine[6] == pytest.approx(0.5) and 0 < cosine[9] < cosine[8] < cosine[3]
+    linear = [lr_factor(s, 10, warmup=0, decay="linear", end=0.1) for s in range(10)]
+    assert linear[0] == 1.0 and linear[5] == pytest.approx(0.55) and linear[9] == pytest.approx(0.19)
+
+
+def test_scheduler_steps_every_step_and_constant_keeps_a_bare_optimizer(detector_dir):
+    module = DetectionModule(load_detector(detector_dir, NAMES), DetrImageProcessor(), warmup_steps=4,
+                             lr_decay="cosine")
+    module._trainer = SimpleNamespace(max_steps=20)
+    configured = module.configure_optimizers()
+    schedule = configured["lr_scheduler"]
+    assert schedule["interval"] == "step"
+    assert [g["lr"] for g in configured["optimizer"].param_groups] == pytest.approx([2e-5, 2e-6])  # 1/(4+1) of each
+    with pytest.raises(ValueError, match="unknown decay"):
+        TrainSettings(lr_decay="step")
+
+
+def test_validation_at_step_0_progress_by_steps_and_schedule(detector_dir, rocks_dir, tmp_path, capsys):
+    import lightning as L
+
+    from interprune.data import make_loaders, open_dataset
+
+    settings = TrainSettings(**{**FAST, "warmup_steps": 2, "lr_decay": "linear"})
+    train(detector_dir, rocks_dir, tmp_path / "run", settings, progress=True)
+    printed = capsys.readouterr().out.replace("\r", "\n")
+    assert "step 4/4" in printed and "step/s" in printed and "Epoch" not in printed
+    rows = read_metrics(tmp_path / "run")
+    assert [r["lr-AdamW/pg1"] for r in rows if "lr-AdamW/pg1" in r] == pytest.approx([1e-4 / 3, 2e-4 / 3, 1e-4, 5e-5])
+    first = next(r for r in rows if "val_loss" in r)
+    assert first["step"] == 0  # what the initialisation inherited, before any training:
+    data = open_dataset(rocks_dir, seed=0)
+    processor = DetrImageProcessor.from_pretrained(detector_dir)
+    L.seed_everything(0, verbose=False)
+    module = DetectionModule(load_detector(detector_dir, data.names, 0), processor)
+    _, loader = make_loaders(data, processor, val_batch_size=FAST.get("val_batch_size", 2), augment=False, workers=0)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    assert trainer.validate(module, loader, verbose=False)[0]["val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)

@@ -55,10 +55,11 @@ def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seed
     (out / "source_check.json").write_text(json.dumps({**check, "recipe": recipe}, indent=1))
     rows = table_rows(*collect(out))
     width = max(len(r["experiment"]) for r in rows)
-    print(f"\n{'experiment':<{width}}  final val loss     mAP@50          steps to baseline's final loss")
+    print(f"\n{'experiment':<{width}}  final val loss     mAP@50          latency ms  steps to baseline's final loss")
     steps = "steps to baseline's final loss"
     for r in rows:
-        print(f"{r['experiment']:<{width}}  {r['final val loss']:<17}  {r['mAP@50']:<14}  {r[steps]}")
+        print(f"{r['experiment']:<{width}}  {r['final val loss']:<17}  {r['mAP@50']:<14}  {r['latency ms']:<10}  "
+              f"{r[steps]}")
     print(f"\ndemo finished in {(time.time() - started) / 60:.1f} min; report: {report.resolve()} "
           f"(and report.html, summary.csv, figures/)")
     return report

@@ -76,6 +76,7 @@ class SweepConfig(BaseModel):
     seeds: list[int] = Field([0], min_length=1)
     keep: str = Field(r"^model\.backbone\.", description="tensors that 'random' init keeps from the source")
     train: TrainSettings = TrainSettings()
+    bench: bool = Field(True, description="measure every experiment's latency and size ('interprune bench')")
     experiments: list[Experiment] = Field(min_length=1)
 
     @field_validator("keep")

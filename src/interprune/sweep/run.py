@@ -17,6 +17,7 @@ from ..errors import InterpruneError
 from ..shrink import build_model, load_config, load_model, save, shrink, target_config
 from ..train.run import train
 from .config import Experiment, SweepConfig
+from .costs import bench_experiments
 from .progress import SweepProgress
 
 __all__ = ["check_sweep", "run_sweep", "prepare_model"]
@@ -92,4 +93,6 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
             train(start, data, run, settings, resume=run.exists(), progress=progress)
             counter.done()
             done.append(run)
+    if config.bench:
+        bench_experiments(config, out, only=only)
     return done

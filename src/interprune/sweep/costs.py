@@ -1,0 +1,64 @@
+"""What each experiment's model costs to deploy: ``interprune bench`` on every experiment's fine-tuned model.
+
+One measurement per architecture: experiments whose models differ only in their weights (every
+initialisation of the same size) share it, so the report never shows timing noise as a difference
+between methods. Written to ``results/bench/<experiment>.json``; a sweep spread over machines with
+``--only`` measures each experiment where it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..bench import bench
+from .config import SweepConfig
+
+__all__ = ["bench_experiments", "architecture_key", "BENCH"]
+
+BENCH = "bench"
+NOT_ARCHITECTURE = {"id2label", "label2id", "_name_or_path", "transformers_version", "dtype", "torch_dtype",
+                    "architectures"}
+
+
+def architecture_key(model: Path) -> str:
+    """The model's config without what does not change its computation (names, dtype, versions)."""
+    config = json.loads((model / "config.json").read_text())
+    return json.dumps({k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}, sort_keys=True)
+
+
+def _finished_model(out: Path, config: SweepConfig, name: str) -> Path | None:
+    runs = (out / "runs" / name / f"seed{seed}" for seed in config.seeds)
+    return next((r / "model" for r in runs if (r / "summary.json").is_file() and (r / "model").is_dir()), None)
+
+
+def bench_experiments(config: SweepConfig, out: str | Path, *, only: str | None = None,
+                      device: str | None = None) -> dict[str, dict[str, Any]]:
+    """Measure every experiment (or ``only``) that has a finished run and no measurement yet."""
+    out = Path(out)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    measured: dict[str, dict[str, Any]] = {}
+    results = {}
+    for experiment in config.experiments:
+        path = out / BENCH / f"{experiment.name}.json"
+        model = _finished_model(out, config, experiment.name)
+        if model is None or (only and experiment.name != only and not path.is_file()):
+            continue
+        key = architecture_key(model)
+        if path.is_file():
+            results[experiment.name] = measured.setdefault(key, json.loads(path.read_text()))
+            continue
+        if key not in measured:
+            print(f"[bench] {experiment.name}: measuring its model on {device}")
+            measured[key] = bench(model, device=device, batch=4, warmup=2, repeat=10, budget_s=5.0,
+                                  memory=device != "cpu").to_dict()
+        results[experiment.name] = measured[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**measured[key], "model": str(model)}, indent=1))
+        tmp.replace(path)
+    return results
