@@ -30,6 +30,7 @@ def test_text_and_vision_models_get_their_own_inputs(tmp_path):
     assert vision.inputs == "image 3x32x32"
 
 
+@pytest.mark.slow  # a child process imports torch and transformers: several seconds, more on a busy machine
 def test_cpu_peak_memory_is_measured_in_a_fresh_process(tmp_path):
     BertModel(BertConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
                          vocab_size=30000)).save_pretrained(tmp_path / "bert")  # about 34 MB of weights

@@ -135,8 +135,9 @@ def test_scheduler_steps_every_step_and_constant_keeps_a_bare_optimizer(detector
     schedule = configured["lr_scheduler"]
     assert schedule["interval"] == "step"
     assert [g["lr"] for g in configured["optimizer"].param_groups] == pytest.approx([2e-5, 2e-6])  # 1/(4+1) of each
-    with pytest.raises(ValueError, match="unknown decay"):
+    with pytest.raises(ValueError, match="Input should be 'constant', 'cosine' or 'linear'"):
         TrainSettings(lr_decay="step")
+    assert DetectionModule(module.model, DetrImageProcessor()).configure_optimizers().__class__ is torch.optim.AdamW
 
 
 def test_validation_at_step_0_progress_by_steps_and_schedule(detector_dir, rocks_dir, tmp_path, capsys):

@@ -35,7 +35,7 @@ from .shrink import load_config, model_class
 from .sources import resolve_source
 from .transfer import count_parameters
 
-__all__ = ["BenchResult", "bench", "dummy_inputs", "WEIGHT_SUFFIXES"]
+__all__ = ["BenchResult", "bench", "dummy_inputs", "load_measured", "Stopwatch", "WEIGHT_SUFFIXES"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 BACKBONE = "backbone"  # the Hugging Face name of a detector's (or any vision model's) feature extractor
@@ -132,20 +132,21 @@ def _find_backbone(model: torch.nn.Module) -> torch.nn.Module | None:
     return next((m for name, m in model.named_modules() if name.split(".")[-1] == BACKBONE), None)
 
 
-class _Stopwatch:
+class Stopwatch:
     """Time spent inside one module, from forward hooks (synchronised on CUDA, where kernels run async)."""
 
-    def __init__(self, module: torch.nn.Module, sync: Callable[[], None]) -> None:
-        self.sync, self.times, self._start = sync, [], 0.0
+    def __init__(self, module: torch.nn.Module, sync: Callable[[], None],
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.sync, self.clock, self.times, self._start = sync, clock, [], 0.0
         self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
 
     def _pre(self, *_: Any) -> None:
         self.sync()
-        self._start = time.perf_counter()
+        self._start = self.clock()
 
     def _post(self, *_: Any) -> None:
         self.sync()
-        self.times.append(time.perf_counter() - self._start)
+        self.times.append(self.clock() - self._start)
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -167,7 +168,8 @@ def _timed(run: Callable[[], Any], sync: Callable[[], None], warmup: int, repeat
     return times
 
 
-def _load(source: str, config: PretrainedConfig, dtype: torch.dtype, device: str) -> torch.nn.Module:
+def load_measured(source: str, config: PretrainedConfig, dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """The model in eval mode on ``device``, loaded quietly."""
     from transformers.utils import logging as transformers_logging
 
     verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
@@ -179,6 +181,11 @@ def _load(source: str, config: PretrainedConfig, dtype: torch.dtype, device: str
         transformers_logging.set_verbosity(verbosity)
         if bars:
             transformers_logging.enable_progress_bar()
+
+
+def _to(inputs: dict[str, torch.Tensor], device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Inputs on ``device``; floating-point ones (pixels) in the model's ``dtype``, ids and masks as they are."""
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
 
 
 @torch.inference_mode()
@@ -206,12 +213,10 @@ def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warm
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-    net = _load(source, config, getattr(torch, dtype), device)
-    cast = {k: (v.to(device, getattr(torch, dtype)) if v.is_floating_point() else v.to(device)) for k, v in one.items()}
-    cast_many = {k: (v.to(device, getattr(torch, dtype)) if v.is_floating_point() else v.to(device))
-                 for k, v in many.items()}
+    net = load_measured(source, config, getattr(torch, dtype), device)
+    cast, cast_many = _to(one, device, getattr(torch, dtype)), _to(many, device, getattr(torch, dtype))
     part = _find_backbone(net)
-    watch = _Stopwatch(part, sync) if part is not None else None
+    watch = Stopwatch(part, sync) if part is not None else None
     times = _timed(lambda: net(**cast), sync, warmup, repeat, budget_s)
     backbone = statistics.median(watch.times[-len(times):]) * 1e3 if watch else None
     if watch:
@@ -228,7 +233,8 @@ def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warm
         peak, peak_many = _cpu_peak_memory(source, batch=batch, image_size=image_size, tokens=tokens,
                                            threads=torch.get_num_threads(), dtype=dtype)
         method = "rise of resident memory in a fresh process, weights included"
-    where = f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    count = torch.get_num_threads()
+    where = f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu ({count} thread{'s' * (count != 1)})"
     ordered = sorted(times)
     return BenchResult(
         model=str(model), device=where, threads=torch.get_num_threads(), dtype=dtype, inputs=described,
@@ -266,7 +272,7 @@ def _memory_child(options: dict[str, Any]) -> None:
     one, _ = dummy_inputs(config, source, 1, image_size=options["image_size"], tokens=options["tokens"])
     many, _ = dummy_inputs(config, source, options["batch"], image_size=options["image_size"], tokens=options["tokens"])
     dtype = getattr(torch, options["dtype"])
-    one, many = ({k: v.to(dtype) if v.is_floating_point() else v for k, v in d.items()} for d in (one, many))
+    one, many = _to(one, "cpu", dtype), _to(many, "cpu", dtype)
     base, kernel_before = _rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak = [base]
     stop = threading.Event()
@@ -283,7 +289,7 @@ def _memory_child(options: dict[str, Any]) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     with torch.inference_mode():
-        net = _load(source, config, dtype, "cpu")
+        net = load_measured(source, config, dtype, "cpu")
         net(**one)
         at_one = highest()
         net(**many)

@@ -57,7 +57,7 @@ def draw_boxes(image: torch.Tensor, boxes_xyxy: torch.Tensor, labels: list[int],
         ink = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 140 else "white"
         draw.rectangle([x, y, x + w, y + h], fill=colour)
         draw.text((x + pad - left, y + pad - top), caption, fill=ink, font=font)
-    return torch.from_numpy(np.asarray(picture)).permute(2, 0, 1).clone()
+    return torch.from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
 
 
 def dataset_grid(data: DetectionData, out: str | Path, *, split: str = "train", count: int = 16,

@@ -41,24 +41,27 @@ def bench_experiments(config: SweepConfig, out: str | Path, *, only: str | None 
     """Measure every experiment (or ``only``) that has a finished run and no measurement yet."""
     out = Path(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    measured: dict[str, dict[str, Any]] = {}
+    models = {e.name: _finished_model(out, config, e.name) for e in config.experiments}
+    models = {name: model for name, model in models.items() if model is not None}
+    measured: dict[str, dict[str, Any]] = {}  # architecture -> costs, earlier measurements first
+    for name, model in models.items():
+        path = out / BENCH / f"{name}.json"
+        if path.is_file():
+            measured.setdefault(architecture_key(model), json.loads(path.read_text()))
     results = {}
-    for experiment in config.experiments:
-        path = out / BENCH / f"{experiment.name}.json"
-        model = _finished_model(out, config, experiment.name)
-        if model is None or (only and experiment.name != only and not path.is_file()):
+    for name, model in models.items():
+        path = out / BENCH / f"{name}.json"
+        if not path.is_file() and only and name != only:
             continue
         key = architecture_key(model)
-        if path.is_file():
-            results[experiment.name] = measured.setdefault(key, json.loads(path.read_text()))
-            continue
         if key not in measured:
-            print(f"[bench] {experiment.name}: measuring its model on {device}")
+            print(f"[bench] {name}: measuring its model on {device}")
             measured[key] = bench(model, device=device, batch=4, warmup=2, repeat=10, budget_s=5.0,
                                   memory=device != "cpu").to_dict()
-        results[experiment.name] = measured[key]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**measured[key], "model": str(model)}, indent=1))
-        tmp.replace(path)
+        results[name] = measured[key]
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(measured[key], indent=1))
+            tmp.replace(path)
     return results

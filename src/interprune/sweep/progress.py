@@ -28,18 +28,18 @@ class SweepProgress:
         self._started: float | None = None
 
     def next(self, skipped: bool = False) -> str:
-        """Advance to the next run; returns the ``[j/n]`` prefix (with the estimate when one exists)."""
+        """Advance to the next run; returns its ``[j/n]`` prefix, ``[j/n, about 5.2 min left]`` once a run has
+        been timed."""
         self.index += 1
         self.skipped += skipped
-        prefix = f"[{self.index}/{self.total}]"
+        where = f"{self.index}/{self.total}"
         if skipped:
-            return prefix
+            return f"[{where}]"
         self._started = self.clock()
         left = self.total - self.index + 1  # this run included
         if self.trained:
-            mean = sum(self.trained) / len(self.trained)
-            return f"{prefix} (about {duration(mean * left)} left)"
-        return prefix
+            return f"[{where}, about {duration(sum(self.trained) / len(self.trained) * left)} left]"
+        return f"[{where}]"
 
     def done(self) -> None:
         """The run started by the last ``next`` finished training."""
