@@ -42,11 +42,13 @@ def test_cpu_peak_memory_is_measured_in_a_fresh_process(tmp_path):
 
 def test_cli_bench_writes_json_and_rejects_bad_input(detector_dir, tmp_path, capsys):
     out = tmp_path / "b.json"
+    threads = torch.get_num_threads()
     assert main(["bench", str(detector_dir), "--repeat", "3", "--warmup", "0", "--batch", "2", "--no-memory",
-                 "--json", str(out)]) == 0
+                 "--json", str(out), "--clock", "cpu", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     saved = json.loads(out.read_text())
-    assert f"{saved['latency_ms']:.2f} ms median" in printed and saved["inputs"] == "image 3x64x64"
+    assert f"(CPU time): {saved['latency_ms']:.2f} ms median" in printed and saved["inputs"] == "image 3x64x64"
+    assert saved["clock"] == "cpu" and saved["threads"] == 1 and torch.get_num_threads() == threads  # restored
     assert main(["bench", str(tmp_path / "nothing")]) == 2
     assert "cannot load model" in capsys.readouterr().err
     with pytest.raises(InterpruneError, match="--batch and --repeat must be at least 1"):

@@ -105,7 +105,7 @@ def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, detector_dir, rock
     full = json.loads((out / "bench" / "full-pretrained.json").read_text())
     assert costs["full-pretrained"] == costs["full-transfer"] == (round(full["latency_ms"], 1), round(full["file_mb"], 1))
     assert costs["small-area"] == costs["small-random"] and costs["small-area"][1] < costs["full-pretrained"][1]
-    assert "median time for one input (image 3x64x64) at batch 1 on cpu" in text
+    assert "median CPU time for one input (image 3x64x64) at batch 1 on cpu (1 thread)" in text
     assert "### Predictions on validation images" in text
     assert all(int(step) == 0 for step, _ in [c[0] for r in collect(out)[1] for c in r.curves])  # curves start at 0
 

@@ -48,6 +48,7 @@ class BenchResult:
     model: str
     device: str
     threads: int
+    clock: str                  # "wall", or "cpu": the process's CPU time (robust on a shared machine)
     dtype: str
     inputs: str                 # what one input is, e.g. "image 3x800x800" or "128 tokens"
     parameters: int
@@ -73,7 +74,7 @@ class BenchResult:
         size = f"{self.file_mb:.1f} MB on disk" if self.file_mb is not None else "not on disk"
         lines = [f"{self.model}: {self.parameters:,} parameters, {size}; {self.dtype} on {self.device}, "
                  f"input {self.inputs}",
-                 f"latency at batch 1: {self.latency_ms:.2f} ms median (p90 {self.latency_p90_ms:.2f} ms, "
+                 f"latency at batch 1{' (CPU time)' if self.clock == 'cpu' else ''}: {self.latency_ms:.2f} ms median (p90 {self.latency_p90_ms:.2f} ms, "
                  f"{self.runs} runs)" + (f"; backbone {self.backbone_ms:.2f} ms ({self.backbone_share:.0%})"
                                          if self.backbone_ms is not None else ""),
                  f"throughput at batch {self.batch}: {self.throughput:.2f} inputs/s"]
@@ -153,7 +154,8 @@ class Stopwatch:
             handle.remove()
 
 
-def _timed(run: Callable[[], Any], sync: Callable[[], None], warmup: int, repeat: int, budget_s: float) -> list[float]:
+def _timed(run: Callable[[], Any], sync: Callable[[], None], warmup: int, repeat: int, budget_s: float,
+           clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Seconds per call after ``warmup`` calls: ``repeat`` calls, fewer (at least 3) when they exceed the budget."""
     for _ in range(warmup):
         run()
@@ -161,10 +163,10 @@ def _timed(run: Callable[[], Any], sync: Callable[[], None], warmup: int, repeat
     spent = time.perf_counter()
     while len(times) < repeat and (len(times) < 3 or time.perf_counter() - spent < budget_s):
         sync()
-        start = time.perf_counter()
+        start = clock()
         run()
         sync()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return times
 
 
@@ -191,8 +193,12 @@ def _to(inputs: dict[str, torch.Tensor], device: str, dtype: torch.dtype) -> dic
 @torch.inference_mode()
 def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warmup: int = 3, repeat: int = 20,
           budget_s: float = 10.0, image_size: int | None = None, tokens: int = 128, threads: int | None = None,
-          dtype: str = "float32", memory: bool = True) -> BenchResult:
-    """Measure ``model`` (a folder, Hub id or ``demo``); see the module docstring for what and how."""
+          dtype: str = "float32", memory: bool = True, clock: str = "wall") -> BenchResult:
+    """Measure ``model`` (a folder, Hub id or ``demo``); see the module docstring for what and how.
+
+    ``clock="cpu"`` times by the process's CPU time instead of the wall clock: on a CPU shared with other work
+    the wall clock measures the neighbours too, while CPU time at ``threads=1`` is what one dedicated core takes.
+    """
     source = resolve_source(str(model))
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InterpruneError(f"--device {device!r}: use cpu or cuda")
@@ -200,13 +206,28 @@ def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warm
         raise InterpruneError("--device cuda: no CUDA GPU is visible here; use --device cpu")
     if batch < 1 or repeat < 1 or warmup < 0:
         raise InterpruneError("--batch and --repeat must be at least 1, --warmup at least 0")
+    if clock not in ("wall", "cpu") or (clock == "cpu" and device.startswith("cuda")):
+        raise InterpruneError(f"--clock {clock!r}: use wall, or cpu when measuring on the CPU")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise InterpruneError(f"--dtype {dtype!r}: use float32, float16 or bfloat16")
     config = load_config(source)
     one, described = dummy_inputs(config, source, 1, image_size=image_size, tokens=tokens)
     many, _ = dummy_inputs(config, source, batch, image_size=image_size, tokens=tokens)
+    threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _measure(source, str(model), config, one, many, described, device=device, batch=batch, warmup=warmup,
+                        repeat=repeat, budget_s=budget_s, image_size=image_size, tokens=tokens, dtype=dtype,
+                        memory=memory, clock=clock)
+    finally:
+        torch.set_num_threads(threads_before)  # a sweep trains on after measuring
+
+
+def _measure(source: str, name: str, config: PretrainedConfig, one: dict, many: dict, described: str, *, device: str,
+             batch: int, warmup: int, repeat: int, budget_s: float, image_size: int | None, tokens: int, dtype: str,
+             memory: bool, clock: str) -> BenchResult:
+    timer = time.process_time if clock == "cpu" else time.perf_counter
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
@@ -216,8 +237,8 @@ def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warm
     net = load_measured(source, config, getattr(torch, dtype), device)
     cast, cast_many = _to(one, device, getattr(torch, dtype)), _to(many, device, getattr(torch, dtype))
     part = _find_backbone(net)
-    watch = Stopwatch(part, sync) if part is not None else None
-    times = _timed(lambda: net(**cast), sync, warmup, repeat, budget_s)
+    watch = Stopwatch(part, sync, timer) if part is not None else None
+    times = _timed(lambda: net(**cast), sync, warmup, repeat, budget_s, timer)
     backbone = statistics.median(watch.times[-len(times):]) * 1e3 if watch else None
     if watch:
         watch.remove()
@@ -225,7 +246,7 @@ def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warm
     if cuda:
         peak = (torch.cuda.max_memory_allocated() - before) / 1e6
         torch.cuda.reset_peak_memory_stats()
-    batch_times = _timed(lambda: net(**cast_many), sync, 1, max(3, repeat // 4), budget_s)
+    batch_times = _timed(lambda: net(**cast_many), sync, 1, max(3, repeat // 4), budget_s, timer)
     if cuda:
         peak_many = (torch.cuda.max_memory_allocated() - before) / 1e6
         method = "torch.cuda.max_memory_allocated, weights included"
@@ -237,7 +258,7 @@ def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warm
     where = f"cuda ({torch.cuda.get_device_name(device)})" if cuda else f"cpu ({count} thread{'s' * (count != 1)})"
     ordered = sorted(times)
     return BenchResult(
-        model=str(model), device=where, threads=torch.get_num_threads(), dtype=dtype, inputs=described,
+        model=name, device=where, threads=torch.get_num_threads(), clock=clock, dtype=dtype, inputs=described,
         parameters=count_parameters(net), file_mb=file_mb(source), latency_ms=statistics.median(times) * 1e3,
         latency_p90_ms=ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1e3, runs=len(times), batch=batch,
         throughput=batch / statistics.median(batch_times), backbone_ms=backbone, peak_memory_mb=peak,

@@ -134,7 +134,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     result = bench(args.model, device=args.device, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
                    image_size=args.image_size, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
-                   memory=not args.no_memory)
+                   memory=not args.no_memory, clock=args.clock)
     print(result.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall-clock time (default) or the "
+                   "process's CPU time, robust on a CPU shared with other work (use with --threads 1)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_bench)
 

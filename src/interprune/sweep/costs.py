@@ -56,8 +56,10 @@ def bench_experiments(config: SweepConfig, out: str | Path, *, only: str | None 
         key = architecture_key(model)
         if key not in measured:
             print(f"[bench] {name}: measuring its model on {device}")
-            measured[key] = bench(model, device=device, batch=4, warmup=2, repeat=10, budget_s=5.0,
-                                  memory=device != "cpu").to_dict()
+            # on a CPU: CPU time on one thread, so that other work on the machine cannot reorder the models
+            cpu = device == "cpu"
+            measured[key] = bench(model, device=device, batch=4, warmup=2, repeat=10, budget_s=5.0, memory=not cpu,
+                                  clock="cpu" if cpu else "wall", threads=1 if cpu else None).to_dict()
         results[name] = measured[key]
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)

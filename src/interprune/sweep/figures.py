@@ -50,6 +50,11 @@ def _curves(results: list[Result], title: str, path: Path) -> Path:
     return path
 
 
+def _latency_label(bench: dict) -> str:
+    kind = "CPU time" if bench.get("clock") == "cpu" else "latency"
+    return f"{kind} per input, batch 1 (ms, {bench['device']})"
+
+
 def _tradeoff(results: list[Result], path: Path) -> Path:
     """Quality (mAP@50, validation loss) against latency: the choice a user makes. Experiments of one
     architecture share a latency, so their names are stacked beside the points to stay readable."""
@@ -68,7 +73,7 @@ def _tradeoff(results: list[Result], path: Path) -> Path:
             nth = placed.get(x, 0)
             placed[x] = nth + 1
             ax.annotate(r.name, (x, mean), xytext=(6, 4 - 9 * (nth % 2)), textcoords="offset points", fontsize=7)
-        ax.set_xlabel(f"latency per input, batch 1 (ms, {measured[0].bench['device']})" if measured else "latency (ms)")
+        ax.set_xlabel(_latency_label(measured[0].bench) if measured else "latency (ms)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     fig.suptitle("Quality against latency (blue: full size, orange: smaller; bars: seed std)")

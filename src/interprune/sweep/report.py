@@ -161,7 +161,8 @@ def _cost_note(results: list[Result]) -> str:
     measured = next((r.bench for r in results if r.bench), None)
     if measured is None:
         return ""
-    return (f"*Latency*: median time for one input ({measured['inputs']}) at batch 1 on {measured['device']}, "
+    kind = "CPU time" if measured.get("clock") == "cpu" else "time"
+    return (f"*Latency*: median {kind} for one input ({measured['inputs']}) at batch 1 on {measured['device']}, "
             "`interprune bench` on the fine-tuned model; *file MB*: its weights on disk.")
 
 
