@@ -216,3 +216,19 @@ def test_a_validation_split_without_images_is_an_error(roboflow):
     (roboflow / "valid" / "_annotations.coco.json").write_text(json.dumps(coco))
     with pytest.raises(InterpruneError, match=r"valid/_annotations.coco.json: the validation split has no images"):
         open_dataset(roboflow)
+def test_captions_scale_with_the_image_and_sit_on_a_filled_label():
+    from interprune.data.show import PALETTE, draw_boxes, label_style
+
+    assert label_style(160, 160) == (1, 10) and label_style(1371, 2048) == (7, 49)
+
+    def label_rows(side):
+        image = torch.zeros(3, side, side, dtype=torch.uint8)
+        box = torch.tensor([[side * 0.2, side * 0.5, side * 0.6, side * 0.9]])
+        drawn = draw_boxes(image, box, [0], ["coal"])
+        column = drawn[:, : int(side * 0.5), int(side * 0.2)].T  # the pixels above the box's left edge
+        red = torch.tensor([230, 25, 75], dtype=torch.uint8)  # PALETTE[0], the label's background
+        assert PALETTE[0] == "#e6194b"
+        return int((column == red).all(dim=1).sum())
+
+    small, large = label_rows(200), label_rows(2000)
+    assert small >= 10 and large >= 6 * small  # the label (background and all) grows with the image

@@ -1,13 +1,14 @@
 import csv
 import json
+import re
 
 import pytest
 import torch
 
 from interprune import InterpruneError
 from interprune.cli import main
-from interprune.sweep.config import load_sweep, preset_path
-from interprune.sweep.report import steps_to_reach, write_report
+from interprune.sweep.config import SweepConfig, load_sweep, preset_path
+from interprune.sweep.report import Result, collect, steps_to_reach, write_report
 from interprune.sweep.run import run_sweep
 
 
@@ -74,7 +75,10 @@ def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, detector_dir, rock
     meta = json.loads((out / "models" / "small-area-seed0" / "interprune.json").read_text())
     assert meta["method"] == "area" and meta["counts"]["resampled"] > 50
     assert run_sweep(config, out, progress=False)  # the rest; small-area is skipped
-    assert "[small-area seed 0] finished before: skipped" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "[7/8] [small-area seed 0] finished before: skipped" in printed
+    assert "[1/8] [full-pretrained seed 0]" in printed and "[bench] full-pretrained: measuring" in printed
+    assert re.search(r"\[2/8, about \d+ s left\] \[full-pretrained seed 1\]", printed)  # estimated from run 1
     random_meta = json.loads((out / "models" / "small-random-seed0" / "interprune.json").read_text())
     actions = {t["name"]: t["action"] for t in random_meta["tensors"]}
     assert all(a == "copied" for n, a in actions.items() if n.startswith("model.backbone."))
@@ -94,8 +98,16 @@ def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, detector_dir, rock
     assert [r["experiment"] for r in rows] == ["full-pretrained", "full-transfer", "small-random", "small-area"]
     assert all(r["seeds"] == "2" for r in rows)
     assert {p.name for p in (out / "figures").iterdir()} == {
-        "fig2_training_time.png", "fig3_full_models.png", "fig4_small_models.png", "map50.png"}
+        "fig2_training_time.png", "fig3_full_models.png", "fig4_small_models.png", "map50.png",
+        "quality_vs_latency.png", "predictions.png"}
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    costs = {r["experiment"]: (float(r["latency ms"]), float(r["file MB"])) for r in rows}
+    full = json.loads((out / "bench" / "full-pretrained.json").read_text())
+    assert costs["full-pretrained"] == costs["full-transfer"] == (round(full["latency_ms"], 1), round(full["file_mb"], 1))
+    assert costs["small-area"] == costs["small-random"] and costs["small-area"][1] < costs["full-pretrained"][1]
+    assert "median CPU time for one input (image 3x64x64) at batch 1 on cpu (1 thread)" in text
+    assert "### Predictions on validation images" in text
+    assert all(int(step) == 0 for step, _ in [c[0] for r in collect(out)[1] for c in r.curves])  # curves start at 0
 
 
 def test_steps_to_reach():
@@ -106,3 +118,45 @@ def test_steps_to_reach():
 def test_report_on_a_folder_without_runs(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
+
+
+def test_demo_preset_finds_the_shipped_source_and_source_overrides(tmp_path, detector_dir, monkeypatch):
+    from interprune.demo import DEMO_SOURCE
+
+    assert load_sweep(preset_path("demo")).source == str(DEMO_SOURCE)
+    seen = {}
+    monkeypatch.setattr("interprune.sweep.run.run_sweep", lambda config, out, only=None: seen.update(config=config))
+    monkeypatch.setattr("interprune.sweep.report.write_report", lambda out: tmp_path / "report.md")
+    monkeypatch.chdir(detector_dir.parent)
+    assert main(["sweep", "--preset", "paper", "--source", detector_dir.name, "--data", "x", "--out", "r"]) == 0
+    assert seen["config"].source == str(detector_dir) and seen["config"].train.steps == 3000
+
+
+def test_sweep_progress_counts_runs_and_estimates_the_rest():
+    from interprune.sweep.progress import SweepProgress
+
+    now = [0.0]
+    counter = SweepProgress(4, clock=lambda: now[0])
+    assert counter.next(skipped=True) == "[1/4]"
+    assert counter.next() == "[2/4]"  # nothing trained yet: no estimate
+    now[0] = 30.0
+    counter.done()
+    assert counter.next() == "[3/4, about 60 s left]"  # this run and the next, 30 s each
+    now[0] = 130.0
+    counter.done()
+    assert counter.next() == "[4/4, about 65 s left]"  # the mean of 30 s and 100 s
+
+
+def test_the_picture_shows_the_best_models_and_random_init():
+    from interprune.sweep.pictures import telling_models
+
+    def result(name, size, init, map50, loss):
+        return Result(name, size, init, summaries=[{"map_50": map50, "final_val_loss": loss}])
+
+    results = [result("full-pretrained", "full", "pretrained", 0.5, 3.0), result("full-random", "full", "random", 0, 9),
+               result("small-random", "small", "random", 0.0, 9.0), result("small-area", "small", "area", 0.2, 5.0),
+               result("small-select", "small", "select", 0.2, 4.0), result("small-first", "small", "first", 0.1, 3.0)]
+    config = SweepConfig(source="x", target={}, experiments=[{"name": r.name, "size": r.size, "init": r.init}
+                                                              for r in results])
+    assert [(t, r.name) for t, r in telling_models(config, results)] == [
+        ("best full size", "full-pretrained"), ("best smaller", "small-select"), ("smaller, random init", "small-random")]

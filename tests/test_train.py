@@ -29,7 +29,7 @@ def test_run_folder_summary_metrics_and_model(detector_dir, rocks_dir, tmp_path)
     assert 0.0 <= summary.map_50 <= 1.0 and summary.parameters == summary.trainable_parameters
     assert RunSummary.read(out) == summary
     rows = read_metrics(out)
-    assert [int(r["step"]) for r in rows if "val_loss" in r][:2] == [1, 3]  # validations after steps 2 and 4
+    assert [int(r["step"]) for r in rows if "val_loss" in r][:3] == [0, 2, 4]  # before training, after steps 2 and 4
     assert any("train_loss" in r and "train_loss_giou" in r and "wall_time" in r for r in rows)
     assert {r.get("lr-AdamW/pg1") for r in rows} >= {1e-4} and {r.get("lr-AdamW/pg2") for r in rows} >= {1e-5}
     assert (out / "checkpoints" / "last.ckpt").is_file() and any((out / "tensorboard").iterdir())
@@ -46,7 +46,7 @@ def test_same_seed_same_metrics_and_resume(detector_dir, rocks_dir, tmp_path):
               progress=False)
     assert c.steps == 6 and c.segments == 2
     val_steps = [int(r["step"]) for r in read_metrics(tmp_path / "b") if "val_loss" in r]
-    assert val_steps[:3] == [1, 3, 5]  # the resumed run's table keeps its first part
+    assert val_steps == [0, 2, 4, 4, 6, 6]  # the first part kept, no second step-0 validation on resume
     with pytest.raises(InterpruneError, match="already holds a run"):
         train(detector_dir, rocks_dir, tmp_path / "a", TrainSettings(**FAST))
 
@@ -227,3 +227,47 @@ def test_predict_checks_every_image_before_writing_anything(detector_dir, rocks_
     with pytest.raises(InterpruneError, match=f"{broken.name}: image unreadable: .*--images"):
         predict(detector_dir, images, tmp_path / "pred")
     assert not (tmp_path / "pred").exists()
+def test_lr_factor_warms_up_then_decays():
+    from interprune.train.schedule import lr_factor
+
+    assert [lr_factor(s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]  # the paper's constant rate
+    assert [lr_factor(s, 10, warmup=3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    cosine = [lr_factor(s, 10, warmup=2, decay="cosine") for s in range(10)]
+    assert cosine[2] == 1.0 and cosine[6] == pytest.approx(0.5) and 0 < cosine[9] < cosine[8] < cosine[3]
+    linear = [lr_factor(s, 10, warmup=0, decay="linear", end=0.1) for s in range(10)]
+    assert linear[0] == 1.0 and linear[5] == pytest.approx(0.55) and linear[9] == pytest.approx(0.19)
+
+
+def test_scheduler_steps_every_step_and_constant_keeps_a_bare_optimizer(detector_dir):
+    module = DetectionModule(load_detector(detector_dir, NAMES), DetrImageProcessor(), warmup_steps=4,
+                             lr_decay="cosine")
+    module._trainer = SimpleNamespace(max_steps=20)
+    configured = module.configure_optimizers()
+    schedule = configured["lr_scheduler"]
+    assert schedule["interval"] == "step"
+    assert [g["lr"] for g in configured["optimizer"].param_groups] == pytest.approx([2e-5, 2e-6])  # 1/(4+1) of each
+    with pytest.raises(ValueError, match="Input should be 'constant', 'cosine' or 'linear'"):
+        TrainSettings(lr_decay="step")
+    assert DetectionModule(module.model, DetrImageProcessor()).configure_optimizers().__class__ is torch.optim.AdamW
+
+
+def test_validation_at_step_0_progress_by_steps_and_schedule(detector_dir, rocks_dir, tmp_path, capsys):
+    import lightning as L
+
+    from interprune.data import make_loaders, open_dataset
+
+    settings = TrainSettings(**{**FAST, "warmup_steps": 2, "lr_decay": "linear"})
+    train(detector_dir, rocks_dir, tmp_path / "run", settings, progress=True)
+    printed = capsys.readouterr().out.replace("\r", "\n")
+    assert "step 4/4" in printed and "step/s" in printed and "Epoch" not in printed
+    rows = read_metrics(tmp_path / "run")
+    assert [r["lr-AdamW/pg1"] for r in rows if "lr-AdamW/pg1" in r] == pytest.approx([1e-4 / 3, 2e-4 / 3, 1e-4, 5e-5])
+    first = next(r for r in rows if "val_loss" in r)
+    assert first["step"] == 0  # what the initialisation inherited, before any training:
+    data = open_dataset(rocks_dir, seed=0)
+    processor = DetrImageProcessor.from_pretrained(detector_dir)
+    L.seed_everything(0, verbose=False)
+    module = DetectionModule(load_detector(detector_dir, data.names, 0), processor)
+    _, loader = make_loaders(data, processor, val_batch_size=FAST.get("val_batch_size", 2), augment=False, workers=0)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    assert trainer.validate(module, loader, verbose=False)[0]["val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)

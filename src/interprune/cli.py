@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 from .errors import InterpruneError
 
@@ -127,7 +128,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     if bool(args.file) == bool(args.preset):
         raise InterpruneError("give a sweep YAML file or --preset NAME (e.g. --preset paper), not both")
-    config = load_sweep(args.file or preset_path(args.preset), {"data": args.data})
+    source = str(Path(args.source).resolve()) if args.source and Path(args.source).exists() else args.source
+    config = load_sweep(args.file or preset_path(args.preset), {"data": args.data, "source": source})
     run_sweep(config, args.out, only=args.only)
     _print_report(write_report(args.out))
 
@@ -140,6 +142,18 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def _print_report(report: Path) -> None:
     print(f"report: {report} (also {report.with_suffix('.html')}, summary.csv, figures/)")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import bench
+
+    result = bench(args.model, device=args.device, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
+                   image_size=args.image_size, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
+                   memory=not args.no_memory, clock=args.clock)
+    print(result.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        print(f"wrote {args.json}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -224,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a set of experiments (YAML or preset), then write the report")
     p.add_argument("file", nargs="?", help="sweep YAML")
-    p.add_argument("--preset", help="a shipped sweep, e.g. 'paper' (the paper's eight experiments)")
+    p.add_argument("--preset", help="a shipped sweep: 'paper' (the paper's eight experiments) or 'demo' (the "
+                   "offline demo's, without its source check)")
     p.add_argument("--data", help="dataset folder, overriding the YAML's 'data'")
+    p.add_argument("--source", help="source model (Hub id, folder, or 'demo'), overriding the YAML's 'source', "
+                   "e.g. a local copy of facebook/detr-resnet-50 for --preset paper")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--only", help="run only this experiment (spread a sweep over machines)")
     p.set_defaults(func=cmd_sweep)
@@ -233,6 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="join a results folder's runs into a report")
     p.add_argument("results")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="measure a model's latency, throughput, peak memory, parameters and size")
+    p.add_argument("model", help="model folder, Hub id, or 'demo' (the demo's source)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch", type=int, default=8, help="batch size for the throughput measurement (default 8)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--repeat", type=int, default=20, help="timed runs at batch 1 (default 20; at least 3, fewer "
+                   "after 10 s)")
+    p.add_argument("--image-size", type=int, help="image side (default: the processor's or the config's)")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per input for text models (default 128)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall-clock time (default) or the "
+                   "process's CPU time, robust on a CPU shared with other work (use with --threads 1)")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the whole story offline on a CPU: data, source, every method, report")
     p.add_argument("--out", default="demo-results", help="results folder (default: demo-results)")
@@ -254,7 +288,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
         else:
             convert = {int: int, float: float}.get(field.annotation, str)
-            p.add_argument(flag, dest=name, type=convert, default=None,
+            choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+            p.add_argument(flag, dest=name, type=convert, default=None, choices=choices,
                            help=f"{field.description or ''} (default {field.default})".strip())
 
 

@@ -17,22 +17,17 @@ from pathlib import Path
 from .atomic import write_text
 from .data import open_dataset
 from .data.domains import write_domain
-from .errors import InterpruneError
+from .sources import SHIPPED, shipped
 from .sweep.config import load_sweep, preset_path
 from .sweep.report import collect, table_rows, write_report
 from .sweep.run import run_sweep
 from .train.run import evaluate
 
-DEMO_SOURCE = Path(__file__).parent / "assets" / "demo-source"
+DEMO_SOURCE = SHIPPED["demo"]
 
 
 def demo_source() -> Path:
-    if not (DEMO_SOURCE / "model.safetensors").is_file():
-        raise InterpruneError(
-            f"the demo's source detector is missing from {DEMO_SOURCE}; re-create it with the command in "
-            "the README section 'The demo's source detector'"
-        )
-    return DEMO_SOURCE
+    return shipped("demo")
 
 
 def check_source(source: Path, out: Path) -> dict:
@@ -61,10 +56,11 @@ def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seed
     write_text(out / "source_check.json", json.dumps({**check, "recipe": recipe}, indent=1))
     rows = table_rows(*collect(out))
     width = max(len(r["experiment"]) for r in rows)
-    print(f"\n{'experiment':<{width}}  final val loss     mAP@50          steps to baseline's final loss")
+    print(f"\n{'experiment':<{width}}  final val loss     mAP@50          latency ms  steps to baseline's final loss")
     steps = "steps to baseline's final loss"
     for r in rows:
-        print(f"{r['experiment']:<{width}}  {r['final val loss']:<17}  {r['mAP@50']:<14}  {r[steps]}")
+        print(f"{r['experiment']:<{width}}  {r['final val loss']:<17}  {r['mAP@50']:<14}  {r['latency ms']:<10}  "
+              f"{r[steps]}")
     print(f"\ndemo finished in {(time.time() - started) / 60:.1f} min; report: {report.resolve()} "
           f"(and report.html, summary.csv, figures/)")
     return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -37,14 +38,21 @@ def predict(model: str | os.PathLike, images: str | os.PathLike, out: str | os.P
     found = []
     for file in files:
         image = load_image(file)
-        inputs = processor(images=image, return_tensors="pt")
-        outputs = detector(pixel_values=inputs["pixel_values"], pixel_mask=inputs.get("pixel_mask"))
-        result = processor.post_process_object_detection(outputs, threshold=threshold,
-                                                         target_sizes=[tuple(image.shape[-2:])])[0]
-        labels = result["labels"].tolist()
-        drawn = draw_boxes(image, result["boxes"], labels, names, result["scores"].tolist())
+        drawn, count = detect_and_draw(processor, detector, image, names, threshold)
         png = io.BytesIO()
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png, format="PNG")
         write_bytes(out / f"{file.stem}.png", png.getbuffer())  # whole pictures only, even when killed
-        found.append({"image": file.name, "detections": len(labels)})
+        found.append({"image": file.name, "detections": count})
     return found
+
+
+@torch.no_grad()
+def detect_and_draw(processor: Any, detector: Any, image: torch.Tensor, names: list[str],
+                    threshold: float = 0.5) -> tuple[torch.Tensor, int]:
+    """``image`` (uint8, C x H x W) with the detections scoring at least ``threshold`` drawn on it, and their count."""
+    inputs = processor(images=image, return_tensors="pt")
+    outputs = detector(pixel_values=inputs["pixel_values"], pixel_mask=inputs.get("pixel_mask"))
+    result = processor.post_process_object_detection(outputs, threshold=threshold,
+                                                     target_sizes=[tuple(image.shape[-2:])])[0]
+    labels = result["labels"].tolist()
+    return draw_boxes(image, result["boxes"], labels, names, result["scores"].tolist()), len(labels)

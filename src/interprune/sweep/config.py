@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import InterpruneError
 from ..resample import METHODS
+from ..sources import resolve_source
 from ..train.settings import TrainSettings
 
 __all__ = ["Experiment", "SweepConfig", "load_sweep", "preset_path", "INITS"]
@@ -75,6 +76,7 @@ class SweepConfig(BaseModel):
     seeds: list[int] = Field([0], min_length=1)
     keep: str = Field(r"^model\.backbone\.", description="tensors that 'random' init keeps from the source")
     train: TrainSettings = TrainSettings()
+    bench: bool = Field(True, description="measure every experiment's latency and size ('interprune bench')")
     experiments: list[Experiment] = Field(min_length=1)
 
     @field_validator("keep")
@@ -155,4 +157,5 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
         value = getattr(config, key)
         if value and not Path(value).is_absolute() and (path.parent / value).exists():
             setattr(config, key, str((path.parent / value).resolve()))
+    config.source = resolve_source(config.source)  # 'demo': the source shipped with the package
     return config

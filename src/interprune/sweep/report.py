@@ -34,6 +34,7 @@ class Result:
     init: str
     summaries: list[RunSummary] = field(default_factory=list)
     curves: list[list[tuple[int, float]]] = field(default_factory=list)  # (step, validation loss) per seed
+    bench: dict | None = None  # its model's deployment costs ('interprune bench'), when measured
 
     def values(self, key: str) -> list[float]:
         return [float(getattr(s, key)) for s in self.summaries if getattr(s, key) is not None]
@@ -50,7 +51,7 @@ def _curve(run: Path) -> list[tuple[int, float]]:
     seen: dict[int, float] = {}
     for row in read_metrics(run):
         if "val_loss" in row:
-            seen.setdefault(int(row["step"]) + 1, row["val_loss"])  # Lightning's step is 0-based; count steps done
+            seen.setdefault(int(row["step"]), row["val_loss"])  # logged at the steps done; 0 before training
     return sorted(seen.items())
 
 
@@ -78,6 +79,8 @@ def collect(out: str | Path) -> tuple[SweepConfig, list[Result]]:
             if summary is not None:
                 result.summaries.append(summary)
                 result.curves.append(_curve(run))
+        cost = out / "bench" / f"{experiment.name}.json"
+        result.bench = json.loads(cost.read_text()) if cost.is_file() else None
         if result.summaries:
             results.append(result)
     if not results:
@@ -109,6 +112,8 @@ def table_rows(config: SweepConfig, results: list[Result]) -> list[dict[str, str
                            ("map", "mAP"), ("map_50", "mAP@50")):
             row[label] = _fmt(*mean_std(r.values(key)))
         row["train seconds"] = _fmt(*mean_std(r.values("seconds")), digits=0)
+        row["latency ms"] = f"{r.bench['latency_ms']:.1f}" if r.bench else "-"
+        row["file MB"] = f"{r.bench['file_mb']:.1f}" if r.bench and r.bench.get("file_mb") is not None else "-"
         row["steps to baseline's final loss"] = to_base
         rows.append(row)
     return rows
@@ -117,6 +122,7 @@ def table_rows(config: SweepConfig, results: list[Result]) -> list[dict[str, str
 def write_report(out: str | Path) -> Path:
     """Write ``summary.csv``, the figures, ``report.md`` and ``report.html``; return the Markdown path."""
     from .figures import draw_figures
+    from .pictures import predictions_figure
 
     out = Path(out)
     config, results = collect(out)
@@ -127,9 +133,12 @@ def write_report(out: str | Path) -> Path:
     writer.writerows(rows)
     write_text(out / "summary.csv", table.getvalue())
     figures = draw_figures(results, out / "figures")
-    md = _markdown(config, rows, figures, out)
+    pictures = predictions_figure(config, results, out)
+    if pictures is not None:
+        figures.append(("Predictions on validation images", pictures))
+    md = _markdown(config, rows, figures, out, results)
     write_text(out / "report.md", md)
-    write_text(out / "report.html", _html(config, rows, figures))
+    write_text(out / "report.html", _html(config, rows, figures, results))
     return out / "report.md"
 
 
@@ -140,14 +149,16 @@ def _md_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _markdown(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[str, Path]], out: Path) -> str:
+def _markdown(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[str, Path]], out: Path,
+              results: list[Result]) -> str:
     paper = "\n".join(f"| {name} | {count:,} |" for name, count in PAPER_PARAMETERS)
     parts = [
         f"# {config.name}: which way of initialising the smaller model works best?",
         f"Source `{config.source}`, small model `{json.dumps(config.target)}`, {config.train.steps} steps, "
         f"seeds {config.seeds}. Mean ± standard deviation over seeds. *Steps to baseline's final loss*: the first "
         "validated step at which a run's validation loss is at or below the final validation loss of the random-init "
-        "model of its size (lower is faster; the paper's claim is that interpolated weights train faster).",
+        "model of its size (lower is faster; the paper's claim is that interpolated weights train faster). "
+        + _cost_note(results),
         _md_table(rows),
         "## The paper's parameter counts\n\n| models | parameters |\n|---|---|\n" + paper,
         "## Figures",
@@ -156,7 +167,17 @@ def _markdown(config: SweepConfig, rows: list[dict[str, str]], figures: list[tup
     return "\n\n".join(parts) + "\n"
 
 
-def _html(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[str, Path]]) -> str:
+def _cost_note(results: list[Result]) -> str:
+    measured = next((r.bench for r in results if r.bench), None)
+    if measured is None:
+        return ""
+    kind = "CPU time" if measured.get("clock") == "cpu" else "time"
+    return (f"*Latency*: median {kind} for one input ({measured['inputs']}) at batch 1 on {measured['device']}, "
+            "`interprune bench` on the fine-tuned model; *file MB*: its weights on disk.")
+
+
+def _html(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[str, Path]],
+          results: list[Result]) -> str:
     head = "".join(f"<th>{h}</th>" for h in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r.values()) + "</tr>" for r in rows)
     images = "".join(
@@ -166,5 +187,6 @@ def _html(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[s
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style>"
             f"<h1>{config.name}</h1><p>Source <code>{config.source}</code>, small model "
-            f"<code>{json.dumps(config.target)}</code>, {config.train.steps} steps, seeds {config.seeds}.</p>"
+            f"<code>{json.dumps(config.target)}</code>, {config.train.steps} steps, seeds {config.seeds}. "
+            f"{_cost_note(results)}</p>"
             f"<table><tr>{head}</tr>{body}</table>{images}")

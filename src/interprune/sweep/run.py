@@ -23,6 +23,8 @@ from ..train.resume import CorruptCheckpoint
 from ..train.run import CHECKPOINTS, check_trainer, train
 from ..train.summary import RunSummary, UnreadableSummary
 from .config import Experiment, SweepConfig
+from .costs import bench_experiments
+from .progress import SweepProgress
 
 __all__ = ["check_sweep", "run_sweep", "prepare_model"]
 
@@ -79,6 +81,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
     data = prepare_data(config, out)
     source = None
     done = []
+    counter = SweepProgress(sum(not only or e.name == only for e in config.experiments) * len(config.seeds))
     for experiment in config.experiments:
         if only and experiment.name != only:
             continue
@@ -91,13 +94,13 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                 print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
                 finished = None
             if finished is not None:
-                print(f"{tag} finished before: skipped")
+                print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
                 done.append(run)
                 continue
             if source is None and experiment.init != "pretrained":
                 source = load_model(config.source)
             start = prepare_model(config, experiment, seed, out / "models" / f"{experiment.name}-seed{seed}", source)
-            print(f"{tag} {experiment.size} model, init {experiment.init}: training {config.train.steps} steps -> {run}")
+            print(f"{counter.next()} {tag} {experiment.size} model, init {experiment.init}: training {config.train.steps} steps -> {run}")
             settings = config.train.model_copy(update={"seed": seed})
             try:
                 train(start, data, run, settings, resume=run.exists(), progress=progress)
@@ -105,7 +108,10 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                 kept = set_aside(run / CHECKPOINTS / "last.ckpt")
                 print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
                 train(start, data, run, settings, resume=True, progress=progress)
+            counter.done()
             done.append(run)
+    if config.bench:
+        bench_experiments(config, out, only=only)
     return done
 
 

@@ -14,6 +14,8 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
 
+from .schedule import lr_factor
+
 __all__ = ["DetectionModule", "NonFiniteLoss"]
 
 
@@ -27,10 +29,12 @@ class NonFiniteLoss(RuntimeError):
 
 class DetectionModule(L.LightningModule):
     def __init__(self, model: Any, processor: Any, *, lr: float = 1e-4, lr_backbone: float = 1e-5,
-                 weight_decay: float = 1e-4, map_every_val: bool = False) -> None:
+                 weight_decay: float = 1e-4, map_every_val: bool = False, warmup_steps: int = 0,
+                 lr_decay: str = "constant", lr_end: float = 0.0) -> None:
         super().__init__()
         self.model, self.processor = model, processor
         self.lr, self.lr_backbone, self.weight_decay = lr, lr_backbone, weight_decay
+        self.warmup_steps, self.lr_decay, self.lr_end = warmup_steps, lr_decay, lr_end
         self.map_every_val = map_every_val
         self.compute_map = False  # switched on for the final evaluation
         self.map_metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True)
@@ -74,6 +78,9 @@ class DetectionModule(L.LightningModule):
         self.map_metric.update(preds, truth)
 
     def on_validation_epoch_end(self) -> None:
+        # Validation rows are logged at the number of optimiser steps done (0: what the initialisation
+        # inherited, before any training), not at Lightning's 0-based index of the last training batch.
+        self.log("step", float(self.global_step))
         if not (self.compute_map or self.map_every_val):
             return
         result = self.map_metric.compute()
@@ -84,9 +91,15 @@ class DetectionModule(L.LightningModule):
         if classes is not None and per_class is not None and per_class.dim() > 0:
             self.last_per_class = {int(c): float(v) for c, v in zip(classes.tolist(), per_class.tolist())}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         backbone = [p for n, p in self.model.named_parameters() if "backbone" in n and p.requires_grad]
         rest = [p for n, p in self.model.named_parameters() if "backbone" not in n and p.requires_grad]
         groups = [{"params": rest, "lr": self.lr}] + ([{"params": backbone, "lr": self.lr_backbone}] if backbone else [])
-        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        if not self.warmup_steps and self.lr_decay == "constant":
+            return optimizer  # the paper's constant learning rate
+        total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else 1
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+            step, total, warmup=self.warmup_steps, decay=self.lr_decay, end=self.lr_end))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

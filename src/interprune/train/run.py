@@ -22,6 +22,7 @@ from ..models import (check_detector, count_parameters, load_config, load_detect
 from . import batchnorm
 from .metrics import METRICS, MetricsTable, read_metrics
 from .module import DetectionModule, NonFiniteLoss
+from .progress import StepProgressBar
 from .resume import AtomicCheckpointIO, RunState, check_checkpoint
 from .settings import TrainSettings
 from .summary import SUMMARY, RunSummary
@@ -101,7 +102,8 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         for param in detector.parameters():
             param.requires_grad_(True)
     module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
-                             weight_decay=settings.weight_decay, map_every_val=settings.map_every_val)
+                             weight_decay=settings.weight_decay, map_every_val=settings.map_every_val,
+                             warmup_steps=settings.warmup_steps, lr_decay=settings.lr_decay, lr_end=settings.lr_end)
     train_loader, valid_loader = make_loaders(
         dataset, processor, batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
         augment=settings.augment, copies=settings.copies, workers=settings.workers, seed=settings.seed,
@@ -122,8 +124,11 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         logger=[TensorBoardLogger(out, name="tensorboard", version=""), table],
         log_every_n_steps=settings.log_every, enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic="warn", enable_checkpointing=False, use_distributed_sampler=False,
-        callbacks=[state, LearningRateMonitor("step")], plugins=[AtomicCheckpointIO()],
+        callbacks=[state, LearningRateMonitor("step")] + ([StepProgressBar()] if progress else []),
+        plugins=[AtomicCheckpointIO()],
     )
+    if not resuming:  # validate at step 0: every curve starts from what the initialisation inherited
+        trainer.validate(module, valid_loader, verbose=False)
     try:
         trainer.fit(module, train_loader, valid_loader, ckpt_path=str(ckpt) if resuming else None)
     except NonFiniteLoss as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -14,6 +16,10 @@ class TrainSettings(BaseModel):
     steps: int = Field(3000, gt=0, description="optimiser steps")
     lr: float = Field(1e-4, gt=0)
     lr_backbone: float = Field(1e-5, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up over the first N steps")
+    lr_decay: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="learning-rate decay after warm-up: constant (the paper's), cosine or linear")
+    lr_end: float = Field(0.0, ge=0, le=1, description="final learning rate as a fraction of the peak, for a decay")
     weight_decay: float = Field(1e-4, ge=0)
     clip: float = Field(0.1, gt=0, description="gradient-norm clipping")
     batch_size: int = Field(4, gt=0)

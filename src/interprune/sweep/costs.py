@@ -1,0 +1,69 @@
+"""What each experiment's model costs to deploy: ``interprune bench`` on every experiment's fine-tuned model.
+
+One measurement per architecture: experiments whose models differ only in their weights (every
+initialisation of the same size) share it, so the report never shows timing noise as a difference
+between methods. Written to ``results/bench/<experiment>.json``; a sweep spread over machines with
+``--only`` measures each experiment where it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..bench import bench
+from .config import SweepConfig
+
+__all__ = ["bench_experiments", "architecture_key", "BENCH"]
+
+BENCH = "bench"
+NOT_ARCHITECTURE = {"id2label", "label2id", "_name_or_path", "transformers_version", "dtype", "torch_dtype",
+                    "architectures"}
+
+
+def architecture_key(model: Path) -> str:
+    """The model's config without what does not change its computation (names, dtype, versions)."""
+    config = json.loads((model / "config.json").read_text())
+    return json.dumps({k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}, sort_keys=True)
+
+
+def _finished_model(out: Path, config: SweepConfig, name: str) -> Path | None:
+    runs = (out / "runs" / name / f"seed{seed}" for seed in config.seeds)
+    return next((r / "model" for r in runs if (r / "summary.json").is_file() and (r / "model").is_dir()), None)
+
+
+def bench_experiments(config: SweepConfig, out: str | Path, *, only: str | None = None,
+                      device: str | None = None) -> dict[str, dict[str, Any]]:
+    """Measure every experiment (or ``only``) that has a finished run and no measurement yet."""
+    out = Path(out)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    models = {e.name: _finished_model(out, config, e.name) for e in config.experiments}
+    models = {name: model for name, model in models.items() if model is not None}
+    measured: dict[str, dict[str, Any]] = {}  # architecture -> costs, earlier measurements first
+    for name, model in models.items():
+        path = out / BENCH / f"{name}.json"
+        if path.is_file():
+            measured.setdefault(architecture_key(model), json.loads(path.read_text()))
+    results = {}
+    for name, model in models.items():
+        path = out / BENCH / f"{name}.json"
+        if not path.is_file() and only and name != only:
+            continue
+        key = architecture_key(model)
+        if key not in measured:
+            print(f"[bench] {name}: measuring its model on {device}")
+            # on a CPU: CPU time on one thread, so that other work on the machine cannot reorder the models
+            cpu = device == "cpu"
+            measured[key] = bench(model, device=device, batch=4, warmup=2, repeat=10, budget_s=5.0, memory=not cpu,
+                                  clock="cpu" if cpu else "wall", threads=1 if cpu else None).to_dict()
+        results[name] = measured[key]
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(measured[key], indent=1))
+            tmp.replace(path)
+    return results
