@@ -87,7 +87,7 @@ def test_train_killed_again_and_again_resumes_to_the_same_result(detector_dir, r
     for run in (out, exact):
         summary = RunSummary.read(run)
         rows = table(run)
-        assert [int(r["step"]) for r in rows] == list(range(8))  # every step exactly once
+        assert [int(r["step"]) for r in rows] == list(range(9))  # every step exactly once (validation at 0..8)
         assert rows == table(tmp_path / "whole")
         assert (summary.final_val_loss, summary.best_val_loss, summary.map, summary.map_50) == (
             whole.final_val_loss, whole.best_val_loss, whole.map, whole.map_50)
@@ -102,6 +102,7 @@ target: {{d_model: 16, encoder_ffn_dim: 32, decoder_ffn_dim: 32}}
 data: {data}
 seeds: [0]
 train: {{steps: 4, val_every: 2, workers: 0, log_every: 1}}
+bench: false
 experiments:
   - {{name: full-pretrained, size: full, init: pretrained}}
   - {{name: small-area, size: small, init: area}}

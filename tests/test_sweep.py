@@ -1,3 +1,4 @@
+from types import SimpleNamespace
 import csv
 import json
 import re
@@ -151,7 +152,7 @@ def test_the_picture_shows_the_best_models_and_random_init():
     from interprune.sweep.pictures import telling_models
 
     def result(name, size, init, map50, loss):
-        return Result(name, size, init, summaries=[{"map_50": map50, "final_val_loss": loss}])
+        return Result(name, size, init, summaries=[SimpleNamespace(map_50=map50, final_val_loss=loss)])
 
     results = [result("full-pretrained", "full", "pretrained", 0.5, 3.0), result("full-random", "full", "random", 0, 9),
                result("small-random", "small", "random", 0.0, 9.0), result("small-area", "small", "area", 0.2, 5.0),
