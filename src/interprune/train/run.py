@@ -25,6 +25,7 @@ from ..errors import InterpruneError
 from ..shrink import load_config, model_class, save
 from ..transfer import count_parameters
 from . import batchnorm
+from .distill import make_distillation, teacher_summary
 from .module import DetectionModule, NonFiniteLoss
 from .settings import TrainSettings
 
@@ -128,6 +129,8 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     ckpt = out / CHECKPOINTS / "last.ckpt"
     if out.exists() and any(out.iterdir()) and not resume:
         raise InterpruneError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if settings.distill_data and not settings.teacher:
+        raise InterpruneError("--distill-data needs --teacher: unlabelled images only carry a distillation term")
     dataset = data if isinstance(data, DetectionData) else open_dataset(data, images=images, seed=settings.seed)
     config = load_config(model)
     check_detector(config, str(model))
@@ -139,11 +142,19 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         batchnorm.thaw(detector)
         for param in detector.parameters():
             param.requires_grad_(True)
+    criterion = make_distillation(settings, model, detector, dataset.names) if settings.teacher else None
     module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
-                             weight_decay=settings.weight_decay, map_every_val=settings.map_every_val)
+                             weight_decay=settings.weight_decay, map_every_val=settings.map_every_val,
+                             criterion=criterion)
     train_loader, valid_loader = make_loaders(
         dataset, processor, batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
         augment=settings.augment, copies=settings.copies, workers=settings.workers, seed=settings.seed)
+    if settings.distill_data:  # Lightning pairs the two loaders, cycling the shorter one
+        from ..data.images import image_loader
+
+        train_loader = {"labelled": train_loader, "unlabelled": image_loader(
+            settings.distill_data, processor, batch_size=settings.batch_size, augment=settings.augment,
+            workers=settings.workers, seed=settings.seed)}
     out.mkdir(parents=True, exist_ok=True)
     earlier = _earlier_rows(out) if resume else []  # Lightning's CSV logger starts its file afresh
     trainer = L.Trainer(
@@ -179,6 +190,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         "parameters": count_parameters(detector),
         "trainable_parameters": sum(p.numel() for p in detector.parameters() if p.requires_grad),
         "seed": settings.seed, "settings": settings.model_dump(),
+        "teacher": teacher_summary(criterion, int(trainer.global_step)) if criterion is not None else None,
     }
     save(detector, out / "model", processor=processor, overwrite=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
