@@ -84,7 +84,7 @@ def test_distill_criterion_adds_weighted_terms_and_is_task_only_in_eval():
     cls, boxes = logits(2, 5, 4), torch.rand(2, 5, 4, generator=torch.Generator().manual_seed(4)) * 0.5 + 0.2
     teacher = Teacher(FakeDetector(outputs(cls, boxes)))
     crit = DistillCriterion(teacher, num_labels=3, weights=DistillWeights(classes=1, boxes=5, giou=2))
-    batch = {"pixel_values": torch.zeros(2, 3, 8, 8), "pixel_mask": None}
+    batch = {"pixel_values": torch.zeros(2, 3, 8, 8), "pixel_mask": None, "labels": []}
     same = outputs(cls.clone(), boxes.clone(), loss=torch.tensor(1.5))
     loss, terms = crit(same, batch)  # a student that already agrees: only the task loss is left
     assert loss.item() == pytest.approx(1.5) and terms["task_loss"].item() == 1.5 and terms["loss_ce"].item() == 0.5
@@ -98,8 +98,8 @@ def test_distill_criterion_adds_weighted_terms_and_is_task_only_in_eval():
     loss, terms = crit(other, batch)
     assert loss.item() == 1.5 and set(terms) == {"loss_ce"} and teacher.calls == 2  # validation: task loss only
     crit.train()
-    loss, terms = crit(outputs(cls, boxes), batch)  # unlabelled images: no task term
-    assert "loss_ce" not in terms and terms["task_loss"].item() == 0
+    loss, terms = crit(outputs(logits(2, 5, 4, seed=5), boxes), {"pixel_values": batch["pixel_values"]})  # unlabelled
+    assert "loss_ce" not in terms and "task_loss" not in terms and loss.item() > 0
 
 
 def test_feature_term_uses_kept_channels_or_a_learned_projection():

@@ -98,3 +98,16 @@ def test_load_detector_for_a_teacher_and_student_of_other_query_counts(teacher_r
     assert loss.requires_grad and terms["distill_class"] > 0 and torch.isfinite(loss)
     loss.backward()
     assert model.class_labels_classifier.weight.grad.abs().sum() > 0
+
+
+def test_kept_channels_come_from_the_students_plan_when_shrunk_from_this_teacher(tmp_path):
+    from interprune.train.distill import kept_channels
+
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    teacher.mkdir(), student.mkdir()
+    (student / "interprune.json").write_text(json.dumps({"source": str(teacher), "choices": {"residual": [0, 2, 4]}}))
+    assert kept_channels(student, teacher).tolist() == [0, 2, 4]
+    assert kept_channels(student, tmp_path / "other") is None  # another teacher: its channels mean nothing here
+    (student / "interprune.json").write_text(json.dumps({"source": str(teacher), "choices": {"residual": [0, -1]}}))
+    assert kept_channels(student, teacher) is None
+    assert kept_channels(tmp_path / "nothing", teacher) is None

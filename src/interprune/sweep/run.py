@@ -98,12 +98,13 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                 print(f"[{experiment.name} seed {seed}] finished before: skipped")
                 done.append(run)
                 continue
+            folder = out / "models" / f"{experiment.name}-seed{seed}"
             origin = run_folder(out, experiment.from_, seed) / "model" if experiment.from_ else None
-            if origin is None and source is None and experiment.init != "pretrained":
+            needed = experiment.init != "pretrained" and not folder.exists()
+            if origin is None and source is None and needed:
                 source = load_model(config.source)
-            start_from = load_model(origin) if origin is not None and experiment.init != "pretrained" else source
-            start = prepare_model(config, experiment, seed, out / "models" / f"{experiment.name}-seed{seed}",
-                                  start_from, origin)
+            start_from = (load_model(origin) if needed else None) if origin is not None else source
+            start = prepare_model(config, experiment, seed, folder, start_from, origin)
             settings = settings_for(config, experiment, seed, out)
             print(f"[{experiment.name} seed {seed}] {experiment.size} model, init {experiment.init}"
                   f"{f' from {experiment.from_}' if experiment.from_ else ''}"

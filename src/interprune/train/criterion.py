@@ -177,7 +177,8 @@ class DistillCriterion(nn.Module):
         w = self.weights
         total = (w.classes * distill["distill_class"] + w.boxes * distill["distill_l1"]
                  + w.giou * distill["distill_giou"] + w.features * distill.get("distill_features", 0.0))
-        return loss + total, {**terms, "task_loss": loss.detach(), **distill}
+        task = {"task_loss": loss.detach()} if "labels" in batch else {}  # unlabelled images have no task term
+        return loss + total, {**terms, **task, **distill}
 
     def distill_terms(self, student: Any, teacher: Any) -> dict[str, Tensor]:
         s_logits, t_logits = student.logits, teacher.logits.to(student.logits.dtype)

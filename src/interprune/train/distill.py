@@ -51,7 +51,8 @@ def kept_channels(student: str | os.PathLike, teacher: str | os.PathLike) -> tor
     source, choices = meta.get("source"), meta.get("choices") or {}
     if not source or "residual" not in choices or Path(source).resolve() != Path(teacher).resolve():
         return None
-    return torch.as_tensor(choices["residual"], dtype=torch.long)
+    kept = torch.as_tensor(choices["residual"], dtype=torch.long)
+    return kept if bool((kept >= 0).all()) else None  # -1 marks a new channel (grown): no teacher counterpart
 
 
 def make_distillation(settings: TrainSettings, student_source: str | os.PathLike, student: Any,
