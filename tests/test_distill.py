@@ -8,6 +8,7 @@ from interprune import InterpruneError
 from interprune.cli import main
 from interprune.data.rocks import NAMES
 from interprune.shrink import save, shrink
+from interprune.train.distill import make_distillation as run_make
 from interprune.train.run import load_detector, train
 from interprune.train.settings import TrainSettings
 
@@ -33,7 +34,12 @@ def student_dir(teacher_run, tmp_path_factory):
     return out
 
 
-def test_train_with_a_teacher_keeps_it_frozen_and_out_of_the_checkpoint(teacher_run, student_dir, rocks_dir, tmp_path):
+def test_train_with_a_teacher_keeps_it_frozen_and_out_of_the_checkpoint(teacher_run, student_dir, rocks_dir, tmp_path,
+                                                                        monkeypatch):
+    import interprune.train.run as run
+
+    made = []
+    monkeypatch.setattr(run, "make_distillation", lambda *a, **k: made.append(run_make(*a, **k)) or made[-1])
     teacher_before = AutoModelForObjectDetection.from_pretrained(teacher_run / "model").state_dict()
     out = tmp_path / "run"
     settings = TrainSettings(**FAST, teacher=str(teacher_run / "model"), distill_features=1.0)
@@ -48,8 +54,9 @@ def test_train_with_a_teacher_keeps_it_frozen_and_out_of_the_checkpoint(teacher_
     assert sum(k.startswith("criterion.") for k in state) == 4  # the learned feature projections, for resuming
     saved = AutoModelForObjectDetection.from_pretrained(out / "model").state_dict()
     assert saved["model.input_projection.weight"].shape[0] == 16  # the student, alone
-    teacher_after = AutoModelForObjectDetection.from_pretrained(teacher_run / "model").state_dict()
-    assert all(torch.equal(v, teacher_after[k]) for k, v in teacher_before.items())
+    teacher = made[0].teacher.model  # the one that ran: still in eval mode, without gradients, unchanged
+    assert not teacher.training and not any(p.requires_grad or p.grad is not None for p in teacher.parameters())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
     header = (out / "metrics.csv").read_text().splitlines()[0]
     assert "train_distill_class" in header and "train_task_loss" in header and "val_distill" not in header
 
