@@ -184,8 +184,8 @@ class DistillCriterion(nn.Module):
         s_logits, t_logits = student.logits, teacher.logits.to(student.logits.dtype)
         s_boxes, t_boxes = student.pred_boxes, teacher.pred_boxes.to(student.pred_boxes.dtype)
         if s_logits.shape[-1] != t_logits.shape[-1]:
-            raise InterpruneError(f"the teacher scores {t_logits.shape[-1]} classes, the student {s_logits.shape[-1]}; "
-                             "distil from a teacher fine-tuned on the same classes")
+            raise InterpruneError(f"the teacher scores {t_logits.shape[-1]} classes, the student "
+                                  f"{s_logits.shape[-1]}; distil from a teacher fine-tuned on the same classes")
         softmax = uses_no_object_class(s_logits, self.num_labels)
         match = self.matching == "hungarian" or (self.matching == "auto" and s_logits.shape[1] != t_logits.shape[1])
         pick_s = pick_t = lambda x: x  # noqa: E731  (same queries: query i is query i)
@@ -208,8 +208,8 @@ class DistillCriterion(nn.Module):
     def _feature(self, key: str, student: Tensor, teacher: Tensor) -> Tensor:
         if student.shape[:-1] != teacher.shape[:-1]:
             raise InterpruneError(f"feature distillation: the student's {key} states are {tuple(student.shape)}, the "
-                             f"teacher's {tuple(teacher.shape)}; they need the same positions (same backbone and "
-                             "image size), or switch the feature term off")
+                                  f"teacher's {tuple(teacher.shape)}; they need the same positions (same backbone and "
+                                  "image size), or switch the feature term off")
         teacher = teacher.to(student.dtype)
         if self.kept_channels is not None:
             teacher = teacher[..., self.kept_channels.to(teacher.device)]
