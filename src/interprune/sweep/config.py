@@ -3,6 +3,12 @@
 A sweep says which source model, which smaller target (config overrides), which dataset, which
 experiments (an initialisation each: ``pretrained``, ``random``, ``transfer`` or a shrink method),
 which seeds and which training settings. Presets are such files shipped in the package.
+
+An experiment may start from another one's result (``from:``, that run's fine-tuned model of the same seed,
+shrunk with this experiment's init) and learn from it (``teacher:``), so sweeps describe pipelines such as
+"fine-tune the full model -> shrink it -> distil"; experiments then run in dependency order. ``same_steps_as:``
+trains for as many steps as another experiment's whole pipeline, its upstream runs included: the honest
+baseline for a pipeline that spends steps on a teacher first.
 """
 
 from __future__ import annotations
@@ -19,20 +25,50 @@ from ..resample import METHODS
 from ..sources import resolve_source
 from ..train.settings import TrainSettings
 
-__all__ = ["Experiment", "SweepConfig", "load_sweep", "preset_path", "INITS"]
+__all__ = ["Experiment", "SweepConfig", "load_sweep", "preset_path", "INITS", "DEPENDENCY_KEYS"]
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 INITS = ("pretrained", "random", "transfer")
+DEPENDENCY_KEYS = ("from", "teacher", "same_steps_as")  # keys that name another experiment
+
+
+class SweepError(ValueError):
+    """A whole-sweep check that knows where in the YAML the problem is (``loc``), so its line can be named."""
+
+    def __init__(self, loc: tuple, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class Experiment(BaseModel):
     """One model to fine-tune: its size and how its weights start."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     size: Literal["full", "small"] = "small"
     init: str
+    from_: str | None = Field(None, alias="from", description="start from this experiment's fine-tuned model "
+                              "(same seed), shrunk with this experiment's init")
+    teacher: str | None = Field(None, description="distil from this experiment's fine-tuned model (same seed)")
+    same_steps_as: str | None = Field(None, description="train for as many steps as this experiment's whole "
+                                      "pipeline (its upstream runs' steps included)")
+    train: dict[str, Any] = Field({}, description="TrainSettings fields that differ for this experiment")
+
+    @field_validator("train")
+    @classmethod
+    def known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            TrainSettings(**value)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}: {'unknown key' if first['type'] == 'extra_forbidden' else first['msg']}") from None
+        return value
+
+    def needs(self, key: str) -> str | None:
+        """The experiment named under ``key`` (one of DEPENDENCY_KEYS), or None."""
+        return getattr(self, "from_" if key == "from" else key)
 
     @field_validator("init")
     @classmethod
@@ -96,6 +132,78 @@ class SweepConfig(BaseModel):
             raise ValueError(f"experiment names must be unique; repeated: {', '.join(twice)}")
         return self
 
+    @model_validator(mode="after")
+    def dependencies(self) -> "SweepConfig":
+        """Names under from/teacher/same_steps_as exist, and no experiment depends on itself."""
+        index = {e.name: i for i, e in enumerate(self.experiments)}
+        for i, e in enumerate(self.experiments):
+            for key in DEPENDENCY_KEYS:
+                name = e.needs(key)
+                if name is not None and name not in index:
+                    raise SweepError(("experiments", i, key), f"unknown experiment {name!r}; have: {', '.join(index)}")
+            start = self.experiments[index[e.from_]] if e.from_ else None
+            if start is not None and start.size == "small" and e.size == "full":
+                raise SweepError(("experiments", i, "from"), f"{e.from_!r} is small; a full-size model cannot start "
+                                 "from it (interprune shrinks, and grows only to compare)")
+        for i, e in enumerate(self.experiments):
+            cycle = self._cycle(e.name, [e.name])
+            if cycle:
+                key = next(k for k in DEPENDENCY_KEYS if e.needs(k) == cycle[1])
+                raise SweepError(("experiments", i, key), "dependency cycle: " + " -> ".join(cycle))
+        return self
+
+    def _cycle(self, name: str, path: list[str]) -> list[str] | None:
+        """A path of dependencies from ``path[0]`` back to itself, depth-first, or None."""
+        for dep in self._edges(name):
+            if dep == path[0]:
+                return path + [dep]
+            if dep not in path:
+                found = self._cycle(dep, path + [dep])
+                if found:
+                    return found
+        return None
+
+    def _edges(self, name: str, keys: tuple[str, ...] = DEPENDENCY_KEYS) -> list[str]:
+        e = self.experiment(name)
+        return [d for d in (e.needs(k) for k in keys) if d is not None]
+
+    def experiment(self, name: str) -> Experiment:
+        return next(e for e in self.experiments if e.name == name)
+
+    def upstream(self, experiment: Experiment) -> list[Experiment]:
+        """The runs this experiment's result depends on (via from/teacher), transitively, each once."""
+        found: list[str] = []
+        todo = self._edges(experiment.name, ("from", "teacher"))
+        while todo:
+            name = todo.pop(0)
+            if name not in found:
+                found.append(name)
+                todo += self._edges(name, ("from", "teacher"))
+        return [self.experiment(n) for n in found]
+
+    def ordered(self) -> list[Experiment]:
+        """The experiments in the YAML's order, except that each comes after those it starts from or
+        learns from."""
+        done: list[Experiment] = []
+        left = list(self.experiments)
+        while left:
+            ready = next(e for e in left if all(d in {x.name for x in done} for d in self._edges(e.name, ("from", "teacher"))))
+            done.append(ready)
+            left.remove(ready)
+        return done
+
+    def steps_of(self, experiment: Experiment) -> int:
+        """This experiment's own training steps."""
+        if "steps" in experiment.train:
+            return int(experiment.train["steps"])
+        if experiment.same_steps_as:
+            return self.pipeline_steps(self.experiment(experiment.same_steps_as))
+        return self.train.steps
+
+    def pipeline_steps(self, experiment: Experiment) -> int:
+        """Its own steps plus those of every run it depends on: what the result really cost."""
+        return self.steps_of(experiment) + sum(self.steps_of(e) for e in self.upstream(experiment))
+
     def baseline_for(self, experiment: Experiment) -> Experiment | None:
         """The random-init experiment of the same size: what "trains faster" is measured against."""
         return next((e for e in self.experiments if e.baseline and e.size == experiment.size), None)
@@ -150,6 +258,11 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
         line = _line_of(tree, tuple(p for p in loc if not str(p).startswith("function-")))
         where = ".".join(str(p) for p in loc) or "sweep"
         message = first["msg"].removeprefix("Value error, ")
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, SweepError):  # a whole-sweep check that knows its place
+            loc = cause.loc
+            line = _line_of(tree, loc)
+            where = ".".join(str(p) for p in loc)
         if first["type"] == "extra_forbidden":
             message = "unknown key"
         raise InterpruneError(f"{path}:{line}: {where}: {message}") from None

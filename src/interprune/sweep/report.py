@@ -114,9 +114,30 @@ def table_rows(config: SweepConfig, results: list[Result]) -> list[dict[str, str
         row["train seconds"] = _fmt(*mean_std(r.values("seconds")), digits=0)
         row["latency ms"] = f"{r.bench['latency_ms']:.1f}" if r.bench else "-"
         row["file MB"] = f"{r.bench['file_mb']:.1f}" if r.bench and r.bench.get("file_mb") is not None else "-"
+        row.update(pipeline_cost(config, r, by_name))
         row["steps to baseline's final loss"] = to_base
         rows.append(row)
     return rows
+
+
+def pipeline_cost(config: SweepConfig, result: Result, by_name: dict[str, Result]) -> dict[str, str]:
+    """The whole cost of a result: its own steps and seconds plus those of every run it started from or
+    learnt from (a distilled student needs its teacher fine-tuned first), and the teacher's forward time per
+    student step (already inside the student's seconds)."""
+    experiment = config.experiment(result.name)
+    steps, seconds = mean_std(result.values("steps"))[0], mean_std(result.values("seconds"))[0]
+    for up in config.upstream(experiment):
+        done = by_name.get(up.name)
+        if done is None or steps is None or seconds is None:
+            steps = seconds = None  # an upstream run is missing: the total is unknown, not smaller
+            break
+        steps += mean_std(done.values("steps"))[0] or 0
+        seconds += mean_std(done.values("seconds"))[0] or 0
+    per_step = [s.teacher.seconds_per_step for s in result.summaries
+                if s.teacher is not None and s.teacher.seconds_per_step is not None]
+    return {"pipeline steps": "-" if steps is None else f"{steps:.0f}",
+            "pipeline seconds": _fmt(seconds, digits=0),
+            "teacher s/step": _fmt(*mean_std(per_step)) if per_step else "-"}
 
 
 def write_report(out: str | Path) -> Path:
@@ -158,6 +179,9 @@ def _markdown(config: SweepConfig, rows: list[dict[str, str]], figures: list[tup
         f"seeds {config.seeds}. Mean ± standard deviation over seeds. *Steps to baseline's final loss*: the first "
         "validated step at which a run's validation loss is at or below the final validation loss of the random-init "
         "model of its size (lower is faster; the paper's claim is that interpolated weights train faster). "
+        "*Pipeline steps/seconds*: the run's own plus those of every run it started from (`from:`) or learnt from "
+        "(`teacher:`), so a distilled student is charged for its teacher's fine-tuning; *teacher s/step*: the "
+        "teacher's forward time per student step, part of the run's own seconds. "
         + _cost_note(results),
         _md_table(rows),
         "## The paper's parameter counts\n\n| models | parameters |\n|---|---|\n" + paper,

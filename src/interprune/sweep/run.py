@@ -21,18 +21,32 @@ from ..errors import InterpruneError
 from ..shrink import build_model, load_config, load_model, save, shrink, target_config
 from ..train.resume import CorruptCheckpoint
 from ..train.run import CHECKPOINTS, check_trainer, train
+from ..train.settings import TrainSettings
 from ..train.summary import RunSummary, UnreadableSummary
 from .config import Experiment, SweepConfig
 from .costs import bench_experiments
 from .progress import SweepProgress
 
-__all__ = ["check_sweep", "run_sweep", "prepare_model"]
+__all__ = ["check_sweep", "run_sweep", "prepare_model", "settings_for", "run_folder"]
 
 
-def check_sweep(config: SweepConfig, only: str | None = None) -> None:
-    """Everything that can fail before training: names, data, the source, the small model's shapes."""
+def run_folder(out: Path, name: str, seed: int) -> Path:
+    return out / "runs" / name / f"seed{seed}"
+
+
+def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None = None) -> None:
+    """Everything that can fail before training: names, data, the source, the small model's shapes, and
+    for ``--only`` the results of the experiments it starts from or learns from."""
     if only and only not in {e.name for e in config.experiments}:
         raise InterpruneError(f"--only {only!r}: no such experiment; have: {', '.join(e.name for e in config.experiments)}")
+    if only and out is not None:
+        experiment = config.experiment(only)
+        for dep in dict.fromkeys(d for d in (experiment.from_, experiment.teacher) if d):
+            missing = [s for s in config.seeds if not _finished(run_folder(out, dep, s))]
+            if missing:
+                raise InterpruneError(
+                    f"--only {only}: it needs {dep}'s result, which {out} does not have yet for seed(s) "
+                    f"{', '.join(map(str, missing))}; run --only {dep} first (or the whole sweep)")
     if not config.data and not config.generate:
         raise InterpruneError("the sweep names no data: set 'data:' in the YAML or pass --data DIR")
     check_trainer(config.train)
@@ -55,10 +69,13 @@ def prepare_data(config: SweepConfig, out: Path) -> DetectionData:
     return open_dataset(folder)
 
 
-def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder: Path, source: Any) -> Path | str:
-    """The starting point of one run, as a model folder (the source itself for ``pretrained``)."""
+def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder: Path, source: Any,
+                  origin: str | Path | None = None) -> Path | str:
+    """The starting point of one run, as a model folder (the source itself for ``pretrained``). ``origin``
+    is the model ``source`` was loaded from when it is not the sweep's source (``from:`` an experiment)."""
+    origin = str(origin or config.source)
     if experiment.init == "pretrained":
-        return config.source
+        return origin
     if folder.exists():
         return folder
     # "transfer" is a same-size shrink: the whole state dict, buffers included. "random" keeps only what
@@ -67,26 +84,25 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
     method = "select" if experiment.init == "transfer" else experiment.init
     reinit = f"^(?!{config.keep})" if experiment.init == "random" else None
     model, report = shrink(source, overrides, method, seed=seed, reinit=reinit)
-    report.source = config.source
-    save(model, folder, report=report, source=config.source)
+    report.source = origin
+    save(model, folder, report=report, source=origin)
     return folder
 
 
 def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, progress: bool = True) -> list[Path]:
     """Run every (experiment, seed) not yet finished; return the run folders that now have summaries."""
     out = Path(out)
-    check_sweep(config, only)
+    check_sweep(config, only, out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "sweep.json", json.dumps(config.model_dump(), indent=1))
     data = prepare_data(config, out)
     source = None
     done = []
-    counter = SweepProgress(sum(not only or e.name == only for e in config.experiments) * len(config.seeds))
-    for experiment in config.experiments:
-        if only and experiment.name != only:
-            continue
+    order = [e for e in config.ordered() if not only or e.name == only]  # each after what it starts from
+    counter = SweepProgress(len(order) * len(config.seeds))
+    for experiment in order:
         for seed in config.seeds:
-            run = out / "runs" / experiment.name / f"seed{seed}"
+            run = run_folder(out, experiment.name, seed)
             tag = f"[{experiment.name} seed {seed}]"
             try:
                 finished = RunSummary.find(run)
@@ -97,11 +113,18 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                 print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
                 done.append(run)
                 continue
-            if source is None and experiment.init != "pretrained":
+            folder = out / "models" / f"{experiment.name}-seed{seed}"
+            origin = run_folder(out, experiment.from_, seed) / "model" if experiment.from_ else None
+            needed = experiment.init != "pretrained" and not folder.exists()
+            if origin is None and source is None and needed:
                 source = load_model(config.source)
-            start = prepare_model(config, experiment, seed, out / "models" / f"{experiment.name}-seed{seed}", source)
-            print(f"{counter.next()} {tag} {experiment.size} model, init {experiment.init}: training {config.train.steps} steps -> {run}")
-            settings = config.train.model_copy(update={"seed": seed})
+            start_from = (load_model(origin) if needed else None) if origin is not None else source
+            start = prepare_model(config, experiment, seed, folder, start_from, origin)
+            settings = settings_for(config, experiment, seed, out)
+            print(f"{counter.next()} {tag} {experiment.size} model, init {experiment.init}"
+                  f"{f' from {experiment.from_}' if experiment.from_ else ''}"
+                  f"{f', teacher {experiment.teacher}' if experiment.teacher else ''}: training "
+                  f"{settings.steps} steps -> {run}")
             try:
                 train(start, data, run, settings, resume=run.exists(), progress=progress)
             except CorruptCheckpoint as err:
@@ -120,3 +143,20 @@ def set_aside(path: Path) -> Path:
     kept = path.with_name(f"{path.name}.corrupt")
     os.replace(path, kept)
     return kept
+
+
+def settings_for(config: SweepConfig, experiment: Experiment, seed: int, out: Path) -> TrainSettings:
+    """The sweep's settings with this experiment's own (``train:``, steps, its teacher's model) and the seed."""
+    update: dict[str, Any] = {**experiment.train, "seed": seed, "steps": config.steps_of(experiment)}
+    if experiment.teacher:
+        update["teacher"] = str(run_folder(out, experiment.teacher, seed) / "model")
+    elif not (update.get("teacher") or config.train.teacher):
+        update["distill_data"] = None  # unlabelled images only serve experiments that have a teacher
+    return config.train.model_copy(update=update)
+
+
+def _finished(run: Path) -> bool:
+    try:
+        return RunSummary.find(run) is not None
+    except UnreadableSummary:
+        return False

@@ -1,7 +1,9 @@
 """The paper's ``Detr`` LightningModule (its Algorithm 1), for any Hugging Face detection model.
 
 The model computes its own loss (Hungarian matching, classification, L1 and GIoU terms) when given
-``labels``, so one ``common_step`` serves training and validation. COCO mAP comes from torchmetrics.
+``labels``, so one ``common_step`` serves training and validation. The loss itself is a criterion object
+handed in (``train/criterion.py``: the task loss, or the task loss plus distillation), as DETR's engine takes
+its ``SetCriterion`` beside the model. COCO mAP comes from torchmetrics.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
 
+from .criterion import TaskCriterion
 from .schedule import lr_factor
 
 __all__ = ["DetectionModule", "NonFiniteLoss"]
@@ -30,9 +33,10 @@ class NonFiniteLoss(RuntimeError):
 class DetectionModule(L.LightningModule):
     def __init__(self, model: Any, processor: Any, *, lr: float = 1e-4, lr_backbone: float = 1e-5,
                  weight_decay: float = 1e-4, map_every_val: bool = False, warmup_steps: int = 0,
-                 lr_decay: str = "constant", lr_end: float = 0.0) -> None:
+                 lr_decay: str = "constant", lr_end: float = 0.0, criterion: torch.nn.Module | None = None) -> None:
         super().__init__()
         self.model, self.processor = model, processor
+        self.criterion = criterion if criterion is not None else TaskCriterion()
         self.lr, self.lr_backbone, self.weight_decay = lr, lr_backbone, weight_decay
         self.warmup_steps, self.lr_decay, self.lr_end = warmup_steps, lr_decay, lr_end
         self.map_every_val = map_every_val
@@ -44,12 +48,18 @@ class DetectionModule(L.LightningModule):
         return self.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
 
     def common_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
-        labels = [{k: v.to(self.device) for k, v in t.items()} for t in batch["labels"]]
+        labels = [{k: v.to(self.device) for k, v in t.items()} for t in batch["labels"]] if "labels" in batch else None
         outputs = self.model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=labels)
-        return outputs.loss, outputs.loss_dict, outputs
+        loss, terms = self.criterion(outputs, batch)
+        return loss, terms, outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, terms, _ = self.common_step(batch)
+        if "unlabelled" in batch:  # a labelled batch and a batch of unlabelled images (distillation only)
+            loss, terms, _ = self.common_step(batch["labelled"])
+            extra, more, _ = self.common_step(batch["unlabelled"])
+            loss, terms, batch = loss + extra, {**terms, **{f"unlabelled_{k}": v for k, v in more.items()}}, batch["labelled"]
+        else:
+            loss, terms, _ = self.common_step(batch)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(self.global_step, float(loss))
         size = len(batch["labels"])
@@ -94,6 +104,7 @@ class DetectionModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         backbone = [p for n, p in self.model.named_parameters() if "backbone" in n and p.requires_grad]
         rest = [p for n, p in self.model.named_parameters() if "backbone" not in n and p.requires_grad]
+        rest += [p for p in self.criterion.parameters() if p.requires_grad]  # e.g. a feature projection
         groups = [{"params": rest, "lr": self.lr}] + ([{"params": backbone, "lr": self.lr_backbone}] if backbone else [])
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         if not self.warmup_steps and self.lr_decay == "constant":

@@ -20,6 +20,7 @@ from ..errors import InterpruneError
 from ..models import (check_detector, count_parameters, load_config, load_detector, load_for_inference,
                       load_processor, save)
 from . import batchnorm
+from .distill import make_distillation, teacher_summary
 from .metrics import METRICS, MetricsTable, read_metrics
 from .module import DetectionModule, NonFiniteLoss
 from .progress import StepProgressBar
@@ -87,6 +88,8 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     if lead and out.exists() and any(out.iterdir()) and not resume:
         raise InterpruneError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     check_trainer(settings)
+    if settings.distill_data and not settings.teacher:
+        raise InterpruneError("--distill-data needs --teacher: unlabelled images only carry a distillation term")
     resuming = resume and ckpt.is_file()
     if resuming:
         check_checkpoint(ckpt)
@@ -101,13 +104,22 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         batchnorm.thaw(detector)
         for param in detector.parameters():
             param.requires_grad_(True)
+    criterion = make_distillation(settings, model, detector, dataset.names) if settings.teacher else None
     module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
                              weight_decay=settings.weight_decay, map_every_val=settings.map_every_val,
-                             warmup_steps=settings.warmup_steps, lr_decay=settings.lr_decay, lr_end=settings.lr_end)
+                             warmup_steps=settings.warmup_steps, lr_decay=settings.lr_decay, lr_end=settings.lr_end,
+                             criterion=criterion)
     train_loader, valid_loader = make_loaders(
         dataset, processor, batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
         augment=settings.augment, copies=settings.copies, workers=settings.workers, seed=settings.seed,
         steps=settings.steps)
+    sampler = train_loader.sampler  # its position is part of the run's state (exact resume)
+    if settings.distill_data:  # Lightning pairs the two loaders, cycling the shorter one
+        from ..data.images import image_loader
+
+        train_loader = {"labelled": train_loader, "unlabelled": image_loader(
+            settings.distill_data, processor, batch_size=settings.batch_size, augment=settings.augment,
+            workers=settings.workers, seed=settings.seed)}
     if lead:
         (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         for folder in (out, out / CHECKPOINTS):
@@ -116,7 +128,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
             for name in (METRICS, SUMMARY):
                 (out / name).unlink(missing_ok=True)
     table = MetricsTable(out / METRICS)
-    state = RunState(ckpt, train_loader.sampler, table)
+    state = RunState(ckpt, sampler, table)
     trainer = L.Trainer(
         max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
@@ -151,6 +163,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         parameters=count_parameters(detector),
         trainable_parameters=sum(p.numel() for p in detector.parameters() if p.requires_grad),
         seed=settings.seed, settings=settings,
+        teacher=teacher_summary(criterion, int(trainer.global_step)) if criterion is not None else None,
     )
     table.save()
     save(detector, out / "model", processor=processor, overwrite=True)

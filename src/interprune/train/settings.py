@@ -39,3 +39,19 @@ class TrainSettings(BaseModel):
     log_every: int = Field(10, gt=0)
     from_scratch: bool = Field(False, description="the backbone trains from scratch: all its layers learn and "
                                "its batch norms are live (frozen again when saved)")
+
+    # Distillation (train/criterion.py): with a teacher, loss = the task loss + these weighted terms.
+    teacher: str | None = Field(None, description="model folder or Hub id of a (fine-tuned) teacher to distil "
+                                "from; frozen, never saved with the student")
+    distill_data: str | None = Field(None, description="folder of unlabelled images used for the distillation "
+                                     "term only (needs --teacher)")
+    distill_temperature: float = Field(2.0, gt=0, description="softening temperature of the class KL")
+    distill_class: float = Field(1.0, ge=0, description="weight of the per-query class KL")
+    distill_boxes: float = Field(5.0, ge=0, description="weight of the per-query box L1")
+    distill_giou: float = Field(2.0, ge=0, description="weight of the per-query box GIoU term")
+    distill_features: float = Field(0.0, ge=0, description="weight of the feature term (encoder memory and "
+                                    "decoder states, MSE); 0 switches it off")
+    distill_matching: Literal["auto", "none", "hungarian"] = Field(
+        "auto", description="pair student and teacher queries: none (query i is query i, for a student shrunk "
+        "from its teacher), hungarian, or auto (none when the query counts agree)")
+

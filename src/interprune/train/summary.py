@@ -17,13 +17,25 @@ from ..atomic import write_text
 from ..errors import InterpruneError
 from .settings import TrainSettings
 
-__all__ = ["RunSummary", "UnreadableSummary", "SUMMARY"]
+__all__ = ["RunSummary", "TeacherCost", "UnreadableSummary", "SUMMARY"]
 
 SUMMARY = "summary.json"
 
 
 class UnreadableSummary(InterpruneError):
     """``summary.json`` exists but is empty, cut short or not a run summary."""
+
+
+class TeacherCost(BaseModel):
+    """What learning from a teacher cost: its forward passes in this run and its own fine-tuning run, so a
+    report can count the whole pipeline rather than the student alone."""
+
+    model: str
+    forward_seconds: float
+    forward_calls: int
+    seconds_per_step: float | None = None
+    fine_tune_steps: int | None = None
+    fine_tune_seconds: float | None = None
 
 
 class RunSummary(BaseModel):
@@ -46,6 +58,7 @@ class RunSummary(BaseModel):
     trainable_parameters: int
     seed: int
     settings: TrainSettings
+    teacher: TeacherCost | None = None  # set when the run distilled from a teacher
 
     def write(self, run: str | os.PathLike) -> Path:
         """Write ``run/summary.json`` atomically."""
