@@ -46,7 +46,7 @@ def test_train_with_a_teacher_keeps_it_frozen_and_out_of_the_checkpoint(teacher_
     summary = train(student_dir, rocks_dir, out, settings, progress=False)
     t = summary.teacher
     assert t.forward_calls == 3 and t.forward_seconds > 0 and t.seconds_per_step == pytest.approx(
-        t.forward_seconds / 3, rel=0.01)
+        t.forward_seconds / 3, abs=1e-3)  # both rounded
     teacher_summary = json.loads((teacher_run / "summary.json").read_text())
     assert (t.fine_tune_steps, t.fine_tune_seconds) == (2, teacher_summary["seconds"])
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
