@@ -157,3 +157,11 @@ def test_rotary_frequencies_agree_on_the_kept_head_channels():
     cos_big, sin_big = source.rotary_emb(x, positions)
     cos_small, sin_small = target.rotary_emb(x, positions)
     assert torch.allclose(cos_small, cos_big[..., kept]) and torch.allclose(sin_small, sin_big[..., kept])
+
+
+def test_frozen_sinusoids_keep_the_targets_own_values():
+    source, target = build("whisper"), build("whisper", d_model=16, encoder_ffn_dim=32, decoder_ffn_dim=32)
+    own = target.state_dict()["encoder.embed_positions.weight"].clone()
+    report = transfer(source, target, "select")
+    assert torch.equal(target.state_dict()["encoder.embed_positions.weight"], own)  # sinusoids of width 16
+    assert {r.name: r.action for r in report.tensors}["encoder.embed_positions.weight"] == "initialised"

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Axis", "Dimension", "Plan", "make_plan", "default_choices", "axis_index", "RULES", "STRUCTURED"]
+__all__ = ["Axis", "Dimension", "Plan", "make_plan", "plan_summary", "default_choices", "axis_index", "RULES", "STRUCTURED"]
 
 # Methods that decide once per dimension (and can take ``choices``); the paper's interpolations resample
 # each tensor on its own.
@@ -134,6 +134,15 @@ class Plan:
         for name in self.unplanned:
             lines.append(f"unplanned {name}: no dimension explains its change; resized on its own, per tensor")
         return "\n".join(lines) if lines else "no dimension changes"
+
+
+def plan_summary(plan: dict) -> str:
+    """One line for the shrink's output: how many dimensions of each kind changed, what was left per tensor."""
+    kinds: dict[str, int] = {}
+    for dim in plan.get("dimensions", []):
+        kinds[dim["kind"]] = kinds.get(dim["kind"], 0) + 1
+    parts = ", ".join(f"{n} {k}" for k, n in kinds.items()) or "no dimension changed"
+    return f"plan: {parts}; {len(plan.get('unplanned', []))} tensors resized on their own ('interprune plan' lists them)"
 
 
 # --------------------------------------------------------------------------------------------- derivation
@@ -556,8 +565,11 @@ def make_plan(source: nn.Module, target: nn.Module) -> Plan:
     builder.attention()
     builder.embeddings()
     builder.sizes()
-    computed = [n for n, t in builder.tgt.items() if n in builder.src and not t.is_floating_point()
-                and builder.src[n].shape != t.shape]
+    # integer buffers (position ids, relative-position indices) and frozen parameters (Whisper's sinusoids)
+    # are computed by the model from its config: a resized one keeps the target's own values
+    frozen = {n for n, p in target.named_parameters() if not p.requires_grad}
+    computed = [n for n, t in builder.tgt.items() if n in builder.src and builder.src[n].shape != t.shape
+                and (not t.is_floating_point() or n in frozen)]
     dims = [d for d in builder.dims if d.axes or d.kind == "layers"]
     covered = {(a.tensor, a.axis) for d in dims for a in d.axes}
     unplanned = {n for n, axis, *_ in builder.changed() if (n, axis) not in covered and n not in computed}
