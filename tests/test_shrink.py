@@ -164,6 +164,17 @@ def test_swin_hidden_size_follows_embed_dim_and_stage_lists_follow_depths(tmp_pa
     assert small.config.num_heads == [2] and small.config.hidden_size == 16
 
 
+def test_a_longer_stage_list_needs_its_companion_lists(tmp_path):
+    with pytest.raises(InterpruneError, match=r"depths now has 3 entries but num_heads has 2; set num_heads to a "
+                                              r"list of 3 too"):
+        shrink(saved("swin", tmp_path), {"depths": [2, 2, 2]}, "select")
+
+
+def test_bad_choices_are_refused(detr):
+    with pytest.raises(InterpruneError, match=r"choices\['residual'\] must hold 16 source indices in 0..31"):
+        shrink(detr, {"d_model": 16}, "select", choices={"residual": torch.arange(15)})
+
+
 def test_llama_without_head_dim_in_its_config_derives_it_again(tmp_path):
     folder = saved("llama", tmp_path)
     config = json.loads((folder / "config.json").read_text())
