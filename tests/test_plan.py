@@ -41,6 +41,8 @@ def test_fewer_key_value_heads_keep_a_whole_head_and_its_query_heads():
     src, dst = source.state_dict(), target.state_dict()
     assert torch.equal(dst["layers.0.self_attn.k_proj.weight"], src["layers.0.self_attn.k_proj.weight"][:8])
     assert torch.equal(dst["layers.0.self_attn.q_proj.weight"], src["layers.0.self_attn.q_proj.weight"][:16])
+    fewer_queries = build("llama", num_attention_heads=2, head_dim=8)  # 2 kv heads kept: one query head each
+    assert transfer(source, fewer_queries, "first").choices["layers.0.self_attn.heads"] == [0, 2]
     only_kv = build("llama", num_key_value_heads=1)
     transfer(source, only_kv, "select")
     assert torch.equal(only_kv.state_dict()["layers.1.self_attn.v_proj.weight"],

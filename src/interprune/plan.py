@@ -81,6 +81,7 @@ class Dimension:
     axes: list[Axis] = field(default_factory=list)
     aligned: Tensor | None = None  # source indices forced by a parameter-free encoding
     grid: dict | None = None  # grids: source/target (rows, cols), extra tokens before/after, relative
+    kv: tuple[int, int] | None = None  # query heads grouped under this many key/value heads (source, target)
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "kind": self.kind, "source": self.source, "target": self.target,
@@ -89,6 +90,8 @@ class Dimension:
             out["aligned"] = self.aligned.tolist()
         if self.grid is not None:
             out["grid"] = self.grid
+        if self.kv is not None:
+            out["kv"] = list(self.kv)
         return out
 
 
@@ -295,7 +298,8 @@ class _Builder:
                 dim.aligned = _rotary_alignment(self.source, d_s, d_t)
                 self.add(dim)
             if heads:
-                self.add(Dimension(f"{prefix}.heads", "heads", h_s, h_t, heads))
+                grouped = (kv_s, kv_t) if kv_s != h_s and kv_s and h_s % kv_s == 0 and kv_t and h_t % kv_t == 0 else None
+                self.add(Dimension(f"{prefix}.heads", "heads", h_s, h_t, heads, kv=grouped))
             if kv:
                 self.add(Dimension(f"{prefix}.kv_heads", "kv_heads", kv_s, kv_t, kv))
 
@@ -606,11 +610,11 @@ def default_choices(plan: Plan, method: str) -> dict[str, Tensor]:
             out[dim.name] = dim.aligned.clone()
         else:
             out[dim.name] = pick(n, m).long()
-    for dim in plan.dimensions:  # keep query heads inside the key/value heads that are kept
-        if dim.kind == "kv_heads" and dim.name.replace(".kv_heads", ".heads") in out:
-            heads = plan[dim.name.replace(".kv_heads", ".heads")]
-            out[heads.name] = grouped_heads(out[dim.name], heads.source // dim.source, heads.target // dim.target,
-                                            pick)
+    for dim in plan.dimensions:  # grouped-query attention: query heads stay with the key/value heads kept
+        if dim.kind == "heads" and dim.kv is not None:
+            (kv_s, kv_t), kv_name = dim.kv, dim.name.replace(".heads", ".kv_heads")
+            kept = out[kv_name] if kv_name in out else torch.arange(kv_s)
+            out[dim.name] = grouped_heads(kept, dim.source // kv_s, dim.target // kv_t, pick)
     return out
 
 
