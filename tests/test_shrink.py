@@ -110,6 +110,9 @@ def test_a_half_precision_source_gives_a_half_precision_target(detr, tmp_path):
     detr.half().save_pretrained(tmp_path / "half")
     small, report = shrink(tmp_path / "half", {"d_model": 16}, "area")
     assert small.dtype == torch.float16 and report.counts()["resampled"] > 0
+    loaded = type(detr).from_pretrained(tmp_path / "half")
+    again, _ = shrink(loaded, {"d_model": 16}, "area")  # a loaded fp16 config once built a mixed-dtype backbone
+    assert {p.dtype for p in again.parameters()} == {torch.float16}
 
 
 def test_dotted_keys_reach_sub_configs(detr):
