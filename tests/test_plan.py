@@ -167,3 +167,15 @@ def test_frozen_sinusoids_keep_the_targets_own_values():
     report = transfer(source, target, "select")
     assert torch.equal(target.state_dict()["encoder.embed_positions.weight"], own)  # sinusoids of width 16
     assert {r.name: r.action for r in report.tensors}["encoder.embed_positions.weight"] == "initialised"
+
+
+def test_yolos_detection_tokens_and_clip_class_token_are_kept_around_their_grids():
+    source, target = build("yolos"), build("yolos", image_size=[16, 16])
+    transfer(source, target, "area")
+    src = source.state_dict()["vit.embeddings.position_embeddings"][0]
+    dst = target.state_dict()["vit.embeddings.position_embeddings"][0]
+    assert dst.shape[0] == 1 + 4 + 5 and torch.equal(dst[0], src[0]) and torch.equal(dst[-5:], src[-5:])
+    clip, small = build("clip"), build("clip", vision_config={**FAMILIES["clip"][1]["vision_config"], "image_size": 16})
+    plan = make_plan(clip, small)
+    grid = plan["vision_model.position_grid"]
+    assert grid.grid["before"] == 1 and [a.tensor for a in grid.axes] == ["vision_model.embeddings.position_embedding.weight"]
