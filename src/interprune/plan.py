@@ -327,7 +327,7 @@ class _Builder:
                 if r_s * r_s == s and r_t * r_t == t:
                     grid = {"source": [r_s, r_s], "target": [r_t, r_t], "before": 0, "after": 0, "relative": True}
             if grid is not None:
-                key = ("grid", json_key(grid))
+                key = ("grid", _grid_key(grid))
                 scope = self.scope(name)
                 label = "relative_position_bias" if grid["relative"] else f"{scope}.position_grid" if scope else "position_grid"
                 dim = groups.get(key) or groups.setdefault(key, self.add(Dimension(label, "grid", s, t, grid=grid)))
@@ -440,7 +440,7 @@ class _Builder:
         return (f"{scope}.channels.{s}" if scope else f"channels.{s}"), "channels"
 
 
-def json_key(grid: dict) -> str:
+def _grid_key(grid: dict) -> str:
     return repr(sorted(grid.items()))
 
 
