@@ -41,6 +41,8 @@ def test_fewer_key_value_heads_keep_a_whole_head_and_its_query_heads():
     src, dst = source.state_dict(), target.state_dict()
     assert torch.equal(dst["layers.0.self_attn.k_proj.weight"], src["layers.0.self_attn.k_proj.weight"][:8])
     assert torch.equal(dst["layers.0.self_attn.q_proj.weight"], src["layers.0.self_attn.q_proj.weight"][:16])
+    fewer_queries = build("llama", num_attention_heads=2, head_dim=8)  # 2 kv heads kept: one query head each
+    assert transfer(source, fewer_queries, "first").choices["layers.0.self_attn.heads"] == [0, 2]
     only_kv = build("llama", num_key_value_heads=1)
     transfer(source, only_kv, "select")
     assert torch.equal(only_kv.state_dict()["layers.1.self_attn.v_proj.weight"],
@@ -157,3 +159,23 @@ def test_rotary_frequencies_agree_on_the_kept_head_channels():
     cos_big, sin_big = source.rotary_emb(x, positions)
     cos_small, sin_small = target.rotary_emb(x, positions)
     assert torch.allclose(cos_small, cos_big[..., kept]) and torch.allclose(sin_small, sin_big[..., kept])
+
+
+def test_frozen_sinusoids_keep_the_targets_own_values():
+    source, target = build("whisper"), build("whisper", d_model=16, encoder_ffn_dim=32, decoder_ffn_dim=32)
+    own = target.state_dict()["encoder.embed_positions.weight"].clone()
+    report = transfer(source, target, "select")
+    assert torch.equal(target.state_dict()["encoder.embed_positions.weight"], own)  # sinusoids of width 16
+    assert {r.name: r.action for r in report.tensors}["encoder.embed_positions.weight"] == "initialised"
+
+
+def test_yolos_detection_tokens_and_clip_class_token_are_kept_around_their_grids():
+    source, target = build("yolos"), build("yolos", image_size=[16, 16])
+    transfer(source, target, "area")
+    src = source.state_dict()["vit.embeddings.position_embeddings"][0]
+    dst = target.state_dict()["vit.embeddings.position_embeddings"][0]
+    assert dst.shape[0] == 1 + 4 + 5 and torch.equal(dst[0], src[0]) and torch.equal(dst[-5:], src[-5:])
+    clip, small = build("clip"), build("clip", vision_config={**FAMILIES["clip"][1]["vision_config"], "image_size": 16})
+    plan = make_plan(clip, small)
+    grid = plan["vision_model.position_grid"]
+    assert grid.grid["before"] == 1 and [a.tensor for a in grid.axes] == ["vision_model.embeddings.position_embedding.weight"]

@@ -23,6 +23,7 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     import torch
 
     from .models import check_writable
+    from .plan import plan_summary
     from .shrink import parse_overrides, save, shrink
 
     out = Path(args.out)
@@ -33,6 +34,7 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype)
     save(model, out, report=report, source=args.source, overwrite=args.overwrite)
     print(report.summary())
+    print(plan_summary(report.plan))
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
 
 

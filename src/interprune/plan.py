@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Axis", "Dimension", "Plan", "make_plan", "default_choices", "axis_index", "RULES", "STRUCTURED"]
+__all__ = ["Axis", "Dimension", "Plan", "make_plan", "plan_summary", "default_choices", "axis_index", "RULES", "STRUCTURED"]
 
 # Methods that decide once per dimension (and can take ``choices``); the paper's interpolations resample
 # each tensor on its own.
@@ -81,6 +81,7 @@ class Dimension:
     axes: list[Axis] = field(default_factory=list)
     aligned: Tensor | None = None  # source indices forced by a parameter-free encoding
     grid: dict | None = None  # grids: source/target (rows, cols), extra tokens before/after, relative
+    kv: tuple[int, int] | None = None  # query heads grouped under this many key/value heads (source, target)
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "kind": self.kind, "source": self.source, "target": self.target,
@@ -89,6 +90,8 @@ class Dimension:
             out["aligned"] = self.aligned.tolist()
         if self.grid is not None:
             out["grid"] = self.grid
+        if self.kv is not None:
+            out["kv"] = list(self.kv)
         return out
 
 
@@ -134,6 +137,15 @@ class Plan:
         for name in self.unplanned:
             lines.append(f"unplanned {name}: no dimension explains its change; resized on its own, per tensor")
         return "\n".join(lines) if lines else "no dimension changes"
+
+
+def plan_summary(plan: dict) -> str:
+    """One line for the shrink's output: how many dimensions of each kind changed, what was left per tensor."""
+    kinds: dict[str, int] = {}
+    for dim in plan.get("dimensions", []):
+        kinds[dim["kind"]] = kinds.get(dim["kind"], 0) + 1
+    parts = ", ".join(f"{n} {k}" for k, n in kinds.items()) or "no dimension changed"
+    return f"plan: {parts}; {len(plan.get('unplanned', []))} tensors resized on their own ('interprune plan' lists them)"
 
 
 # --------------------------------------------------------------------------------------------- derivation
@@ -286,7 +298,8 @@ class _Builder:
                 dim.aligned = _rotary_alignment(self.source, d_s, d_t)
                 self.add(dim)
             if heads:
-                self.add(Dimension(f"{prefix}.heads", "heads", h_s, h_t, heads))
+                grouped = (kv_s, kv_t) if kv_s != h_s and kv_s and h_s % kv_s == 0 and kv_t and h_t % kv_t == 0 else None
+                self.add(Dimension(f"{prefix}.heads", "heads", h_s, h_t, heads, kv=grouped))
             if kv:
                 self.add(Dimension(f"{prefix}.kv_heads", "kv_heads", kv_s, kv_t, kv))
 
@@ -314,7 +327,7 @@ class _Builder:
                 if r_s * r_s == s and r_t * r_t == t:
                     grid = {"source": [r_s, r_s], "target": [r_t, r_t], "before": 0, "after": 0, "relative": True}
             if grid is not None:
-                key = ("grid", json_key(grid))
+                key = ("grid", _grid_key(grid))
                 scope = self.scope(name)
                 label = "relative_position_bias" if grid["relative"] else f"{scope}.position_grid" if scope else "position_grid"
                 dim = groups.get(key) or groups.setdefault(key, self.add(Dimension(label, "grid", s, t, grid=grid)))
@@ -427,7 +440,7 @@ class _Builder:
         return (f"{scope}.channels.{s}" if scope else f"channels.{s}"), "channels"
 
 
-def json_key(grid: dict) -> str:
+def _grid_key(grid: dict) -> str:
     return repr(sorted(grid.items()))
 
 
@@ -556,8 +569,11 @@ def make_plan(source: nn.Module, target: nn.Module) -> Plan:
     builder.attention()
     builder.embeddings()
     builder.sizes()
-    computed = [n for n, t in builder.tgt.items() if n in builder.src and not t.is_floating_point()
-                and builder.src[n].shape != t.shape]
+    # integer buffers (position ids, relative-position indices) and frozen parameters (Whisper's sinusoids)
+    # are computed by the model from its config: a resized one keeps the target's own values
+    frozen = {n for n, p in target.named_parameters() if not p.requires_grad}
+    computed = [n for n, t in builder.tgt.items() if n in builder.src and builder.src[n].shape != t.shape
+                and (not t.is_floating_point() or n in frozen)]
     dims = [d for d in builder.dims if d.axes or d.kind == "layers"]
     covered = {(a.tensor, a.axis) for d in dims for a in d.axes}
     unplanned = {n for n, axis, *_ in builder.changed() if (n, axis) not in covered and n not in computed}
@@ -594,11 +610,11 @@ def default_choices(plan: Plan, method: str) -> dict[str, Tensor]:
             out[dim.name] = dim.aligned.clone()
         else:
             out[dim.name] = pick(n, m).long()
-    for dim in plan.dimensions:  # keep query heads inside the key/value heads that are kept
-        if dim.kind == "kv_heads" and dim.name.replace(".kv_heads", ".heads") in out:
-            heads = plan[dim.name.replace(".kv_heads", ".heads")]
-            out[heads.name] = grouped_heads(out[dim.name], heads.source // dim.source, heads.target // dim.target,
-                                            pick)
+    for dim in plan.dimensions:  # grouped-query attention: query heads stay with the key/value heads kept
+        if dim.kind == "heads" and dim.kv is not None:
+            (kv_s, kv_t), kv_name = dim.kv, dim.name.replace(".heads", ".kv_heads")
+            kept = out[kv_name] if kv_name in out else torch.arange(kv_s)
+            out[dim.name] = grouped_heads(kept, dim.source // kv_s, dim.target // kv_t, pick)
     return out
 
 
