@@ -75,7 +75,7 @@ def test_train_killed_again_and_again_resumes_to_the_same_result(detector_dir, r
     out = tmp_path / "killed"
     rng = random.Random(0)
     kills = 0
-    while not run_killed(_train, (detector_dir, rocks_dir, out, None), rng.uniform(0.1, 0.7) * took if kills < 6 else None):
+    while not run_killed(_train, (detector_dir, rocks_dir, out, None), rng.uniform(0.1, 0.7) * took if kills < 4 else None):
         kills += 1
     exact = tmp_path / "exact"
     # at exact moments: with a checkpoint complete but not yet renamed (twice), with the model folder
@@ -122,7 +122,7 @@ def test_sweep_survives_kills_a_corrupt_checkpoint_and_an_empty_summary(detector
     out = tmp_path / "killed"
     rng = random.Random(1)
     kills = 0
-    while not run_killed(_sweep, (config, out), rng.uniform(0.05, 0.6) * took if kills < 5 else None):
+    while not run_killed(_sweep, (config, out), rng.uniform(0.05, 0.6) * took if kills < 4 else None):
         kills += 1
     runs = [Path("runs/full-pretrained/seed0"), Path("runs/small-area/seed0")]
 
@@ -173,9 +173,13 @@ def test_a_killed_dataset_write_leaves_nothing_that_blocks_the_next(tmp_path):
     rng = random.Random(2)
     out = tmp_path / "killed"
     left = []
-    for _ in range(3):
-        if not run_killed(_write_rocks, (out,), rng.uniform(0.3, 0.8) * took):
-            left += hidden(tmp_path)
+    for _ in range(5):  # a loaded machine may let a write finish in time: then it is simply tried again
+        if run_killed(_write_rocks, (out,), rng.uniform(0.2, 0.6) * took):
+            shutil.rmtree(out)
+            continue
+        left = hidden(tmp_path)
+        if left:
+            break
     assert left and not out.exists()  # killed part-way: only a hidden temporary, never a half dataset
     _write_rocks(out)  # the next write to the same place runs, and sweeps the dead writers' temporaries away
     assert hidden(tmp_path) == []
