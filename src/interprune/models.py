@@ -26,6 +26,18 @@ from transformers.utils import logging as transformers_logging
 
 from .errors import InterpruneError
 
+# interprune loads and saves many small models in one run (sources, starts, fine-tuned runs, pictures); the
+# per-load bars of transformers ("Loading weights", "Writing model shards") would bury our own progress lines,
+# so they are off. Hub downloads keep their bars: those take long enough to be worth watching.
+transformers_logging.disable_progress_bar()
+try:
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+
+    if are_progress_bars_disabled() and not os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
+        enable_progress_bars()
+except ImportError:  # an older huggingface_hub: leave its bars as they are
+    pass
+
 __all__ = ["PROCESSOR_FILES", "load_config", "model_class", "build_model", "load_model", "save",
            "copy_processor_files", "load_processor", "check_detector",
            "load_for_inference", "load_detector", "head_tensors", "recreate_head", "count_parameters"]
