@@ -92,6 +92,11 @@ def test_sweep_runs_skips_finished_runs_and_reports(tmp_path, detector_dir, rock
     pre = json.loads((out / "runs" / "full-pretrained" / "seed0" / "summary.json").read_text())
     tra = json.loads((out / "runs" / "full-transfer" / "seed0" / "summary.json").read_text())
     assert pre["final_val_loss"] == tra["final_val_loss"]  # unlike the paper's, transfer is the pretrained model
+    # bit for bit the same start and settings: trained once, its results copied (and said so)
+    assert tra["copied_from"] == str(out / "runs" / "full-pretrained" / "seed0") and pre["copied_from"] is None
+    assert "[full-transfer seed 0] starts from exactly the weights of full-pretrained" in printed
+    assert pre["start_fingerprint"] == tra["start_fingerprint"] != json.loads(
+        (out / "runs" / "small-area" / "seed0" / "summary.json").read_text())["start_fingerprint"]
     report = write_report(out)
     text = report.read_text()
     assert "| small-area | small | area |" in text and "fig4_small_models.png" in text

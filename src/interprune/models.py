@@ -38,7 +38,7 @@ try:
 except ImportError:  # an older huggingface_hub: leave its bars as they are
     pass
 
-__all__ = ["PROCESSOR_FILES", "load_config", "model_class", "build_model", "load_model", "save",
+__all__ = ["PROCESSOR_FILES", "load_config", "fingerprint", "model_class", "build_model", "load_model", "save",
            "copy_processor_files", "load_processor", "check_detector",
            "load_for_inference", "load_detector", "head_tensors", "recreate_head", "count_parameters"]
 
@@ -177,6 +177,40 @@ def save(
         if processor is not None:  # the processor actually used (its settings may differ from the source's)
             processor.save_pretrained(tmp)
     return out
+
+
+def fingerprint(folder: str | os.PathLike) -> str | None:
+    """A digest of what a saved model folder computes: its config as its class reads it (defaults filled
+    in, paths and versions left out) and every tensor's name, dtype, shape and bytes. Two folders with the
+    same fingerprint hold the same model bit for bit, so a sweep trains it once (``area`` and ``avg-pool``
+    give identical tensors at a factor of 2; ``transfer`` reproduces the source). ``None`` for anything that
+    is not a local folder of safetensors files (a Hub id): those are simply never matched."""
+    from hashlib import sha256
+
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not folder.is_dir() or not files:
+        return None
+    digest = sha256()
+    config = _without_volatile(AutoConfig.from_pretrained(str(folder)).to_dict())
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for file in files:
+        with safe_open(str(file), "pt") as handle:
+            for name in sorted(handle.keys()):
+                tensor = handle.get_tensor(name).contiguous()
+                digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _without_volatile(value: Any) -> Any:
+    """A config dict without what says where or how it was stored (paths, versions, storage dtype), at any depth."""
+    if isinstance(value, dict):
+        return {k: _without_volatile(v) for k, v in value.items()
+                if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype")}
+    return [_without_volatile(v) for v in value] if isinstance(value, list) else value
 
 
 def check_writable(out: str | os.PathLike) -> None:

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text
+from ..atomic import atomic_folder, write_text
 from ..data import DetectionData, open_dataset
 from ..data.domains import write_domain
 from ..errors import InterpruneError
+from ..models import fingerprint
 from ..shrink import build_model, load_config, load_model, save, shrink, target_config
 from ..train.resume import CorruptCheckpoint
 from ..train.run import CHECKPOINTS, check_trainer, train
 from ..train.settings import TrainSettings
-from ..train.summary import RunSummary, UnreadableSummary
+from ..train.summary import SUMMARY, RunSummary, UnreadableSummary
 from .config import Experiment, SweepConfig
 from .costs import bench_experiments
 from .progress import SweepProgress
@@ -100,6 +102,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
     done = []
     order = [e for e in config.ordered() if not only or e.name == only]  # each after what it starts from
     counter = SweepProgress(len(order) * len(config.seeds))
+    twins: dict[tuple[str, str], Path] = {}  # (start fingerprint, settings) -> the run that trained it
     for experiment in order:
         for seed in config.seeds:
             run = run_folder(out, experiment.name, seed)
@@ -110,6 +113,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                 print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
                 finished = None
             if finished is not None:
+                if finished.start_fingerprint:
+                    twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
                 print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
                 done.append(run)
                 continue
@@ -121,6 +126,14 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
             start_from = (load_model(origin) if needed else None) if origin is not None else source
             start = prepare_model(config, experiment, seed, folder, start_from, origin)
             settings = settings_for(config, experiment, seed, out)
+            digest = fingerprint(start)
+            key = (digest, _settings_key(settings))
+            if digest is not None and key in twins:  # bit-identical start, same settings: the same run
+                copy_run(twins[key], run)
+                print(f"{counter.next(skipped=True)} {tag} starts from exactly the weights of {twins[key].parent.name} "
+                      f"with the same settings: its results are copied, not recomputed")
+                done.append(run)
+                continue
             print(f"{counter.next()} {tag} {experiment.size} model, init {experiment.init}"
                   f"{f' from {experiment.from_}' if experiment.from_ else ''}"
                   f"{f', teacher {experiment.teacher}' if experiment.teacher else ''}: training "
@@ -131,6 +144,11 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                 kept = set_aside(run / CHECKPOINTS / "last.ckpt")
                 print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
                 train(start, data, run, settings, resume=True, progress=progress)
+            summary = RunSummary.read(run)
+            summary.start_fingerprint = digest
+            summary.write(run)
+            if digest is not None:
+                twins.setdefault(key, run)
             counter.done()
             done.append(run)
     if config.bench:
@@ -160,3 +178,17 @@ def _finished(run: Path) -> bool:
         return RunSummary.find(run) is not None
     except UnreadableSummary:
         return False
+
+
+def _settings_key(settings: TrainSettings) -> str:
+    return settings.model_dump_json()
+
+
+def copy_run(twin: Path, run: Path) -> None:
+    """Give ``run`` the results of ``twin``, a finished run of the same start and settings (training is
+    deterministic for a seed, so training again would only repeat it); checkpoints are not copied."""
+    summary = RunSummary.read(twin)
+    with atomic_folder(run, overwrite=True) as tmp:
+        shutil.copytree(twin, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CHECKPOINTS, SUMMARY))
+        summary.copied_from = str(twin)
+        summary.write(tmp)

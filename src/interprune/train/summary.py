@@ -59,6 +59,8 @@ class RunSummary(BaseModel):
     seed: int
     settings: TrainSettings
     teacher: TeacherCost | None = None  # set when the run distilled from a teacher
+    start_fingerprint: str | None = None  # the starting model's ``models.fingerprint`` (set by sweeps)
+    copied_from: str | None = None  # a sweep run whose start and settings were identical: its results, not rerun
 
     def write(self, run: str | os.PathLike) -> Path:
         """Write ``run/summary.json`` atomically."""
