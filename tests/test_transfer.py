@@ -37,7 +37,8 @@ def test_copying_parameters_only_does_not_reproduce_the_source(detr, images):
 def test_select_keeps_the_same_units_across_tensors_that_share_a_dimension(detr):
     small = tiny_detr(d_model=16, encoder_ffn_dim=32, decoder_ffn_dim=32)
     report = transfer(detr, small, "select")
-    d, f = select_indices(32, 16), select_indices(64, 32)
+    d, f = torch.tensor(report.choices["residual"]), select_indices(64, 32)
+    assert d.tolist() == [0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29]  # kept with the sine encoding
     src, dst = detr.state_dict(), small.state_dict()
     layer = "model.encoder.layers.1."
     assert torch.equal(dst[layer + "mlp.fc1.weight"], src[layer + "mlp.fc1.weight"][f][:, d])

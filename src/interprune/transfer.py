@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from torch import Tensor
+
+from .plan import STRUCTURED, Plan, axis_index, default_choices, make_plan
 from .resample import METHODS, resample
 
 __all__ = ["TensorRecord", "TransferReport", "transfer", "count_parameters"]
@@ -45,6 +48,8 @@ class TransferReport:
     overrides: dict = field(default_factory=dict)
     tensors: list[TensorRecord] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # source tensors the target has no place for
+    plan: dict = field(default_factory=dict)  # the dimension plan (``Plan.to_dict``)
+    choices: dict[str, list[int]] = field(default_factory=dict)  # dimension -> source indices kept (-1: new)
 
     def counts(self) -> dict[str, int]:
         found = Counter(t.action for t in self.tensors)
@@ -77,26 +82,45 @@ def transfer(
     *,
     seed: int = 0,
     reinit: str | None = None,
+    plan: Plan | None = None,
+    choices: dict[str, Tensor] | None = None,
 ) -> TransferReport:
     """Fill ``target`` in place from ``source`` and report what happened to every tensor.
 
-    Same-shape tensors are copied exactly; tensors whose shape changed are resampled with ``method``;
-    tensors without a same-rank counterpart, and those whose name matches the ``reinit`` regex, keep
-    the target's own initial values (the target must therefore be freshly initialised).
+    Same-shape tensors are copied exactly. A resized tensor is filled through the dimension ``plan``
+    (derived from the two models when not given): structure-aware methods (``select``, ``first``, or any
+    method given ``choices``, a dimension name -> the source indices kept) take one choice per dimension
+    and apply it to every axis of it; the paper's interpolations resample each tensor on its own, except
+    that ids keep their meaning for every method (vocabularies and learned 1-D positions are truncated or
+    extended, 2-D position grids are resized as grids with their extra tokens kept). Tensors without a
+    same-rank counterpart, those whose name matches the ``reinit`` regex, and integer buffers the target
+    computes from its config keep the target's own initial values (the target must be freshly initialised).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     pattern = re.compile(reinit) if reinit else None
     generator = torch.Generator().manual_seed(seed)
-    src = source.state_dict()
+    plan = plan if plan is not None else make_plan(source, target)
+    structured = method in STRUCTURED or choices is not None
+    picked = default_choices(plan, method if method in STRUCTURED else "select")
+    if choices:
+        unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
+        if unknown:
+            raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
+        picked.update({k: torch.as_tensor(v, dtype=torch.long) for k, v in choices.items()})
+    state = source.state_dict()
+    src = _renamed(state, plan, picked)
     params = {name for name, _ in target.named_parameters(remove_duplicate=False)}
     report = TransferReport(method, count_parameters(source), count_parameters(target), seed)
+    report.plan = plan.to_dict()
+    report.choices = {k: v.tolist() for k, v in picked.items()}
+    computed = set(plan.computed)
     tgt = target.state_dict(keep_vars=True)
     for name, slot in tgt.items():
         value = src.get(name)
         kind = "parameter" if name in params else "buffer"
         shape = list(slot.shape)
-        if value is None or value.dim() != slot.dim() or (pattern and pattern.search(name)):
+        if value is None or value.dim() != slot.dim() or (pattern and pattern.search(name)) or name in computed:
             action = INITIALISED
         elif value.shape == slot.shape:
             slot.data.copy_(value)
@@ -104,9 +128,73 @@ def transfer(
         elif METHODS[method].axis_fn is None:  # ``random``: the target's own initial values
             action = INITIALISED
         else:
-            slot.data.copy_(resample(value, slot.shape, method, fill=slot.data, generator=generator))
+            slot.data.copy_(_fill(name, value, slot.data, method, plan, picked, structured, generator))
             action = RESAMPLED
         source_shape = list(value.shape) if value is not None else None
         report.tensors.append(TensorRecord(name, source_shape, shape, action, kind))
-    report.dropped = [name for name in src if name not in tgt]
+    used = {id(src[name]) for name in tgt if name in src}
+    report.dropped = [name for name, value in state.items() if id(value) not in used]
     return report
+
+
+def _renamed(state: dict[str, Tensor], plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The source state dict under the target's names: with fewer (or chosen) layers, target layer i
+    reads source layer ``choices[layers][i]``."""
+    out = dict(state)
+    for dim in plan.dimensions:
+        if dim.kind != "layers":
+            continue
+        chosen = choices[dim.name].tolist()
+        prefix = dim.name + "."
+        kept = {k: v for k, v in out.items() if not k.startswith(prefix)}
+        for i, j in enumerate(chosen):
+            if j < 0:
+                continue
+            head = f"{prefix}{j}."
+            kept.update({f"{prefix}{i}.{k[len(head):]}": v for k, v in out.items() if k.startswith(head)})
+        out = kept
+    return out
+
+
+def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choices: dict[str, Tensor],
+          structured: bool, generator: torch.Generator) -> Tensor:
+    """One resized tensor: planned axes by their dimension's choice, the others resampled with ``method``."""
+    if fresh.numel() == 0:
+        return fresh.clone()
+    by_axis: dict[int, list] = {}
+    for axis, dim, ax in plan.entries(name):
+        by_axis.setdefault(axis, []).append((dim, ax))
+    work, mask = value.detach(), None
+    for axis, entries in sorted(by_axis.items()):
+        if work.shape[axis] == fresh.shape[axis]:
+            continue
+        ids = all(d.kind in ("vocab", "positions") or (d.kind == "grid" and d.grid["relative"]) for d, _ in entries)
+        grid = [d for d, _ in entries if d.kind == "grid" and not d.grid["relative"]]
+        if not structured and grid and len(entries) == 1:
+            work = _resample_grid(work, axis, grid[0].grid, method)
+            continue
+        if not (structured or ids):
+            continue
+        index = axis_index(work.shape[axis], entries, choices)
+        if index is None or index.numel() != fresh.shape[axis]:
+            continue
+        work = work.index_select(axis, index.clamp(min=0))
+        missing = (index < 0).reshape([-1 if i == axis else 1 for i in range(work.dim())])
+        mask = missing if mask is None else mask | missing
+    if tuple(work.shape) != tuple(fresh.shape):
+        work = resample(work, fresh.shape, method, fill=fresh if mask is None else None, generator=generator)
+    if mask is not None:
+        work = torch.where(mask.expand_as(work), fresh.to(work.dtype), work)
+    return work
+
+
+def _resample_grid(value: Tensor, axis: int, grid: dict, method: str) -> Tensor:
+    """Resize a position grid as a 2-D image with ``method``, keeping its extra tokens (CLS, detection)."""
+    (hs, ws), (ht, wt) = grid["source"], grid["target"]
+    before, after = grid["before"], grid["after"]
+    moved = value.movedim(axis, -1)
+    head, cells, tail = moved[..., :before], moved[..., before:before + hs * ws], moved[..., before + hs * ws:]
+    cells = cells.reshape(*cells.shape[:-1], hs, ws)
+    cells = resample(cells, (*cells.shape[:-2], ht, wt), method)
+    cells = cells.reshape(*cells.shape[:-2], ht * wt)
+    return torch.cat([head, cells, tail[..., :after]], dim=-1).movedim(-1, axis)
