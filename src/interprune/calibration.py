@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import InterpruneError
 
-__all__ = ["calibration_inputs", "IMAGE_SUFFIXES"]
+__all__ = ["calibration_inputs", "model_processor", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -31,6 +31,19 @@ def _image_files(data: Path) -> list[Path]:
     if data.is_dir():
         return sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     return []
+
+
+def model_processor(source: str | os.PathLike) -> Any:
+    """The source's own image processor, else its tokenizer: what turns raw examples into its inputs."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    for auto in (AutoImageProcessor, AutoTokenizer):
+        try:
+            return auto.from_pretrained(str(source))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise InterpruneError(f"{source} has no image processor or tokenizer files, so calibration data cannot be "
+                          f"prepared for it; save them beside the model (e.g. preprocessor_config.json)")
 
 
 def calibration_inputs(

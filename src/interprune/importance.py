@@ -12,13 +12,12 @@ not outvote a small one.
   for one that writes it, ``E[y_i^2]``. Tensors no hook sees (biases, embeddings) add nothing.
 
 A parameter-free encoding fixes some choices (``Dimension.aligned``: the sine position embedding of
-the DETR family); those win over any score. Depth is chosen here too: which source layers a shallower
+the DETR family, found by the plan); those win over any score. Depth is chosen here too: which source layers a shallower
 model keeps (``first``, ``uniform``, or ``importance``: the layers that change the hidden state most).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
 import torch
@@ -26,10 +25,11 @@ from torch import Tensor, nn
 
 from .resample import select_indices
 
-__all__ = ["axis_indices", "magnitude_scores", "activation_scores", "choose", "layer_lists", "choose_layers",
-           "layer_influence", "select_layers", "layer_name_map", "sine_aligned", "DEPTH_CHOICES"]
+__all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "layer_influence",
+           "layer_name_map", "DEPTH_CHOICES", "SCORED_KINDS"]
 
 Batch = dict[str, Any]
+SCORED_KINDS = ("residual", "ffn", "heads", "head_dim", "kv_heads", "channels")
 DEPTH_CHOICES = ("first", "uniform", "importance")
 
 
@@ -39,24 +39,19 @@ def _units(value: Tensor, axis: Any, units: int) -> Tensor:
     return t.reshape(axis.parts, units, axis.group, -1).pow(2).sum(dim=(0, 2, 3))
 
 
-def axis_indices(axis: Any, units: int, choice: Tensor) -> Tensor:
-    """Flat indices along a tensor axis for kept ``choice`` units out of ``units`` (per part, whole groups)."""
-    group = torch.arange(axis.group)
-    within = (choice.long()[:, None] * axis.group + group).flatten()
-    return torch.cat([p * units * axis.group + within for p in range(axis.parts)])
-
-
 def _normalised(score: Tensor) -> Tensor:
     return score / score.mean().clamp_min(1e-12)
 
 
-def magnitude_scores(state: dict[str, Tensor], plan: Any) -> dict[str, Tensor]:
-    """Per dimension, the summed (per-tensor normalised) squared weight norms of its units."""
+def magnitude_scores(state: dict[str, Tensor], plan: Any,
+                     rename: Callable[[str], str] = lambda name: name) -> dict[str, Tensor]:
+    """Per dimension, the summed (per-tensor normalised) squared weight norms of its units. ``rename``
+    maps the plan's (target) tensor names to ``state``'s when layers were dropped."""
     scores = {}
     for dim in plan.dimensions:
         total = torch.zeros(dim.source)
         for axis in dim.axes:
-            value = state.get(axis.tensor)
+            value = state.get(rename(axis.tensor))
             if value is not None and value.is_floating_point():
                 total += _normalised(_units(value, axis, dim.source))
         scores[dim.name] = total
@@ -97,14 +92,13 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch,
     """Per dimension, activation-based scores on ``inputs`` (see the module docstring); a dimension no
     hooked layer touches falls back to weight magnitude, so every dimension gets a score. ``rename``
     maps the plan's (target) names to ``model``'s when layers were dropped."""
-    full = model.state_dict()
-    state = {t: full[rename(t)] for d in plan.dimensions for t in (a.tensor for a in d.axes) if rename(t) in full}
+    state = model.state_dict()
     owners = {rename(a.tensor.rpartition(".")[0]) for d in plan.dimensions for a in d.axes
               if a.tensor.endswith(".weight")}
     named = dict(model.named_modules())
     hooked = {n for n in owners if isinstance(named.get(n), (nn.Linear, nn.Conv2d, nn.LayerNorm))}
     energy = _energies(model, inputs, hooked)
-    fallback = magnitude_scores(state, plan)
+    fallback = magnitude_scores(state, plan, rename)
     scores = {}
     for dim in plan.dimensions:
         total, used = torch.zeros(dim.source), False
@@ -114,7 +108,7 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch,
             if leaf != "weight" or owner not in energy:
                 continue
             e_in, e_out = energy[owner]
-            weight = state[axis.tensor].float()
+            weight = state[rename(axis.tensor)].float()
             if isinstance(named[owner], nn.LayerNorm) or axis.axis == 0:
                 per = e_out
             elif axis.axis == 1:
@@ -132,9 +126,12 @@ def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:
     """Kept source units per shrunk dimension: the aligned ones where an encoding fixes them, else the
     highest-scoring ones (stable order, so ties resolve the same way every time), in source order."""
     choices = {}
+    grouped = {d.name.rpartition(".")[0] for d in plan.dimensions if d.kind == "kv_heads"}
     for dim in plan.dimensions:
-        if dim.target >= dim.source or getattr(dim, "kind", "") == "layers":
-            continue
+        if dim.target >= dim.source or dim.kind not in SCORED_KINDS:
+            continue  # ids, grids and layers keep the plan's own rules
+        if dim.kind == "heads" and dim.name.rpartition(".")[0] in grouped:
+            continue  # query heads follow their key/value heads (the plan's default does that)
         if getattr(dim, "aligned", None) is not None:
             choices[dim.name] = torch.as_tensor(dim.aligned).long()
             continue
@@ -143,37 +140,7 @@ def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:
     return choices
 
 
-def sine_aligned(source: int, target: int) -> Tensor:
-    """Residual channels that make a width-``target`` sine position embedding equal the width-``source``
-    one on the kept channels (DETR layout: ``[y-part, x-part]`` of ``d/2`` each, channel ``2k`` is
-    ``sin(pos / T^(2k/(d/2)))``, ``2k+1`` the cosine). Each target pair keeps the source pair of the
-    nearest frequency exponent: exact when the widths divide (source pairs ``2j`` at the half cut),
-    nearest otherwise. Pairs are kept distinct, so the result is a valid choice."""
-    half_s, half_t = source // 2, target // 2
-    pairs_s, pairs_t = half_s // 2, half_t // 2
-    wanted = torch.arange(pairs_t, dtype=torch.float64) * half_s / half_t  # k with 2k/half_s == 2j/half_t
-    picked, used = [], set()
-    for w in wanted.tolist():
-        k = min((k for k in range(pairs_s) if k not in used), key=lambda k: (abs(k - w), k))
-        used.add(k)
-        picked.append(k)
-    pairs = torch.tensor(sorted(picked))
-    half = torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()
-    return torch.cat([half, half + half_s])
-
-
 # ----------------------------------------------------------------------------------------------- depth
-
-def layer_lists(source: nn.Module, target: nn.Module) -> dict[str, tuple[int, int]]:
-    """``{prefix: (source layers, target layers)}`` for every layer stack whose depth differs."""
-    src = dict(source.named_modules())
-    out = {}
-    for name, module in target.named_modules():
-        other = src.get(name)
-        if isinstance(module, nn.ModuleList) and isinstance(other, nn.ModuleList) and len(other) != len(module):
-            out[name] = (len(other), len(module))
-    return out
-
 
 @torch.no_grad()
 def layer_influence(model: nn.Module, prefix: str, inputs: Batch) -> Tensor:
@@ -211,25 +178,6 @@ def choose_layers(how: str, source_layers: int, target_layers: int, influence: T
         order = torch.sort(influence, descending=True, stable=True).indices
         return order[:target_layers].sort().values
     raise ValueError(f"unknown layer choice {how!r}; use one of {', '.join(DEPTH_CHOICES)}")
-
-
-def select_layers(model: nn.Module, kept: dict[str, Tensor]) -> nn.Module:
-    """A view of ``model`` whose stacks hold only the ``kept`` layers (shared, not copied): its state
-    dict names source layer ``kept[i]`` as layer ``i``, so a transfer fills each target layer from its
-    chosen source layer."""
-    view = copy.copy(model)
-    view._modules = dict(model._modules)
-    for prefix, keep in kept.items():
-        *path, leaf = prefix.split(".")
-        holder = view
-        for part in path:  # copy the chain of parents so the original model keeps its own stacks
-            child = copy.copy(holder._modules[part])
-            child._modules = dict(child._modules)
-            holder._modules[part] = child
-            holder = child
-        stack = holder._modules[leaf]
-        holder._modules[leaf] = nn.ModuleList([stack[int(k)] for k in keep])
-    return view
 
 
 def layer_name_map(kept: dict[str, Tensor]) -> Callable[[str], str]:

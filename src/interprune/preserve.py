@@ -1,6 +1,8 @@
 """Shrink methods that keep what the big model learned: choose units by importance, then compensate.
 
-One function, ``fill``, runs the whole recipe on a freshly built target:
+One function, ``fill``, runs the whole recipe on a freshly built target (``magnitude`` and
+``calibrated`` choose units; ``select`` and ``first`` keep the plan's own choice and can still take
+the depth, rotation and compensation options):
 
 1. depth: which source layers a shallower stack keeps (``first``, ``uniform`` or ``importance``);
 2. optionally, rotate each attention head's width to its principal directions (``rotate``), a change
@@ -17,17 +19,19 @@ Everything the recipe chose is returned in a ``Preservation`` record that ``inte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from .compensate import compensate
 from .errors import InterpruneError
-from .importance import (DEPTH_CHOICES, activation_scores, axis_indices, choose, choose_layers, layer_influence,
-                         layer_lists, layer_name_map, magnitude_scores, select_layers)
-from .rotate import rotate_heads
+from .importance import (DEPTH_CHOICES, activation_scores, choose, choose_layers, layer_influence, layer_name_map,
+                         magnitude_scores)
+from .plan import STRUCTURED, Plan, axis_index, make_plan
+from .rotate import query_key_axes, rotate_heads
+from .transfer import transfer
 
 __all__ = ["PRESERVING", "Preservation", "fill", "check_options"]
 
@@ -35,25 +39,24 @@ PRESERVING = {
     "magnitude": "keep the units with the largest weight norms, one choice per dimension (no data)",
     "calibrated": "keep the units with the most activation on --calibration data, one choice per dimension",
 }
-RIDGE = 1e-2  # relative ridge of the least-squares refit; benchmarks/retention.py measured 1e-4..1e-1
+RIDGE = 3e-2  # relative ridge of the least-squares refit; benchmarks/retention.py measured 1e-4..1e-1
 
 
 @dataclass
 class Preservation:
-    """What a preserving method chose, so a result can be inspected and reproduced."""
+    """What a preserving method chose beyond the units kept per dimension (those are the transfer
+    report's ``choices``), so a result can be inspected and reproduced."""
 
     method: str
-    choices: dict[str, list[int]] = field(default_factory=dict)  # dimension -> kept source units
     layers: dict[str, list[int]] = field(default_factory=dict)  # layer stack -> kept source layers
     layer_choice: str = "first"
     rotated: list[str] = field(default_factory=list)  # dimensions rotated to principal directions
     compensated: list[str] = field(default_factory=list)  # layers refit, in forward order
     calibration_examples: int = 0
+    ridge: float | None = None  # of the compensation's least squares, when it ran
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "choices": self.choices, "layers": self.layers,
-                "layer_choice": self.layer_choice, "rotated": self.rotated, "compensated": self.compensated,
-                "calibration_examples": self.calibration_examples}
+        return asdict(self)
 
 
 def check_options(method: str, *, calibration: bool, compensate: bool, layers: str, rotate: bool) -> None:
@@ -73,12 +76,6 @@ def _batch_size(inputs: dict[str, Any]) -> int:
     return int(first.shape[0]) if first is not None else 0
 
 
-def _qk_dimensions(plan: Any) -> list[Any]:
-    """Head-width dimensions nothing reads linearly: queries and keys, which meet in a dot product."""
-    return [d for d in plan.dimensions if d.kind == "head_dim" and d.target < d.source
-            and not any(a.axis == 1 for a in d.axes)]
-
-
 @torch.no_grad()
 def fill(
     source: nn.Module,
@@ -93,65 +90,66 @@ def fill(
 ) -> tuple[Any, Preservation]:
     """Fill ``target`` in place from ``source`` with a preserving ``method``; return the transfer report
     and what was chosen. ``inputs`` is one batch of calibration inputs (``calibration.calibration_inputs``)."""
-    from .plan import make_plan
-    from .transfer import transfer
-
-    if method not in PRESERVING:
-        raise InterpruneError(f"unknown method {method!r}; preserving methods: {', '.join(PRESERVING)}")
+    if method not in PRESERVING and method not in STRUCTURED:
+        raise InterpruneError(f"method {method!r} resamples each tensor on its own, so it cannot take layer, "
+                              f"rotation or compensation options; use one of {', '.join((*PRESERVING, *STRUCTURED))}")
     check_options(method, calibration=inputs is not None, compensate=compensate_layers, layers=layers, rotate=rotate)
     record = Preservation(method, layer_choice=layers, calibration_examples=_batch_size(inputs or {}))
+    plan = make_plan(source, target)
     kept_layers = {}
-    for prefix, (n_source, n_target) in layer_lists(source, target).items():
-        if n_target >= n_source:
-            continue
-        influence = layer_influence(source, prefix, inputs) if layers == "importance" else None
-        kept_layers[prefix] = choose_layers(layers, n_source, n_target, influence)
-        record.layers[prefix] = kept_layers[prefix].tolist()
+    for dim in plan.dimensions:
+        if dim.kind == "layers" and dim.target < dim.source:
+            influence = layer_influence(source, dim.name, inputs) if layers == "importance" else None
+            kept_layers[dim.name] = choose_layers(layers, dim.source, dim.target, influence)
+            record.layers[dim.name] = kept_layers[dim.name].tolist()
     rename = layer_name_map(kept_layers)  # target name -> source name
-    plan = make_plan(select_layers(source, kept_layers) if kept_layers else source, target)
-    full, rotated_choices = source, {}
-    if rotate:  # the whole source is rotated (same function), so its own forward still gives the targets
-        full, rotated_choices = rotate_heads(source, plan, inputs, rename)
-        record.rotated = sorted(rotated_choices)
-    view = select_layers(full, kept_layers) if kept_layers else full
+    full, rotated = source, {}
+    if rotate:  # the whole source, rotated (same function): its own forward still gives the targets
+        full, rotated = rotate_heads(source, plan, inputs, rename)
+        record.rotated = sorted(rotated)
     if method == "calibrated":
-        scores = activation_scores(full, plan, inputs, rename)
-    else:
-        scores = magnitude_scores(view.state_dict(), plan)
-    choices = {**choose(plan, scores), **rotated_choices}
-    record.choices = {name: index.tolist() for name, index in choices.items()}
-    report = transfer(view, target, "select", plan=plan, choices=choices, seed=seed)
+        choices = choose(plan, activation_scores(full, plan, inputs, rename))
+    elif method == "magnitude":
+        choices = choose(plan, magnitude_scores(full.state_dict(), plan, rename))
+    else:  # select / first: the plan's own choice for every dimension
+        choices = {}
+    choices.update({**rotated, **kept_layers})
+    report = transfer(full, target, method if method in STRUCTURED else "select", plan=plan, choices=choices,
+                      seed=seed)
+    report.method = method
     if compensate_layers:
         assert inputs is not None
-        done = compensate(full, target, inputs, _kept(plan, choices), source_name=rename,
-                          scale=_temperature(plan, choices), ridge=RIDGE)
-        record.compensated = done.layers
+        everything = {name: torch.as_tensor(index) for name, index in report.choices.items()}
+        done = compensate(full, target, inputs, _kept(plan, everything, full.state_dict(), rename),
+                          source_name=rename, scale=_temperature(plan, choices), ridge=RIDGE)
+        record.compensated, record.ridge = done.layers, RIDGE
     return report, record
 
 
-def _kept(plan: Any, choices: dict[str, Tensor]):
-    """Target layer name -> source output indices it keeps (the choice of its weight's output axis)."""
-    by_tensor = {(a.tensor, a.axis): (a, d) for d in plan.dimensions for a in d.axes}
-
+def _kept(plan: Plan, choices: dict[str, Tensor], state: dict[str, Tensor], rename) -> Callable[[str], Tensor | None]:
+    """Target layer name -> source output indices it keeps (its weight's output axis, as the transfer
+    filled it), or None when that axis kept every unit."""
     def kept(name: str) -> Tensor | None:
-        found = by_tensor.get((f"{name}.weight", 0))
-        if found is None or found[1].name not in choices:
+        tensor = f"{name}.weight"
+        entries = [(dim, ax) for axis, dim, ax in plan.entries(tensor) if axis == 0 and dim.kind != "layers"]
+        source = state.get(rename(tensor))
+        if not entries or source is None:
             return None
-        axis, dim = found
-        return axis_indices(axis, dim.source, choices[dim.name])
+        index = axis_index(source.shape[0], entries, choices)
+        return None if index is None else index.clamp(min=0)
 
     return kept
 
 
-def _temperature(plan: Any, choices: dict[str, Tensor]):
+def _temperature(plan: Plan, choices: dict[str, Tensor]) -> Callable[[str], float]:
     """Scale of each query/key projection's refit targets when its head width is cut: attention divides
     the logits by ``sqrt(width)``, so a narrower head sharpens them by ``sqrt(source/target)`` while the
     kept channels carry only part of the dot product. Scaling queries and keys each by
-    ``(source/target)^(1/4)`` (measured best among 0, 1/4 and 1/2 powers, see the benchmark) keeps the
-    logits near the source's."""
+    ``(source/target)^(1/4)`` (measured best among the powers 0, 1/4 and 1/2 in
+    ``benchmarks/retention.py``) keeps the logits near the source's."""
     factors = {}
-    for dim in _qk_dimensions(plan):
-        if dim.name in choices:
-            for axis in dim.axes:
+    for dim in plan.dimensions:
+        if dim.kind == "head_dim" and dim.name in choices and dim.target < dim.source:
+            for axis in query_key_axes(dim)[0]:
                 factors[axis.tensor.rpartition(".")[0]] = (dim.source / dim.target) ** 0.25
     return lambda name: factors.get(name, 1.0)

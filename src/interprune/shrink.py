@@ -130,21 +130,51 @@ def shrink(
     seed: int = 0,
     reinit: str | None = None,
     dtype: torch.dtype | None = None,
+    calibration: str | os.PathLike | dict | None = None,
+    calibration_size: int = 32,
+    compensate: bool = False,
+    layers: str = "first",
+    rotate: bool = False,
 ) -> tuple[PreTrainedModel, TransferReport]:
     """Build the model ``source`` would be with ``overrides`` and fill it from ``source``'s weights.
 
     Everything that can be checked cheaply (method, keys, values, the target's architecture) is checked
     before the source's weights are read. The target keeps the source's dtype unless ``dtype`` is given.
+    The importance methods (``magnitude``, ``calibrated``) and the options ``layers``, ``rotate`` and
+    ``compensate`` are ``preserve.fill``'s; ``calibration`` is a data path (prepared by the source's own
+    processor, ``calibration_size`` examples) or an already prepared batch of inputs.
     """
-    if method not in METHODS:
+    from .preserve import PRESERVING, check_options, fill
+
+    if method not in METHODS and method not in PRESERVING:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
+    preserving = method in PRESERVING or compensate or rotate or layers != "first"
+    if preserving:
+        check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
+                      rotate=rotate)
     config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
     target = build_model(target_config(config, overrides or {}), seed)
     model = source if isinstance(source, PreTrainedModel) else load_model(source, config)
     dtype = dtype or model.dtype  # a bf16/fp16 source gives a bf16/fp16 target (and half the memory)
     if dtype != target.dtype:
         target = target.to(dtype)
-    report = transfer(model, target, method, seed=seed, reinit=reinit)
+    if preserving:
+        if reinit:
+            raise InterpruneError(f"method {method!r} fills every tensor from the source; it takes no reinit")
+        inputs = calibration
+        if calibration is not None and not isinstance(calibration, dict):
+            from .calibration import calibration_inputs, model_processor  # reads data: only when asked to
+
+            processor = model_processor(source if not isinstance(source, PreTrainedModel) else source.name_or_path)
+            inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
+        # least squares in full precision, without changing a caller's half-precision model
+        work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
+        report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
+                              layers=layers, rotate=rotate, seed=seed)
+        target = target.to(dtype)
+        report.preserved = record.to_dict()
+    else:
+        report = transfer(model, target, method, seed=seed, reinit=reinit)
     report.source = str(getattr(source, "name_or_path", source))
     report.overrides = dict(overrides or {})
     return target, report

@@ -57,7 +57,7 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
     overrides = {} if experiment.size == "full" else config.target
     method = "select" if experiment.init == "transfer" else experiment.init
     reinit = f"^(?!{config.keep})" if experiment.init == "random" else None
-    model, report = shrink(source, overrides, method, seed=seed, reinit=reinit)
+    model, report = shrink(source, overrides, method, seed=seed, reinit=reinit, **experiment.shrink_options())
     report.source = config.source
     save(model, folder, report=report, source=config.source)
     return folder

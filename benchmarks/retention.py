@@ -1,0 +1,96 @@
+"""How much of the source's function a shrunk model keeps before any fine-tuning.
+
+The demo's source detector (Conditional DETR, d_model 128, FFN 256, trained on synthetic shapes) is
+shrunk at four cuts with each method, and every result is evaluated as it is on 60 freshly drawn
+shapes images (seed 12345, as ``interprune demo`` checks the source): mAP@50 and validation loss.
+Calibration uses 64 other shapes images (seed 777): the source domain, which is what the source's
+activations mean something on. ``seconds`` is the time to shrink (calibration included).
+
+    PYTHONPATH=src python benchmarks/retention.py [--cuts ffn,d96] [--methods select,magnitude] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+CUTS = {
+    "ffn 256->128": {"encoder_ffn_dim": 128, "decoder_ffn_dim": 128},
+    "d 128->96": {"d_model": 96},
+    "d 128->96, ffn 256->192": {"d_model": 96, "encoder_ffn_dim": 192, "decoder_ffn_dim": 192},
+    "d 128->64, ffn 256->128": {"d_model": 64, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128},
+    "layers 3+3->2+2": {"encoder_layers": 2, "decoder_layers": 2},
+}
+CUT_KEYS = dict(zip(("ffn", "d96", "d96f192", "half", "depth"), CUTS))
+METHODS = {  # name -> shrink arguments
+    "select": dict(method="select"),
+    "magnitude": dict(method="magnitude"),
+    "calibrated": dict(method="calibrated"),
+    "calibrated+compensate": dict(method="calibrated", compensate=True),
+    "calibrated+rotate+compensate": dict(method="calibrated", compensate=True, rotate=True),
+    "rotate+compensate, layers importance": dict(method="calibrated", compensate=True, rotate=True,
+                                                  layers="importance"),
+    "rotate+compensate, layers uniform": dict(method="calibrated", compensate=True, rotate=True, layers="uniform"),
+}
+METHOD_KEYS = dict(zip(("select", "magnitude", "calibrated", "compensate", "rotate", "importance", "uniform"),
+                       METHODS))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cuts", default="ffn,d96,d96f192,half", help=f"some of {', '.join(CUT_KEYS)}")
+    parser.add_argument("--methods", default="select,magnitude,calibrated,compensate,rotate",
+                        help=f"some of {', '.join(METHOD_KEYS)}")
+    parser.add_argument("--out", default=None, help="working folder (data); a temporary one by default")
+    parser.add_argument("--calibration-size", type=int, default=64)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+
+    from interprune.calibration import calibration_inputs
+    from interprune.data import open_dataset
+    from interprune.data.domains import write_domain
+    from interprune.demo import DEMO_SOURCE
+    from interprune.shrink import load_model, save, shrink
+    from interprune.train.run import evaluate, load_processor
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="retention-"))
+    check, calib = work / "shapes-check", work / "shapes-calibration"
+    if not check.exists():
+        write_domain("shapes", check, train=1, valid=60, size=160, seed=12345)
+    if not calib.exists():
+        write_domain("shapes", calib, train=args.calibration_size, valid=1, copies=1, size=160, seed=777)
+    data = open_dataset(check)
+    source = load_model(DEMO_SOURCE).float()
+    processor = load_processor(DEMO_SOURCE, source.config)
+
+    base = evaluate(DEMO_SOURCE, data)
+    print(f"source: mAP@50 {base['map_50']:.3f}, val loss {base['val_loss']:.2f}")
+    print(f"{'cut':<26} {'method':<38} {'mAP@50':>7} {'kept':>6} {'val loss':>8} {'seconds':>7}")
+    for cut_key in args.cuts.split(","):
+        cut = CUT_KEYS[cut_key]
+        for method_key in args.methods.split(","):
+            name = METHOD_KEYS[method_key]
+            options = dict(METHODS[name])
+            started = time.perf_counter()
+            if options.get("method") in ("calibrated",) or options.get("compensate"):
+                options["calibration"] = calibration_inputs(calib, processor, count=args.calibration_size)
+            model, report = shrink(source, CUTS[cut], **options)
+            seconds = time.perf_counter() - started
+            with tempfile.TemporaryDirectory() as folder:
+                save(model.float(), Path(folder) / "model", source=DEMO_SOURCE)
+                result = evaluate(Path(folder) / "model", data)
+            kept = result["map_50"] / base["map_50"]
+            print(f"{cut:<26} {name:<38} {result['map_50']:>7.3f} {kept:>6.0%} {result['val_loss']:>8.2f} "
+                  f"{seconds:>7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
