@@ -6,7 +6,13 @@ shapes images (seed 12345, as ``interprune demo`` checks the source): mAP@50 and
 Calibration uses 64 other shapes images (seed 777): the source domain, which is what the source's
 activations mean something on. ``seconds`` is the time to shrink (calibration included).
 
+For an encoder (``--encoder``): a small BERT (hidden 128, 4 layers, FFN 512) pre-trained here in
+seconds by masked-language modelling on synthetic sentences; the measure is the Pearson correlation of
+the pairwise cosine similarities of mean-pooled embeddings of 200 held-out sentences, shrunk model
+against source (1.0: the same geometry), with 64 other sentences for calibration.
+
     PYTHONPATH=src python benchmarks/retention.py [--cuts ffn,d96] [--methods select,magnitude] [--out DIR]
+    PYTHONPATH=src python benchmarks/retention.py --encoder
 """
 
 from __future__ import annotations
@@ -42,6 +48,73 @@ METHOD_KEYS = dict(zip(("select", "magnitude", "calibrated", "compensate", "rota
                        METHODS))
 
 
+WORDS = {"colour": "red green blue yellow black white grey brown".split(),
+         "animal": "cat dog fox owl bear wolf deer hare".split(),
+         "verb": "sees chases follows finds hides watches meets avoids".split(),
+         "place": "river forest hill field cave lake road barn".split()}
+
+
+def sentences(count: int, seed: int) -> list[str]:
+    """``the <colour> <animal> <verb> the <colour> <animal> near the <place>``, seeded."""
+    rng = torch.Generator().manual_seed(seed)
+    pick = lambda kind: WORDS[kind][int(torch.randint(len(WORDS[kind]), (1,), generator=rng))]
+    return [f"the {pick('colour')} {pick('animal')} {pick('verb')} the {pick('colour')} {pick('animal')} near the "
+            f"{pick('place')}" for _ in range(count)]
+
+
+def encoder_retention(methods: list[str]) -> None:
+    """Pre-train a small BERT by masked-language modelling, shrink it, compare embedding geometry."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    from interprune.shrink import shrink
+
+    folder = Path(tempfile.mkdtemp(prefix="encoder-"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "near"] + [w for ws in WORDS.values() for w in ws]
+    (folder / "vocab.txt").write_text("\n".join(vocab))
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"))
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                     intermediate_size=512, max_position_embeddings=32))
+    optimiser = torch.optim.AdamW(mlm.parameters(), lr=1e-3)
+    started = time.perf_counter()
+    for step in range(400):
+        batch = tokenizer(sentences(32, 1000 + step), return_tensors="pt", padding=True)
+        labels = batch["input_ids"].clone()
+        masked = (torch.rand(labels.shape, generator=torch.Generator().manual_seed(step)) < 0.15) & (labels > 4)
+        batch["input_ids"] = batch["input_ids"].masked_fill(masked, tokenizer.mask_token_id)
+        loss = mlm(**batch, labels=labels.masked_fill(~masked, -100)).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    source = mlm.bert.eval()
+    print(f"encoder source: BERT hidden 128, FFN 512, 4 layers; MLM loss {loss.item():.2f} after 400 steps "
+          f"({time.perf_counter() - started:.0f} s)")
+    held_out = tokenizer(sentences(200, 7), return_tensors="pt", padding=True)
+    calibration = dict(tokenizer(sentences(64, 8), return_tensors="pt", padding=True))
+
+    @torch.no_grad()
+    def similarities(model) -> torch.Tensor:
+        hidden = model(**held_out).last_hidden_state
+        mask = held_out["attention_mask"][..., None].float()
+        pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        sims = pooled @ pooled.T
+        return sims[torch.triu_indices(len(sims), len(sims), 1).unbind()]
+
+    reference = similarities(source)
+    print(f"{'cut':<26} {'method':<38} {'sim. corr.':>10} {'seconds':>7}")
+    for cut, overrides in (("hidden 128->96, ffn 384", {"hidden_size": 96, "intermediate_size": 384}),
+                           ("hidden 128->64, ffn 256", {"hidden_size": 64, "intermediate_size": 256})):
+        for name in methods:
+            options = dict(METHODS[name])
+            if options["method"] == "calibrated" or options.get("compensate"):
+                options["calibration"] = calibration
+            started = time.perf_counter()
+            model, _ = shrink(source, overrides, **options)
+            seconds = time.perf_counter() - started
+            corr = torch.corrcoef(torch.stack([reference, similarities(model)]))[0, 1]
+            print(f"{cut:<26} {name:<38} {corr:>10.3f} {seconds:>7.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuts", default="ffn,d96,d96f192,half", help=f"some of {', '.join(CUT_KEYS)}")
@@ -49,10 +122,14 @@ def main() -> None:
                         help=f"some of {', '.join(METHOD_KEYS)}")
     parser.add_argument("--out", default=None, help="working folder (data); a temporary one by default")
     parser.add_argument("--calibration-size", type=int, default=64)
+    parser.add_argument("--encoder", action="store_true", help="the encoder benchmark instead of the detector's")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
+    if args.encoder:
+        encoder_retention([METHOD_KEYS[k] for k in args.methods.split(",")])
+        return
 
     from interprune.calibration import calibration_inputs
     from interprune.data import open_dataset

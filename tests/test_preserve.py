@@ -205,3 +205,21 @@ def test_sweep_experiment_takes_method_options(tmp_path, detector_dir, rocks_dir
     experiment = load_sweep(path).experiments[1]
     assert experiment.shrink_options() == {"calibration": str(rocks_dir), "calibration_size": 32, "compensate": True,
                                            "rotate": False, "layers": "importance"}
+
+
+def test_sweep_calibrates_on_its_own_training_images(tmp_path, detector_dir, rocks_dir):
+    from interprune.data import open_dataset
+    from interprune.shrink import load_model
+    from interprune.sweep.config import preset_path
+    from interprune.sweep.run import prepare_model
+
+    demo = {e.name: e for e in load_sweep(preset_path("demo")).experiments}["small-calibrated"]
+    assert demo.calibration == "data" and demo.compensate and demo.rotate
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.format(source=detector_dir, data=rocks_dir, experiment="{name: kept, init: calibrated, "
+                                 "calibration: data, compensate: true}"))
+    config = load_sweep(path)
+    folder = prepare_model(config, config.experiments[1], 0, tmp_path / "model", load_model(detector_dir),
+                           open_dataset(rocks_dir))
+    meta = json.loads((folder / "interprune.json").read_text())
+    assert meta["preserved"]["calibration_examples"] == 6 and meta["preserved"]["compensated"]

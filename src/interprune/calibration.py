@@ -22,10 +22,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def _image_files(data: Path) -> list[Path]:
-    """The training images of a Roboflow export or COCO JSON, else every image in the folder."""
+    """The training images of a Roboflow export or COCO JSON, else every image in the folder (one split
+    of an export is such a folder)."""
     from .data.coco import ROBOFLOW_JSON, open_dataset
 
-    if data.suffix == ".json" or (data / "train" / ROBOFLOW_JSON).is_file() or (data / ROBOFLOW_JSON).is_file():
+    if data.suffix == ".json" or (data / "train" / ROBOFLOW_JSON).is_file():
         dataset = open_dataset(data)
         return [Path(im["file"]) for im in dataset.train.images]
     if data.is_dir():

@@ -35,7 +35,8 @@ class Experiment(BaseModel):
     size: Literal["full", "small"] = "small"
     init: str
     # options of the structure-aware methods (see ``preserve.fill``)
-    calibration: str | None = Field(None, description="calibration data: a dataset/image folder or text file")
+    calibration: str | None = Field(None, description="calibration data: a dataset/image folder or text file, "
+                                    "or 'data' for the sweep's own training images")
     calibration_size: int = Field(32, gt=0)
     compensate: bool = False
     rotate: bool = False
@@ -189,6 +190,6 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
             setattr(config, key, str((path.parent / value).resolve()))
     for experiment in config.experiments:
         value = experiment.calibration
-        if value and not Path(value).is_absolute() and (path.parent / value).exists():
+        if value and value != "data" and not Path(value).is_absolute() and (path.parent / value).exists():
             experiment.calibration = str((path.parent / value).resolve())
     return config

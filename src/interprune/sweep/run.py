@@ -27,6 +27,10 @@ def check_sweep(config: SweepConfig, only: str | None = None) -> None:
         raise InterpruneError(f"--only {only!r}: no such experiment; have: {', '.join(e.name for e in config.experiments)}")
     if not config.data and not config.generate:
         raise InterpruneError("the sweep names no data: set 'data:' in the YAML or pass --data DIR")
+    for experiment in config.experiments:
+        if experiment.calibration not in (None, "data") and not Path(experiment.calibration).exists():
+            raise InterpruneError(f"experiment {experiment.name}: calibration data {experiment.calibration} does not "
+                                  f"exist; give a dataset or image folder, a text file, or 'data' (the sweep's own)")
     source = load_config(config.source)
     try:
         build_model(target_config(source, config.target))
@@ -46,8 +50,10 @@ def prepare_data(config: SweepConfig, out: Path) -> DetectionData:
     return open_dataset(folder)
 
 
-def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder: Path, source: Any) -> Path | str:
-    """The starting point of one run, as a model folder (the source itself for ``pretrained``)."""
+def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder: Path, source: Any,
+                  data: DetectionData | None = None) -> Path | str:
+    """The starting point of one run, as a model folder (the source itself for ``pretrained``).
+    ``calibration: data`` calibrates on the sweep's own training images (``data``)."""
     if experiment.init == "pretrained":
         return config.source
     if folder.exists():
@@ -57,7 +63,10 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
     overrides = {} if experiment.size == "full" else config.target
     method = "select" if experiment.init == "transfer" else experiment.init
     reinit = f"^(?!{config.keep})" if experiment.init == "random" else None
-    model, report = shrink(source, overrides, method, seed=seed, reinit=reinit, **experiment.shrink_options())
+    options = experiment.shrink_options()
+    if options["calibration"] == "data" and data is not None:
+        options["calibration"] = data.train.root
+    model, report = shrink(source, overrides, method, seed=seed, reinit=reinit, **options)
     report.source = config.source
     save(model, folder, report=report, source=config.source)
     return folder
@@ -83,7 +92,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                 continue
             if source is None and experiment.init != "pretrained":
                 source = load_model(config.source)
-            start = prepare_model(config, experiment, seed, out / "models" / f"{experiment.name}-seed{seed}", source)
+            start = prepare_model(config, experiment, seed, out / "models" / f"{experiment.name}-seed{seed}", source,
+                                  data)
             print(f"[{experiment.name} seed {seed}] {experiment.size} model, init {experiment.init}: training "
                   f"{config.train.steps} steps -> {run}")
             settings = config.train.model_copy(update={"seed": seed})
