@@ -1,4 +1,6 @@
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -111,3 +113,143 @@ def test_dotted_keys_reach_sub_configs(detr):
     assert small.config.backbone_config.out_indices == [1, 2, 3]
     projection = next(t for t in report.tensors if t.name == "model.input_projection.weight")
     assert projection.action == "resampled" and projection.target_shape[1] < projection.source_shape[1]
+
+
+# ----------------------------------------------------------------- configs rebuilt through their class
+
+from transformers import AutoModel as _Auto  # noqa: E402
+
+from interprune.cli import main  # noqa: E402
+
+from .families import FAMILIES  # noqa: E402
+
+
+def saved(family, tmp_path, **changes):
+    config_cls, fields, model_cls, *_ = FAMILIES[family]
+    torch.manual_seed(0)
+    folder = tmp_path / family
+    model_cls(config_cls(**{**fields, **changes})).save_pretrained(folder)
+    return folder
+
+
+def shrink_and_load(folder, overrides, tmp_path, auto=_Auto):
+    small, report = shrink(folder, overrides, "select")
+    out = save(small, tmp_path / "out", report=report, source=folder)
+    loaded, info = auto.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    return loaded
+
+
+@pytest.mark.parametrize("family,overrides", [
+    ("qwen2", {"num_hidden_layers": 1}), ("qwen3", {"num_hidden_layers": 1}), ("dinov2", {"num_hidden_layers": 1}),
+    ("swin", {"depths": [2], "num_heads": [2]}), ("convnext", {"depths": [1], "hidden_sizes": [8]}),
+    ("resnet", {"depths": [1], "hidden_sizes": [8]}),
+])
+def test_derived_fields_follow_the_fields_they_come_from(family, overrides, tmp_path):
+    loaded = shrink_and_load(saved(family, tmp_path), overrides, tmp_path)
+    for key, value in overrides.items():
+        assert getattr(loaded.config, key) == value
+    if family.startswith("qwen"):
+        assert len(loaded.config.layer_types) == 1
+
+
+def test_swin_hidden_size_follows_embed_dim_and_stage_lists_follow_depths(tmp_path):
+    folder = saved("swin", tmp_path)
+    assert shrink_and_load(folder, {"embed_dim": 8}, tmp_path).config.hidden_size == 16
+    small, _ = shrink(folder, {"depths": [2]}, "select")
+    assert small.config.num_heads == [2] and small.config.hidden_size == 16
+
+
+def test_llama_without_head_dim_in_its_config_derives_it_again(tmp_path):
+    folder = saved("llama", tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("head_dim", None)  # the usual Hub layout
+    (folder / "config.json").write_text(json.dumps(config))
+    small, _ = shrink(folder, {"hidden_size": 16, "intermediate_size": 32}, "select")
+    assert small.config.head_dim == 4 and small.layers[0].self_attn.q_proj.weight.shape == (16, 16)
+
+
+def test_more_heads_with_an_explicit_head_dim_is_legal(tmp_path):
+    """(Llama's own config class refuses hidden % heads != 0 in transformers 5; Mistral and Qwen3 do not.)"""
+    small, _ = shrink(saved("mistral", tmp_path), {"num_attention_heads": 6, "head_dim": 8}, "select")
+    assert small.layers[0].self_attn.q_proj.weight.shape == (48, 32)
+    wide, _ = shrink(saved("qwen3", tmp_path / "x", head_dim=16), {"num_attention_heads": 6}, "select")
+    assert wide.config.head_dim == 16 and wide.layers[0].self_attn.q_proj.weight.shape == (96, 32)
+
+
+@pytest.mark.parametrize("family,overrides,message", [
+    ("llama", {"num_key_value_heads": 3}, "num_key_value_heads=3 does not divide num_attention_heads=4; set "
+                                          "num_key_value_heads to one of 1, 2, 4"),
+    ("qwen3", {"num_key_value_heads": 3}, "num_key_value_heads=3 does not divide"),
+    ("swin", {"num_heads": [3, 3]}, r"not divisible by num_heads\[0\]=3"),
+    ("clip", {"text_config.hidden_size": 30}, "bad value 30 for text_config.hidden_size: .*not a multiple of the "
+                                               "number of attention heads"),
+    ("bert", {"hidden_size": 30}, "not divisible by num_attention_heads=4"),
+])
+def test_impossible_targets_are_refused_naming_the_key(family, overrides, message, tmp_path):
+    with pytest.raises(InterpruneError, match=message):
+        shrink(saved(family, tmp_path), overrides, "select")
+
+
+def test_a_smaller_vocabulary_than_the_tokenizer_is_refused(tmp_path):
+    folder = saved("bert", tmp_path)
+    small, _ = shrink(folder, {"vocab_size": 50}, "select")  # no tokenizer beside it: ids 0..49 kept
+    assert small.embeddings.word_embeddings.weight.shape == (50, 32)
+    (folder / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(100)) + "\n")
+    with pytest.raises(InterpruneError, match="vocab_size 50 is smaller than the source tokenizer's 100 tokens"):
+        shrink(folder, {"vocab_size": 50}, "select")
+
+
+# ------------------------------------------------------------------------ bad input: one line, exit 2
+
+
+def run_cli(capsys, *argv):
+    code = main(list(map(str, argv)))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_broken_weights_are_one_line(damage, detr_dir, tmp_path, capsys):
+    weights = detr_dir / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "garbage":
+        weights.write_bytes(b"not a model at all" * 10)
+    else:
+        weights.unlink()
+    code, err = run_cli(capsys, "shrink", detr_dir, "--set", "d_model=16", "--out", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 0 and err.startswith("interprune: error: ")
+    assert ("no weights" if damage == "missing" else "cannot read the weights") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_destinations_are_refused_before_work(detr_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, err = run_cli(capsys, "shrink", detr_dir, "--out", tmp_path / "file" / "out")
+    assert code == 2 and "is a file, not a folder" in err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, err = run_cli(capsys, "shrink", detr_dir, "--out", locked / "out")
+        if os.access(locked, os.W_OK):  # running as root: permissions do not apply
+            pytest.skip("root can write anywhere")
+        assert code == 2 and "is not writable" in err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_hub_id_without_network_fails_fast(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.time()
+    code, err = run_cli(capsys, "shrink", "someone/no-such-model", "--out", tmp_path / "out")
+    assert code == 2 and "cannot be reached" in err and time.time() - started < 5
+
+
+def test_plan_command_prints_dimensions_with_sizes_and_axes(detr_dir, capsys):
+    assert main(["plan", str(detr_dir), "--set", "d_model=16"]) == 0
+    out = capsys.readouterr().out
+    assert "residual  residual: 32 -> 16 (aligned with the sine position encoding)" in out
+    assert "    model.input_projection.weight[0]" in out
+    assert "head_dim  model.encoder.layers.0.self_attn.head_dim: 8 -> 4" in out

@@ -1,4 +1,5 @@
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -114,3 +115,21 @@ def test_cli_train_then_predict(detector_dir, rocks_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "pred"), "--threshold", "0.0"]) == 0
     assert sorted(p.suffix for p in (tmp_path / "pred").iterdir()) == [".png"] * 3
     assert "30 detections on 3 images" in capsys.readouterr().out  # threshold 0: every one of 10 queries x 3 images
+
+
+def test_heads_in_a_list_and_bias_priors_are_recreated_as_the_model_initialises_them(tmp_path):
+    from interprune.models import head_tensors, recreate_head
+
+    from .families import FAMILIES
+
+    config_cls, fields, model_cls, *_ = FAMILIES["rt_detr"]
+    model = model_cls(config_cls(**fields))
+    names = head_tensors(model.config)
+    assert "model.decoder.class_embed.1.bias" in names and "model.enc_score_head.bias" in names
+    with torch.no_grad():
+        for name in names:
+            model.state_dict()[name].fill_(5.0)
+    recreate_head(model)
+    prior = -math.log((1 - 1 / 4) / (1 / 4))  # focal-loss prior for 3 classes + no-object
+    assert torch.allclose(model.model.decoder.class_embed[1].bias, torch.full((3,), prior))
+    assert model.model.decoder.class_embed[0].weight.std() < 1.0  # fresh, not the 5.0 it held

@@ -23,11 +23,13 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def cmd_shrink(args: argparse.Namespace) -> None:
     import torch
 
+    from .models import check_writable
     from .shrink import parse_overrides, save, shrink
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_writable(out)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype,
                            calibration=args.calibration, calibration_size=args.calibration_size,
@@ -41,6 +43,12 @@ def cmd_shrink(args: argparse.Namespace) -> None:
               f"rotated, {len(kept['compensated'])} layers refit on {kept['calibration_examples']} calibration "
               f"examples" + (f"; {layers}" if layers else ""))
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from .shrink import parse_overrides, plan_for
+
+    print(plan_for(args.source, parse_overrides(args.set)).describe())
 
 
 def cmd_data_generate(args: argparse.Namespace) -> None:
@@ -173,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="first", choices=["first", "uniform", "importance"],
                    help="which source layers a shallower target keeps (default first)")
     p.set_defaults(func=cmd_shrink)
+
+    p = sub.add_parser("plan", help="show which dimensions a shrink changes and every tensor axis of each")
+    p.add_argument("source", help="Hugging Face Hub id or local model folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a config field (JSON values), e.g. --set d_model=128; repeatable")
+    p.set_defaults(func=cmd_plan)
 
     data = sub.add_parser("data", help="synthetic datasets and dataset pictures").add_subparsers(
         dest="data_command", required=True)

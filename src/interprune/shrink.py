@@ -1,32 +1,40 @@
-"""Shrink (or grow) a Hugging Face model: configs in, an ordinary model folder out.
+"""Shrink (or grow) a Hugging Face model: a source and config overrides in, a filled target out.
 
-This layer knows about transformers (configs, model classes, ``save_pretrained``) and about
-folders; the tensor math lives in ``resample`` and the model walk in ``transfer``.
+The target config is rebuilt through its config class, so fields derived from the ones you change
+(Llama's ``head_dim``, Swin's ``hidden_size``, Qwen's ``layer_types``, backbones' ``stage_names``)
+follow them. The target is built and run once on a tiny dummy input before any weight is read, so an
+impossible target is one line naming the key to change. Loading and saving live in ``models``, the
+dimension plan in ``plan`` and the tensor walk in ``transfer``.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from .errors import InterpruneError
+from .models import (build_model, load_config, load_model, make_temporary_sibling, model_class,  # noqa: F401
+                     save, tokenizer_size)
+from .plan import Plan, make_plan
 from .resample import METHODS
 from .transfer import TransferReport, transfer
 
-__all__ = ["shrink", "save", "load_config", "target_config", "build_model", "load_model", "parse_overrides"]
+__all__ = ["shrink", "save", "load_config", "target_config", "build_model", "load_model", "parse_overrides",
+           "check_target", "plan_for"]
 
-PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt")
-HIDDEN_SIZES = ("d_model", "hidden_size", "embed_dim")
+HIDDEN_SIZES = ("d_model", "hidden_size", "embed_dim", "n_embd", "dim")
+HEAD_COUNTS = ("num_attention_heads", "encoder_attention_heads", "decoder_attention_heads", "n_head", "n_heads",
+               "num_heads")
+COUNTS = ("num_stages",)  # counts some configs store beside their per-stage lists instead of deriving them
+KEEP = {"architectures", "id2label", "label2id", "model_type", "transformers_version", "dtype", "torch_dtype",
+        "_name_or_path"}  # never re-derived, whatever their defaults say
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -43,83 +51,177 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(source: str | os.PathLike) -> PretrainedConfig:
-    """The source's config, with a one-line error when the source does not exist."""
-    try:
-        return AutoConfig.from_pretrained(str(source))
-    except (OSError, ValueError):
-        raise InterpruneError(
-            f"cannot load model {str(source)!r}: it is neither a folder with a config.json nor a Hugging Face "
-            f"Hub id that can be reached; check the path or the name (Hub ids need network access)"
-        ) from None
-
-
 def target_config(config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
-    """A copy of ``config`` with ``overrides`` applied (dotted keys reach sub-configs), validated."""
-    out = copy.deepcopy(config)
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        holder = out
-        for part in parents:
-            holder = getattr(holder, part, None)
-        if holder is None or not hasattr(holder, leaf):
-            known = ", ".join(sorted(k for k in config.to_diff_dict() if not k.startswith("_"))[:12])
-            raise InterpruneError(
-                f"unknown config key {key!r} for {type(config).__name__}; known keys include: {known}, ..."
-            )
-        try:
-            setattr(holder, leaf, value)
-        except Exception as err:  # strict configs reject wrong types here
-            detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-            raise InterpruneError(f"bad value {value!r} for {key}: {detail}") from None
-    _check_heads(out)
-    return out
+    """``config`` with ``overrides`` (dotted keys reach sub-configs), rebuilt through its config class.
 
-
-def _check_heads(config: PretrainedConfig) -> None:
-    """Attention splits the hidden size over heads; some models only fail at the first forward."""
-    hidden = next((getattr(config, k) for k in HIDDEN_SIZES if isinstance(getattr(config, k, None), int)), None)
-    if hidden is None:
-        return
-    for key, heads in config.to_dict().items():
-        if key.endswith("attention_heads") and isinstance(heads, int) and heads > 0 and hidden % heads:
-            raise InterpruneError(
-                f"hidden size {hidden} is not divisible by {key}={heads}; pick a size that is a multiple "
-                f"of {heads} or change {key}"
-            )
-
-
-def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
-    """The class the source was saved as (``architectures``), else the Auto class for its type."""
-    for name in config.architectures or []:
-        cls = getattr(transformers, name, None)
-        if cls is not None:
-            return cls
-    for auto in (transformers.AutoModelForObjectDetection, transformers.AutoModel):
-        try:
-            return auto._model_mapping[type(config)]
-        except KeyError:
-            continue
-    raise InterpruneError(f"transformers has no model class for config type {type(config).__name__}")
-
-
-def build_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
-    """A freshly initialised model for ``config``; the seed makes its initial values reproducible."""
-    torch.manual_seed(seed)
+    Fields the class derives from others (dropping them from the saved config gives back the same value)
+    are derived again from the new values unless you set them; list fields as long as a list you shortened
+    are shortened alike. The result is checked for head counts the model cannot split.
+    """
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # trial builds would repeat the source config's own warnings
     try:
-        model = model_class(config)(config)
-    except InterpruneError:
-        raise
+        new, explicit = _rebuild(config, overrides, "")
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    _check_heads(new, explicit, "")
+    return new
+
+
+def _rebuild(config: PretrainedConfig, overrides: dict[str, Any], where: str) -> tuple[PretrainedConfig, set[str]]:
+    cls = type(config)
+    base = config.to_dict()
+    subs = {k for k, v in vars(config).items() if isinstance(v, PretrainedConfig)}
+    own = {k: v for k, v in overrides.items() if "." not in k}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            head, _, rest = key.partition(".")
+            nested.setdefault(head, {})[rest] = value
+    for key in list(own) + list(nested):
+        if key not in base and not hasattr(config, key) or key in nested and key not in subs:
+            known = ", ".join(sorted(k for k in config.to_diff_dict() if not k.startswith("_"))[:12])
+            raise InterpruneError(f"unknown config key {where + key!r} for {cls.__name__}; known keys include: "
+                                  f"{known}, ...")
+    explicit = {where + k for k in own}
+    for sub in subs:
+        rebuilt, inner = _rebuild(getattr(config, sub), nested.get(sub, {}), f"{where}{sub}.")
+        base[sub] = rebuilt.to_dict()
+        explicit |= inner
+    derived: set[str] = set()
+    for key in base:  # one at a time: of two fields derived from each other (out_features, out_indices) one stays
+        if key not in own and key not in subs and key not in KEEP and _derived(cls, base, derived | {key}, key):
+            derived.add(key)
+    explicit |= {where + k for k in base if k not in derived}
+    values = {k: v for k, v in {**base, **own}.items() if k not in derived}
+    _follow_lists(config, own, values, where)
+    try:
+        new = cls(**values)
     except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InterpruneError(f"the target configuration cannot be built: {first}; change the --set values") from None
-    return model.eval()
+        what = ", ".join(f"{v!r} for {where + k}" for k, v in own.items()) or "in the source config"
+        raise InterpruneError(f"bad value {what}: {_first_line(err)}") from None
+    for key, value in own.items():  # strict configs may coerce; a value they silently ignore is an error
+        if getattr(new, key, None) != value and not isinstance(value, dict):
+            raise InterpruneError(f"bad value {value!r} for {where + key}: {cls.__name__} keeps "
+                                  f"{getattr(new, key, None)!r}")
+    return new, explicit
 
 
-def load_model(source: str | os.PathLike, config: PretrainedConfig | None = None) -> PreTrainedModel:
-    """Load a pretrained model with the class it was saved as, in the dtype it was saved in."""
-    config = config or load_config(source)
-    return model_class(config).from_pretrained(str(source)).eval()
+def _derived(cls: type[PretrainedConfig], base: dict[str, Any], dropped: set[str], key: str) -> bool:
+    """Whether the class gives ``key`` its stored value by itself (so it must follow the fields it comes from)."""
+    try:
+        rebuilt = cls(**{k: v for k, v in base.items() if k not in dropped})
+    except Exception:
+        return False
+    value = getattr(rebuilt, key, _MISSING)
+    return value is not _MISSING and _plain(value) == _plain(base[key])
+
+
+_MISSING = object()
+
+
+def _plain(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, PretrainedConfig) else value
+
+
+def _follow_lists(config: PretrainedConfig, own: dict[str, Any], values: dict[str, Any], where: str) -> None:
+    """Per-stage lists must stay as long as the stage list you changed (Swin ``depths`` -> ``num_heads``)."""
+    for key, new in own.items():
+        old = getattr(config, key, None)
+        if not (isinstance(new, list) and isinstance(old, list)) or len(new) == len(old):
+            continue
+        for other, value in list(values.items()):
+            if other in COUNTS and other not in own and value == len(old):
+                values[other] = len(new)
+            if other in own or other == key or not isinstance(value, list) or len(value) != len(old):
+                continue
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                continue
+            if len(new) < len(old):
+                values[other] = value[: len(new)]
+            else:
+                raise InterpruneError(f"{where}{key} now has {len(new)} entries but {where}{other} has {len(value)}; "
+                                      f"set {where}{other} to a list of {len(new)} too")
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return (text or type(err).__name__)[:300]
+
+
+def _check_heads(config: PretrainedConfig, explicit: set[str], where: str) -> None:
+    """Attention splits the hidden size over heads, and query heads over key/value heads; some models only
+    fail at the first forward, others silently build a model that cannot load."""
+    fields = config.to_dict()
+    hidden_key = next((k for k in HIDDEN_SIZES if isinstance(fields.get(k), int)), None)
+    hidden = fields.get(hidden_key) if hidden_key else None
+    own_head_dim = isinstance(fields.get("head_dim"), int) and where + "head_dim" in explicit
+    for key in HEAD_COUNTS:
+        heads = fields.get(key)
+        if isinstance(heads, int) and heads > 0 and hidden and hidden % heads and not own_head_dim:
+            raise InterpruneError(
+                f"hidden size {hidden} is not divisible by {where}{key}={heads}; pick a {where}{hidden_key} that "
+                f"is a multiple of {heads}, change {where}{key}, or set {where}head_dim explicitly")
+        if isinstance(heads, list) and isinstance(fields.get("embed_dim"), int):  # Swin: one count per stage
+            for stage, count in enumerate(heads):
+                width = fields["embed_dim"] * 2 ** stage
+                if count <= 0 or width % count:
+                    raise InterpruneError(f"stage {stage} has width {width}, not divisible by {where}{key}[{stage}]="
+                                          f"{count}; pick head counts that divide {where}embed_dim * 2**stage")
+    kv = fields.get("num_key_value_heads")
+    heads = fields.get("num_attention_heads")
+    if isinstance(kv, int) and isinstance(heads, int) and (kv <= 0 or heads % kv):
+        divisors = ", ".join(str(d) for d in range(1, heads + 1) if heads % d == 0)
+        raise InterpruneError(f"{where}num_key_value_heads={kv} does not divide {where}num_attention_heads={heads}; "
+                              f"set {where}num_key_value_heads to one of {divisors}")
+    for key, value in vars(config).items():
+        if isinstance(value, PretrainedConfig):
+            _check_heads(value, explicit, f"{where}{key}.")
+
+
+def dummy_inputs(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The smallest input each modality of ``model`` takes: 4 tokens, a small image, a short spectrogram."""
+    config = model.config
+    params = inspect.signature(model.forward).parameters
+    vision = getattr(config, "vision_config", None) or config
+    text = getattr(config, "text_config", None) or config
+    inputs: dict[str, torch.Tensor] = {}
+    if "input_ids" in params:
+        vocab = getattr(text, "vocab_size", None) or 2
+        inputs["input_ids"] = torch.tensor([[1, 2, 3, 1]]).clamp(max=vocab - 1)
+    if "pixel_values" in params:
+        size = getattr(vision, "image_size", None) or 128  # detectors: deep enough for a 1/32 feature map
+        height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        channels = getattr(vision, "num_channels", 3)
+        inputs["pixel_values"] = torch.zeros(1, channels, height, width)
+    if "input_features" in params:
+        frames = 2 * getattr(config, "max_source_positions", 1500)
+        inputs["input_features"] = torch.zeros(1, getattr(config, "num_mel_bins", 80), frames)
+    if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False):
+        start = getattr(config, "decoder_start_token_id", None) or 0
+        inputs["decoder_input_ids"] = torch.tensor([[start]])
+    return inputs
+
+
+@torch.no_grad()
+def check_target(model: PreTrainedModel, overrides: dict[str, Any]) -> None:
+    """Run the freshly built target once on a dummy input, so a target that cannot run is refused now."""
+    inputs = dummy_inputs(model)
+    if not inputs:
+        return
+    try:
+        model(**{k: v.to(model.dtype) if v.is_floating_point() else v for k, v in inputs.items()})
+    except Exception as err:
+        keys = ", ".join(overrides) or "the config"
+        raise InterpruneError(f"the target model fails on a dummy input ({_first_line(err)}); change {keys}") from None
+
+
+def plan_for(source: str | os.PathLike | PreTrainedModel, overrides: dict[str, Any]) -> Plan:
+    """The dimension plan of a shrink, from shapes only: both models are built without memory."""
+    config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
+    target = build_model(target_config(config, overrides), meta=True)
+    model = source if isinstance(source, PreTrainedModel) else build_model(config, meta=True)
+    return make_plan(model, target)
 
 
 def shrink(
@@ -130,6 +232,7 @@ def shrink(
     seed: int = 0,
     reinit: str | None = None,
     dtype: torch.dtype | None = None,
+    choices: dict[str, torch.Tensor] | None = None,
     calibration: str | os.PathLike | dict | None = None,
     calibration_size: int = 32,
     compensate: bool = False,
@@ -138,11 +241,13 @@ def shrink(
 ) -> tuple[PreTrainedModel, TransferReport]:
     """Build the model ``source`` would be with ``overrides`` and fill it from ``source``'s weights.
 
-    Everything that can be checked cheaply (method, keys, values, the target's architecture) is checked
-    before the source's weights are read. The target keeps the source's dtype unless ``dtype`` is given.
-    The importance methods (``magnitude``, ``calibrated``) and the options ``layers``, ``rotate`` and
-    ``compensate`` are ``preserve.fill``'s; ``calibration`` is a data path (prepared by the source's own
-    processor, ``calibration_size`` examples) or an already prepared batch of inputs.
+    Everything that can be checked cheaply (method, keys, values, the target's architecture, one forward
+    pass of the target) is checked before the source's weights are read. The target keeps the source's
+    dtype unless ``dtype`` is given. ``choices`` (dimension name -> source indices kept) override what
+    the method would keep, see ``transfer``. The importance methods (``magnitude``, ``calibrated``) and
+    the options ``layers``, ``rotate`` and ``compensate`` are ``preserve.fill``'s; ``calibration`` is a
+    data path (prepared by the source's own processor, ``calibration_size`` examples) or an already
+    prepared batch of inputs.
     """
     from .preserve import PRESERVING, check_options, fill
 
@@ -152,15 +257,19 @@ def shrink(
     if preserving:
         check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
                       rotate=rotate)
+        if reinit or choices:
+            raise InterpruneError(f"method {method!r} with these options chooses its own units and fills every "
+                                  f"tensor from the source; it takes no reinit or choices")
+    overrides = dict(overrides or {})
     config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
-    target = build_model(target_config(config, overrides or {}), seed)
+    target = build_model(target_config(config, overrides), seed)
+    check_target(target, overrides)
+    _check_vocabulary(source, config, target.config)
     model = source if isinstance(source, PreTrainedModel) else load_model(source, config)
     dtype = dtype or model.dtype  # a bf16/fp16 source gives a bf16/fp16 target (and half the memory)
     if dtype != target.dtype:
         target = target.to(dtype)
     if preserving:
-        if reinit:
-            raise InterpruneError(f"method {method!r} fills every tensor from the source; it takes no reinit")
         inputs = calibration
         if calibration is not None and not isinstance(calibration, dict):
             from .calibration import calibration_inputs, model_processor  # reads data: only when asked to
@@ -174,70 +283,22 @@ def shrink(
         target = target.to(dtype)
         report.preserved = record.to_dict()
     else:
-        report = transfer(model, target, method, seed=seed, reinit=reinit)
+        try:
+            report = transfer(model, target, method, seed=seed, reinit=reinit, choices=choices)
+        except ValueError as err:
+            raise InterpruneError(str(err)) from None
     report.source = str(getattr(source, "name_or_path", source))
-    report.overrides = dict(overrides or {})
+    report.overrides = overrides
     return target, report
 
 
-def save(
-    model: PreTrainedModel,
-    out: str | os.PathLike,
-    *,
-    report: TransferReport | None = None,
-    source: str | os.PathLike | None = None,
-    processor: Any = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write ``out`` atomically: a temporary sibling folder that is renamed only once complete.
-
-    Besides ``config.json`` and ``model.safetensors``, it gets ``interprune.json`` (the report) and
-    the source's processor files (or ``processor`` itself), so image processor settings travel with the weights.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temporary_sibling(out)
-    try:
-        model.save_pretrained(tmp)
-        if report is not None:
-            (tmp / "interprune.json").write_text(json.dumps(report.to_dict(), indent=1))
-        if source is not None:
-            copy_processor_files(source, tmp)
-        if processor is not None:  # the processor actually used (its settings may differ from the source's)
-            processor.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def make_temporary_sibling(out: Path) -> Path:
-    """A hidden folder beside ``out`` to write into and rename when complete, with the permissions a
-    plain ``mkdir`` would give (``mkdtemp`` makes it private)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
-
-
-def copy_processor_files(source: str | os.PathLike, dest: Path) -> None:
-    """Copy image-processor/tokenizer files from a local folder, or fetch them for a Hub id."""
-    folder = Path(source)
-    if folder.is_dir():
-        for name in PROCESSOR_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, dest / name)
+def _check_vocabulary(source: Any, config: PretrainedConfig, target: PretrainedConfig) -> None:
+    """A smaller vocabulary keeps token ids 0..n-1; the tokenizer copied beside it must not know more."""
+    vocab, new = getattr(config, "vocab_size", None), getattr(target, "vocab_size", None)
+    if not isinstance(source, (str, os.PathLike)) or not isinstance(vocab, int) or not isinstance(new, int):
         return
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    for name in PROCESSOR_FILES:
-        try:
-            shutil.copy2(hf_hub_download(str(source), name), dest / name)
-        except EntryNotFoundError:  # the Hub model simply has no such file; other failures are real errors
-            continue
+    known = tokenizer_size(source) if new < vocab else None
+    if known is not None and known > new:
+        raise InterpruneError(f"vocab_size {new} is smaller than the source tokenizer's {known} tokens, whose ids "
+                              f"would then point past the embedding table; keep vocab_size >= {known} or give a "
+                              f"model folder without tokenizer files and bring a matching tokenizer")

@@ -17,6 +17,7 @@ from torch import nn
 
 from torch import Tensor
 
+from .models import count_parameters
 from .plan import STRUCTURED, Plan, axis_index, default_choices, make_plan
 from .resample import METHODS, resample
 
@@ -68,11 +69,6 @@ class TransferReport:
             f"parameters {before:,} -> {after:,} ({abs(change):.1f}% {word}); tensors: "
             f"{c[COPIED]} copied, {c[RESAMPLED]} resampled ({self.method}), {c[INITIALISED]} initialised"
         )
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Unique parameters (tied weights once), the number people quote for a model's size."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 @torch.no_grad()

@@ -9,21 +9,16 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoImageProcessor, AutoModelForObjectDetection, PretrainedConfig
-from transformers.utils import logging as transformers_logging
-
 from ..data import DetectionData, make_loaders, open_dataset
 from ..errors import InterpruneError
-from ..shrink import load_config, model_class, save
-from ..transfer import count_parameters
+from ..models import (check_detector, count_parameters, load_config, load_detector, load_for_inference,
+                      load_processor, save)
 from . import batchnorm
 from .module import DetectionModule, NonFiniteLoss
 from .settings import TrainSettings
@@ -31,67 +26,6 @@ from .settings import TrainSettings
 __all__ = ["train", "load_detector", "load_processor", "TrainSettings"]
 
 CHECKPOINTS = "checkpoints"
-
-
-def check_detector(config: PretrainedConfig, source: str) -> None:
-    if type(config) not in AutoModelForObjectDetection._model_mapping:
-        raise InterpruneError(
-            f"{source} is a {config.model_type} model, not an object-detection model; give a DETR-family "
-            f"model (e.g. a folder written by 'interprune shrink facebook/detr-resnet-50 ...')"
-        )
-
-
-def load_processor(source: str | os.PathLike, config: PretrainedConfig, image_size: int | None = None) -> Any:
-    """The model's own image processor; a default one for its type when the folder has none."""
-    try:
-        processor = AutoImageProcessor.from_pretrained(str(source))
-    except (OSError, ValueError):
-        import transformers
-        from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
-
-        names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type) or {}  # {"torchvision": ..., "pil": ...}
-        name = (names.get("torchvision") or names.get("pil")) if isinstance(names, dict) else names
-        processor = getattr(transformers, name)()
-    if image_size:
-        processor.size = {"shortest_edge": image_size, "longest_edge": math.ceil(image_size * 5 / 3)}
-    return processor
-
-
-def load_for_inference(source: str | os.PathLike) -> tuple[PretrainedConfig, Any, Any]:
-    """Config, image processor and detector (float32, eval mode) of a saved detection model."""
-    config = load_config(source)
-    check_detector(config, str(source))
-    detector = model_class(config).from_pretrained(str(source), dtype=torch.float32).eval()
-    return config, load_processor(source, config), detector
-
-
-def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0,
-                  config: PretrainedConfig | None = None) -> Any:
-    """Load ``source`` for the dataset's classes; the classification head is re-created when the
-    model's classes are not the dataset's, and every other tensor keeps its (transferred) value."""
-    if config is None:
-        config = load_config(source)
-        check_detector(config, str(source))
-    cls = model_class(config)
-    if [config.id2label.get(i) for i in range(config.num_labels)] == names:
-        return cls.from_pretrained(str(source), dtype=torch.float32)  # train in fp32; --precision for mixed
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # its load report would only announce the head we re-create
-    try:
-        model = cls.from_pretrained(str(source), id2label=dict(enumerate(names)),
-                                    label2id={n: i for i, n in enumerate(names)}, ignore_mismatched_sizes=True,
-                                    dtype=torch.float32)
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-    torch.manual_seed(seed)
-    std = getattr(model.config, "init_std", getattr(model.config, "initializer_range", 0.02))
-    with torch.no_grad():
-        for name, module in model.named_modules():  # same-shape heads were loaded: re-create them too
-            if "class" in name.split(".")[-1] and isinstance(module, torch.nn.Linear):
-                module.weight.normal_(0.0, std)  # as the models' own _init_weights does for Linear layers
-                if module.bias is not None:
-                    module.bias.zero_()
-    return model
 
 
 def _loggers(out: Path) -> list[Any]:

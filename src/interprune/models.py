@@ -1,0 +1,310 @@
+"""One home for Hugging Face model handling: configs, model classes, building, loading, saving,
+processors, classification heads and parameter counts.
+
+Everything that knows how transformers stores and restores a model lives here, so the rest of
+interprune (the shrink, training, sweeps) works with model objects and one-line errors. Loading turns
+every way a source can be broken (missing, truncated, unreachable) into an ``InterpruneError`` before
+any long work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoModelForObjectDetection, PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as transformers_logging
+
+from .errors import InterpruneError
+
+__all__ = ["PROCESSOR_FILES", "load_config", "model_class", "build_model", "load_model", "save",
+           "make_temporary_sibling", "copy_processor_files", "load_processor", "check_detector",
+           "load_for_inference", "load_detector", "head_tensors", "recreate_head", "count_parameters"]
+
+PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "tokenizer.model")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+HUB_HOST = ("huggingface.co", 443)
+HEAD_SEED_OFFSET = 7919
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied weights once), the number people quote for a model's size."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick look before asking the Hub: without network, transformers retries for ~30 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_config(source: str | os.PathLike) -> PretrainedConfig:
+    """The source's config, with a one-line error when the source does not exist or cannot be reached."""
+    folder = Path(source)
+    if folder.exists():
+        if not (folder / "config.json").is_file():
+            raise InterpruneError(f"{source} has no config.json; give a model folder written by save_pretrained "
+                                  f"or 'interprune shrink'")
+        try:
+            return AutoConfig.from_pretrained(str(source))
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+            raise InterpruneError(f"cannot read {folder / 'config.json'}: {_first_line(err)}") from None
+    try:  # a Hub id already in the local cache needs no network
+        return AutoConfig.from_pretrained(str(source), local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise InterpruneError(
+            f"cannot load model {str(source)!r}: it is not a local folder and the Hugging Face Hub cannot be "
+            f"reached (no network); check the path, or download the model where there is network")
+    try:
+        return AutoConfig.from_pretrained(str(source))
+    except (OSError, ValueError):
+        raise InterpruneError(
+            f"cannot load model {str(source)!r}: it is neither a folder with a config.json nor a Hugging Face "
+            f"Hub id that can be reached; check the path or the name (Hub ids need network access)"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return (text or type(err).__name__)[:300]
+
+
+def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The class the source was saved as (``architectures``), else the Auto class for its type."""
+    for name in config.architectures or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    for auto in (transformers.AutoModelForObjectDetection, transformers.AutoModel):
+        try:
+            return auto._model_mapping[type(config)]
+        except KeyError:
+            continue
+    raise InterpruneError(f"transformers has no model class for config type {type(config).__name__}")
+
+
+def build_model(config: PretrainedConfig, seed: int = 0, *, meta: bool = False) -> PreTrainedModel:
+    """A freshly initialised model for ``config``; the seed makes its initial values reproducible.
+    ``meta=True`` builds shapes only (no memory, no initialisation): enough for a plan."""
+    torch.manual_seed(seed)
+    try:
+        if meta:
+            with torch.device("meta"):
+                model = model_class(config)(config)
+        else:
+            model = model_class(config)(config)
+    except InterpruneError:
+        raise
+    except Exception as err:
+        raise InterpruneError(f"the target configuration cannot be built: {_first_line(err)}; change the --set "
+                              f"values") from None
+    return model.eval()
+
+
+def load_model(source: str | os.PathLike, config: PretrainedConfig | None = None,
+               dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a pretrained model with the class it was saved as, in the dtype it was saved in (or ``dtype``)."""
+    config = config or load_config(source)
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise InterpruneError(f"{source} has a config.json but no weights (model.safetensors); copy the weights "
+                              f"into it or give another source")
+    extra = {"dtype": dtype} if dtype is not None else {}
+    try:
+        return model_class(config).from_pretrained(str(source), **extra).eval()
+    except InterpruneError:
+        raise
+    except Exception as err:  # safetensors/torch raise many types for truncated or foreign files
+        raise InterpruneError(f"cannot read the weights of {source}: {_first_line(err)}; the file is truncated "
+                              f"or not a model file: save or download it again") from None
+
+
+def save(
+    model: PreTrainedModel,
+    out: str | os.PathLike,
+    *,
+    report: Any = None,
+    source: str | os.PathLike | None = None,
+    processor: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out`` atomically: a temporary sibling folder that is renamed only once complete.
+
+    Besides ``config.json`` and ``model.safetensors``, it gets ``interprune.json`` (the report) and
+    the source's processor files (or ``processor`` itself), so processor settings travel with the weights.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_writable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temporary_sibling(out)
+    try:
+        model.save_pretrained(tmp)
+        if report is not None:
+            (tmp / "interprune.json").write_text(json.dumps(report.to_dict(), indent=1))
+        if source is not None:
+            copy_processor_files(source, tmp)
+        if processor is not None:  # the processor actually used (its settings may differ from the source's)
+            processor.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def check_writable(out: str | os.PathLike) -> None:
+    """Refuse an output folder that cannot be written before any work (read-only place, under a file)."""
+    out = Path(out).absolute()
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InterpruneError(f"cannot write {out}: {parent} is a file, not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InterpruneError(f"cannot write {out}: {parent} is not writable; choose another --out")
+
+
+def make_temporary_sibling(out: Path) -> Path:
+    """A hidden folder beside ``out`` to write into and rename when complete, with the permissions a
+    plain ``mkdir`` would give (``mkdtemp`` makes it private)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
+def copy_processor_files(source: str | os.PathLike, dest: Path) -> None:
+    """Copy image-processor/tokenizer files from a local folder, or fetch them for a Hub id."""
+    folder = Path(source)
+    if folder.is_dir():
+        for name in PROCESSOR_FILES:
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, dest / name)
+        return
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for name in PROCESSOR_FILES:
+        try:
+            shutil.copy2(hf_hub_download(str(source), name), dest / name)
+        except EntryNotFoundError:  # the Hub model simply has no such file; other failures are real errors
+            continue
+
+
+def tokenizer_size(source: str | os.PathLike) -> int | None:
+    """How many token ids the source's tokenizer files know, or None when it has none (local folders)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    if (folder / "tokenizer.json").is_file():
+        data = json.loads((folder / "tokenizer.json").read_text())
+        vocab = data.get("model", {}).get("vocab") or {}
+        size = len(vocab) if isinstance(vocab, (dict, list)) else 0
+        ids = [t.get("id", -1) for t in data.get("added_tokens", [])] + (list(vocab.values()) if isinstance(vocab, dict) else [])
+        return max([size - 1, *ids]) + 1 if (size or ids) else None
+    if (folder / "vocab.txt").is_file():
+        return sum(1 for _ in (folder / "vocab.txt").open())
+    if (folder / "vocab.json").is_file():
+        return len(json.loads((folder / "vocab.json").read_text()))
+    return None
+
+
+def check_detector(config: PretrainedConfig, source: str) -> None:
+    if type(config) not in AutoModelForObjectDetection._model_mapping:
+        raise InterpruneError(
+            f"{source} is a {config.model_type} model, not an object-detection model; give a DETR-family "
+            f"model (e.g. a folder written by 'interprune shrink facebook/detr-resnet-50 ...')"
+        )
+
+
+def load_processor(source: str | os.PathLike, config: PretrainedConfig, image_size: int | None = None) -> Any:
+    """The model's own image processor; a default one for its type when the folder has none."""
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(str(source))
+    except (OSError, ValueError):
+        from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+        names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type) or {}  # {"torchvision": ..., "pil": ...}
+        name = (names.get("torchvision") or names.get("pil")) if isinstance(names, dict) else names
+        processor = getattr(transformers, name)()
+    if image_size:
+        processor.size = {"shortest_edge": image_size, "longest_edge": math.ceil(image_size * 5 / 3)}
+    return processor
+
+
+def load_for_inference(source: str | os.PathLike) -> tuple[PretrainedConfig, Any, Any]:
+    """Config, image processor and detector (float32, eval mode) of a saved detection model."""
+    config = load_config(source)
+    check_detector(config, str(source))
+    detector = load_model(source, config, dtype=torch.float32)
+    return config, load_processor(source, config), detector
+
+
+def head_tensors(config: PretrainedConfig) -> list[str]:
+    """The tensors whose shape follows the number of classes: the classification head(s), found by
+    building the model's shapes (no memory) for one more class, whatever the heads are called
+    (DETR's ``class_labels_classifier``, Deformable DETR's ``class_embed.N``, a YOLOS MLP's last layer)."""
+    one_more = config.__class__.from_dict({**config.to_dict(), "id2label": {i: str(i) for i in range(config.num_labels + 1)}})
+    one_more.label2id = {v: k for k, v in one_more.id2label.items()}
+    base = build_model(config, meta=True).state_dict()
+    other = build_model(one_more, meta=True).state_dict()
+    return [name for name, value in base.items() if name in other and other[name].shape != value.shape]
+
+
+@torch.no_grad()
+def recreate_head(model: PreTrainedModel, seed: int = 0) -> list[str]:
+    """Give ``model`` a fresh classification head initialised exactly as the model itself initialises one
+    (its own ``_init_weights``, focal-loss bias priors, every copy in a list of heads); returns the names."""
+    names = head_tensors(model.config)
+    # a stream of its own: an untrained source built with the same seed must not get its old head back
+    fresh = build_model(model.config, seed + HEAD_SEED_OFFSET).state_dict()
+    state = model.state_dict()
+    for name in names:
+        state[name].copy_(fresh[name].to(state[name].dtype))
+    return names
+
+
+def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0,
+                  config: PretrainedConfig | None = None) -> Any:
+    """Load ``source`` for the dataset's classes; the classification head is re-created when the
+    model's classes are not the dataset's, and every other tensor keeps its (transferred) value."""
+    if config is None:
+        config = load_config(source)
+        check_detector(config, str(source))
+    if [config.id2label.get(i) for i in range(config.num_labels)] == names:
+        return load_model(source, config, dtype=torch.float32)  # train in fp32; --precision for mixed
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report would only announce the head we re-create
+    try:
+        model = model_class(config).from_pretrained(
+            str(source), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+            ignore_mismatched_sizes=True, dtype=torch.float32)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    recreate_head(model, seed)  # same-size heads were loaded with the old classes' weights: re-create them too
+    return model.train(False)
