@@ -92,8 +92,13 @@ def compensate(
     report = Compensation(ridge=ridge)
 
     def record(name: str) -> Callable:
+        index = kept(name)
+
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            recorded[name].append(output.detach())
+            out = output.detach()  # only the kept outputs are stored: a fraction of the memory when cutting
+            if index is not None:
+                out = out.index_select(1 if isinstance(module, nn.Conv2d) else -1, index.to(out.device))
+            recorded[name].append(out)
         return hook
 
     handles = []
@@ -118,16 +123,12 @@ def compensate(
             k = calls["n"]
             calls["n"] += 1
             outputs = recorded.get(name) or []
-            if not outputs:
+            if not outputs or not args or not isinstance(args[0], Tensor):
+                report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
                 return
-            y_full = outputs[min(k, len(outputs) - 1)]
             conv = isinstance(module, nn.Conv2d)
             x = _rows(args[0], conv)
-            y = _rows(y_full, conv)
-            index = kept(name)
-            if index is not None:
-                y = y[:, index.to(y.device)]
-            y = y * scale(name)
+            y = _rows(outputs[min(k, len(outputs) - 1)], conv) * scale(name)  # call k of the source's calls
             if x.shape[0] != y.shape[0]:
                 report.skipped[name] = f"{x.shape[0]} inputs but {y.shape[0]} source outputs"
                 return

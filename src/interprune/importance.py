@@ -65,6 +65,8 @@ def _energies(model: nn.Module, inputs: Batch, modules: set[str]) -> dict[str, t
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if not args or not isinstance(args[0], Tensor):
+                return  # called with keywords only: no input to score (the output-side scores still count)
             x, y = args[0], output
             if isinstance(module, nn.Conv2d):
                 x, y = x.movedim(1, -1), y.movedim(1, -1)

@@ -23,6 +23,7 @@ from .errors import InterpruneError
 from .models import (build_model, load_config, load_model, make_temporary_sibling, model_class,  # noqa: F401
                      save, tokenizer_size)
 from .plan import Plan, make_plan
+from .preserve import PRESERVING, check_options, fill
 from .resample import METHODS
 from .transfer import TransferReport, transfer
 
@@ -249,8 +250,6 @@ def shrink(
     data path (prepared by the source's own processor, ``calibration_size`` examples) or an already
     prepared batch of inputs.
     """
-    from .preserve import PRESERVING, check_options, fill
-
     if method not in METHODS and method not in PRESERVING:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
     preserving = method in PRESERVING or compensate or rotate or layers != "first"
