@@ -1,25 +1,19 @@
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel
 
 from interprune.compensate import compensate, layer_errors
 from interprune.resample import select_indices
 from interprune.transfer import transfer
 
-
-def tiny_bert(**overrides) -> BertModel:
-    torch.manual_seed(0)
-    config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=50,
-                  max_position_embeddings=16)
-    return BertModel(BertConfig(**{**config, **overrides})).eval()
+from .conftest import tiny_bert
 
 
 @pytest.fixture
 def pair():
     """A source BERT and its FFN-halved copy filled by uniform selection, plus calibration tokens."""
-    source = tiny_bert()
-    target = tiny_bert(intermediate_size=24)
+    source = tiny_bert(num_hidden_layers=2)
+    target = tiny_bert(num_hidden_layers=2, intermediate_size=24)
     transfer(source, target, "select")
     ids = torch.randint(0, 50, (24, 12), generator=torch.Generator().manual_seed(3))
     return source, target, {"input_ids": ids}
@@ -43,7 +37,7 @@ def test_compensation_reduces_every_refit_layers_output_error(pair):
         assert after[name] < 0.5 * before[name], (name, before[name], after[name])
     # the kept units' pre-activations are already exact in the first layer; the refit keeps them so
     assert after["encoder.layer.0.intermediate.dense"] < 1e-3
-    selected = tiny_bert(intermediate_size=24)
+    selected = tiny_bert(num_hidden_layers=2, intermediate_size=24)
     transfer(source, selected, "select")
     with torch.no_grad():
         out = source(**inputs).last_hidden_state

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 from PIL import Image
-from transformers import BertConfig, BertModel
 
 from interprune import InterpruneError, save, shrink
 from interprune.calibration import calibration_inputs
@@ -15,14 +14,7 @@ from interprune.rotate import rotate_heads
 from interprune.shrink import build_model, target_config
 from interprune.sweep.config import load_sweep
 
-from .conftest import tiny_detr
-
-
-def tiny_bert(**overrides) -> BertModel:
-    torch.manual_seed(0)
-    config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=50,
-                  max_position_embeddings=16)
-    return BertModel(BertConfig(**{**config, **overrides})).eval()
+from .conftest import tiny_bert, tiny_detr
 
 
 @pytest.fixture
@@ -57,11 +49,12 @@ def test_residual_choice_keeps_the_sine_position_embedding_exactly_at_the_half_c
     expected = torch.tensor([4 * j + i for j in range(4) for i in (0, 1)])
     assert torch.equal(kept, torch.cat([expected, expected + 16]))  # channels 4j, 4j+1 of each half
     mask = torch.ones(1, 5, 7)
-    pos_s = source.model.backbone.position_embedding(shape=(1, 3, 5, 7), device="cpu", dtype=torch.float32, mask=mask) \
-        if hasattr(source.model.backbone, "position_embedding") else \
-        source.model.position_embedding(shape=(1, 3, 5, 7), device="cpu", dtype=torch.float32, mask=mask)
-    owner = small.model.backbone if hasattr(small.model.backbone, "position_embedding") else small.model
-    pos_t = owner.position_embedding(shape=(1, 3, 5, 7), device="cpu", dtype=torch.float32, mask=mask)
+
+    def positions(model):
+        sine = next(m for m in model.modules() if type(m).__name__.endswith("SinePositionEmbedding"))
+        return sine(shape=(1, 3, 5, 7), device="cpu", dtype=torch.float32, mask=mask)
+
+    pos_s, pos_t = positions(source), positions(small)
     assert torch.allclose(pos_t, pos_s[:, kept], atol=1e-6)  # the stock small model encodes positions alike
 
 
