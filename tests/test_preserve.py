@@ -147,6 +147,7 @@ def test_cli_shrink_with_calibration_images_compensates_and_records_it(detector_
     assert "layers refit on 3 calibration examples" in printed
     meta = json.loads((out / "interprune.json").read_text())
     assert meta["method"] == "calibrated" and meta["preserved"]["rotated"] and meta["preserved"]["compensated"]
+    assert meta["preserved"]["calibration"] == str(images) and meta["preserved"]["calibration_examples"] == 3
 
 
 def test_calibration_inputs_from_text_through_the_tokenizer(tmp_path):

@@ -52,6 +52,7 @@ class Preservation:
     layer_choice: str = "first"
     rotated: list[str] = field(default_factory=list)  # dimensions rotated to principal directions
     compensated: list[str] = field(default_factory=list)  # layers refit, in forward order
+    calibration: str | None = None  # where the calibration examples came from (a path), when known
     calibration_examples: int = 0
     ridge: float | None = None  # of the compensation's least squares, when it ran
 

@@ -280,6 +280,8 @@ def shrink(
         report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
                               layers=layers, rotate=rotate, seed=seed)
         target = target.to(dtype)
+        if calibration is not None and not isinstance(calibration, dict):
+            record.calibration = str(calibration)
         report.preserved = record.to_dict()
     else:
         try:
