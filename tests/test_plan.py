@@ -41,6 +41,8 @@ def test_fewer_key_value_heads_keep_a_whole_head_and_its_query_heads():
     src, dst = source.state_dict(), target.state_dict()
     assert torch.equal(dst["layers.0.self_attn.k_proj.weight"], src["layers.0.self_attn.k_proj.weight"][:8])
     assert torch.equal(dst["layers.0.self_attn.q_proj.weight"], src["layers.0.self_attn.q_proj.weight"][:16])
+    fewer_queries = build("llama", num_attention_heads=2, head_dim=8)  # 2 kv heads kept: one query head each
+    assert transfer(source, fewer_queries, "first").choices["layers.0.self_attn.heads"] == [0, 2]
     only_kv = build("llama", num_key_value_heads=1)
     transfer(source, only_kv, "select")
     assert torch.equal(only_kv.state_dict()["layers.1.self_attn.v_proj.weight"],
@@ -113,6 +115,7 @@ def test_layers_take_chosen_source_layers_and_unknown_structure_is_said():
     assert torch.equal(target.state_dict()[name], source.state_dict()["encoder.layer.1.output.dense.weight"])
     assert "encoder.layer.0.output.dense.weight" in report.dropped
     yolos, shallow = build("yolos"), build("yolos", num_hidden_layers=1)
+    assert make_plan(yolos, shallow).unplanned == ["vit.encoder.interpolation.mid_position_embeddings"]  # said
     for method in ("select", "max-pool", "nearest-exact"):  # was a traceback: 0-row mid_position_embeddings
         transfer(yolos, shallow, method)
 
@@ -135,3 +138,44 @@ def test_one_choice_reaches_every_axis_of_a_dimension():
     assert torch.equal(dst["encoder.layer.1.output.dense.weight"][:, :5],
                        src["encoder.layer.1.output.dense.weight"][keep][:, select_indices(64, 32)[:5]])
     assert set(default_choices(plan, "first")) == {d.name for d in plan.dimensions}
+
+
+def test_rt_detr_sine_embedding_agrees_on_the_kept_encoder_channels():
+    source, target = build("rt_detr"), build("rt_detr", encoder_hidden_dim=8)
+    report = transfer(source, target, "first")
+    kept = torch.tensor(report.choices["channels.16"])
+    assert kept.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]  # blocks [sin_h, cos_h, sin_w, cos_w] of 4 -> 2
+    big = source.model.encoder.aifi[0].position_embedding(3, 5, torch.device("cpu"), torch.float32)
+    small = target.model.encoder.aifi[0].position_embedding(3, 5, torch.device("cpu"), torch.float32)
+    assert torch.allclose(small, big[..., kept], atol=1e-6)
+
+
+def test_rotary_frequencies_agree_on_the_kept_head_channels():
+    source, target = build("llama"), build("llama", hidden_size=16, head_dim=4, intermediate_size=32)
+    report = transfer(source, target, "first")
+    kept = torch.tensor(report.choices["layers.0.self_attn.head_dim"])
+    assert kept.tolist() == [0, 2, 4, 6]  # pairs (i, i + d/2) at the nearest frequencies, not the first 4
+    x, positions = torch.zeros(1, 5, 4), torch.arange(5)[None]
+    cos_big, sin_big = source.rotary_emb(x, positions)
+    cos_small, sin_small = target.rotary_emb(x, positions)
+    assert torch.allclose(cos_small, cos_big[..., kept]) and torch.allclose(sin_small, sin_big[..., kept])
+
+
+def test_frozen_sinusoids_keep_the_targets_own_values():
+    source, target = build("whisper"), build("whisper", d_model=16, encoder_ffn_dim=32, decoder_ffn_dim=32)
+    own = target.state_dict()["encoder.embed_positions.weight"].clone()
+    report = transfer(source, target, "select")
+    assert torch.equal(target.state_dict()["encoder.embed_positions.weight"], own)  # sinusoids of width 16
+    assert {r.name: r.action for r in report.tensors}["encoder.embed_positions.weight"] == "initialised"
+
+
+def test_yolos_detection_tokens_and_clip_class_token_are_kept_around_their_grids():
+    source, target = build("yolos"), build("yolos", image_size=[16, 16])
+    transfer(source, target, "area")
+    src = source.state_dict()["vit.embeddings.position_embeddings"][0]
+    dst = target.state_dict()["vit.embeddings.position_embeddings"][0]
+    assert dst.shape[0] == 1 + 4 + 5 and torch.equal(dst[0], src[0]) and torch.equal(dst[-5:], src[-5:])
+    clip, small = build("clip"), build("clip", vision_config={**FAMILIES["clip"][1]["vision_config"], "image_size": 16})
+    plan = make_plan(clip, small)
+    grid = plan["vision_model.position_grid"]
+    assert grid.grid["before"] == 1 and [a.tensor for a in grid.axes] == ["vision_model.embeddings.position_embedding.weight"]

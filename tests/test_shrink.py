@@ -46,6 +46,10 @@ def test_written_folder_loads_with_stock_auto_class_and_no_key_warnings(detr_dir
     assert fc1 == {"name": fc1["name"], "source_shape": [64, 32], "target_shape": [32, 16],
                    "action": "resampled", "kind": "parameter"}
     assert sum(meta["counts"].values()) == len(meta["tensors"])
+    residual = next(d for d in meta["plan"]["dimensions"] if d["name"] == "residual")
+    assert residual["kind"] == "residual" and (residual["source"], residual["target"]) == (32, 16)
+    assert ["model.input_projection.weight", 0, 1, 1] in residual["axes"]
+    assert meta["choices"]["residual"] == residual["aligned"] and len(meta["choices"]["model.encoder.layers.0.ffn"]) == 32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small", "source"]
 
 
@@ -106,6 +110,9 @@ def test_a_half_precision_source_gives_a_half_precision_target(detr, tmp_path):
     detr.half().save_pretrained(tmp_path / "half")
     small, report = shrink(tmp_path / "half", {"d_model": 16}, "area")
     assert small.dtype == torch.float16 and report.counts()["resampled"] > 0
+    loaded = type(detr).from_pretrained(tmp_path / "half")
+    again, _ = shrink(loaded, {"d_model": 16}, "area")  # a loaded fp16 config once built a mixed-dtype backbone
+    assert {p.dtype for p in again.parameters()} == {torch.float16}
 
 
 def test_dotted_keys_reach_sub_configs(detr):
@@ -158,6 +165,17 @@ def test_swin_hidden_size_follows_embed_dim_and_stage_lists_follow_depths(tmp_pa
     assert shrink_and_load(folder, {"embed_dim": 8}, tmp_path).config.hidden_size == 16
     small, _ = shrink(folder, {"depths": [2]}, "select")
     assert small.config.num_heads == [2] and small.config.hidden_size == 16
+
+
+def test_a_longer_stage_list_needs_its_companion_lists(tmp_path):
+    with pytest.raises(InterpruneError, match=r"depths now has 3 entries but num_heads has 2; set num_heads to a "
+                                              r"list of 3 too"):
+        shrink(saved("swin", tmp_path), {"depths": [2, 2, 2]}, "select")
+
+
+def test_bad_choices_are_refused(detr):
+    with pytest.raises(InterpruneError, match=r"choices\['residual'\] must hold 16 source indices in 0..31"):
+        shrink(detr, {"d_model": 16}, "select", choices={"residual": torch.arange(15)})
 
 
 def test_llama_without_head_dim_in_its_config_derives_it_again(tmp_path):

@@ -24,6 +24,7 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     import torch
 
     from .models import check_writable
+    from .plan import plan_summary
     from .shrink import parse_overrides, save, shrink
 
     out = Path(args.out)
@@ -36,6 +37,7 @@ def cmd_shrink(args: argparse.Namespace) -> None:
                            compensate=args.compensate, layers=args.layers, rotate=args.rotate)
     save(model, out, report=report, source=args.source, overwrite=args.overwrite)
     print(report.summary())
+    print(plan_summary(report.plan))
     kept = report.preserved
     if kept:
         layers = "; ".join(f"{stack} keeps source layers {index}" for stack, index in kept["layers"].items())

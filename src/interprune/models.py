@@ -103,15 +103,15 @@ def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
 
 
 def build_model(config: PretrainedConfig, seed: int = 0, *, meta: bool = False) -> PreTrainedModel:
-    """A freshly initialised model for ``config``; the seed makes its initial values reproducible.
+    """A freshly initialised float32 model for ``config``; the seed makes its initial values reproducible.
     ``meta=True`` builds shapes only (no memory, no initialisation): enough for a plan."""
     torch.manual_seed(seed)
     try:
         if meta:
             with torch.device("meta"):
                 model = model_class(config)(config)
-        else:
-            model = model_class(config)(config)
+        else:  # float32 throughout: built from a half-precision config, timm backbones come out mixed
+            model = model_class(config)(config).float()
     except InterpruneError:
         raise
     except Exception as err:

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Axis", "Dimension", "Plan", "make_plan", "default_choices", "axis_index", "RULES", "STRUCTURED"]
+__all__ = ["Axis", "Dimension", "Plan", "make_plan", "plan_summary", "default_choices", "axis_index", "RULES", "STRUCTURED"]
 
 # Methods that decide once per dimension (and can take ``choices``); the paper's interpolations resample
 # each tensor on its own.
@@ -57,6 +57,8 @@ RULES: dict[str, Any] = {
     "position_names": r"(position|wpe|embed_positions)",
     "query_table_names": r"query_position_embeddings\.weight$",
     "hidden_fields": ("hidden_size", "d_model", "n_embd", "dim", "embed_dim"),
+    # parameter-free sine position embeddings: the attribute that gives their width -> channel layout
+    "sine_layouts": {"pairs": "num_position_features", "blocks": "embed_dim"},
 }
 
 
@@ -79,6 +81,7 @@ class Dimension:
     axes: list[Axis] = field(default_factory=list)
     aligned: Tensor | None = None  # source indices forced by a parameter-free encoding
     grid: dict | None = None  # grids: source/target (rows, cols), extra tokens before/after, relative
+    kv: tuple[int, int] | None = None  # query heads grouped under this many key/value heads (source, target)
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "kind": self.kind, "source": self.source, "target": self.target,
@@ -87,6 +90,8 @@ class Dimension:
             out["aligned"] = self.aligned.tolist()
         if self.grid is not None:
             out["grid"] = self.grid
+        if self.kv is not None:
+            out["kv"] = list(self.kv)
         return out
 
 
@@ -132,6 +137,15 @@ class Plan:
         for name in self.unplanned:
             lines.append(f"unplanned {name}: no dimension explains its change; resized on its own, per tensor")
         return "\n".join(lines) if lines else "no dimension changes"
+
+
+def plan_summary(plan: dict) -> str:
+    """One line for the shrink's output: how many dimensions of each kind changed, what was left per tensor."""
+    kinds: dict[str, int] = {}
+    for dim in plan.get("dimensions", []):
+        kinds[dim["kind"]] = kinds.get(dim["kind"], 0) + 1
+    parts = ", ".join(f"{n} {k}" for k, n in kinds.items()) or "no dimension changed"
+    return f"plan: {parts}; {len(plan.get('unplanned', []))} tensors resized on their own ('interprune plan' lists them)"
 
 
 # --------------------------------------------------------------------------------------------- derivation
@@ -206,9 +220,11 @@ class _Builder:
                     yield name, axis, int(a), int(b)
 
     def add(self, dim: Dimension) -> Dimension:
-        dim.axes = [a for a in dim.axes if (a.tensor, a.axis) not in self.claimed or
-                    self.claimed[(a.tensor, a.axis)].kind in ("head_dim",) and dim.kind in ("heads", "kv_heads")
-                    or self.claimed[(a.tensor, a.axis)].kind in ("heads", "kv_heads") and dim.kind == "head_dim"]
+        """Register ``dim`` with those of its axes no other dimension explains yet (a head's width and the
+        head count may share an axis: the axis is heads x width)."""
+        nests = {("head_dim", "heads"), ("head_dim", "kv_heads"), ("heads", "head_dim"), ("kv_heads", "head_dim")}
+        dim.axes = [a for a in dim.axes if (a.tensor, a.axis) not in self.claimed
+                    or (self.claimed[(a.tensor, a.axis)].kind, dim.kind) in nests]
         for a in dim.axes:
             self.claimed.setdefault((a.tensor, a.axis), dim)
         names = {d.name for d in self.dims}
@@ -224,22 +240,20 @@ class _Builder:
         return int(s.shape[axis]), int(t.shape[axis])
 
     def config_of(self, name: str) -> Any:
-        """The config of the deepest module above ``name`` that has one (sub-models have their own)."""
-        parts = name.split(".")
-        for i in range(len(parts) - 1, -1, -1):
-            module = self.src_mods.get(".".join(parts[:i]))
-            if module is not None and getattr(module, "config", None) is not None:
-                return module.config
-        return self.root_config
+        return _config_above(self.src_mods, name, self.root_config)
+
+    def target_config_of(self, name: str) -> Any:
+        return _config_above(self.tgt_mods, name, getattr(self.target, "config", None))
 
     def scope(self, name: str) -> str:
-        """The sub-model a tensor belongs to (CLIP's text_model/vision_model): residuals of different
-        sub-configs are different dimensions even when their sizes agree."""
+        """The sub-model a tensor belongs to (CLIP's text_model/vision_model, a backbone): residuals of
+        sub-models with their own kind of config are different dimensions even when their sizes agree
+        (T5's encoder and decoder copy the root config and share its residual)."""
         parts = name.split(".")
         for i in range(1, len(parts)):
             module = self.src_mods.get(".".join(parts[:i]))
             config = getattr(module, "config", None)
-            if config is not None and self.root_config is not None and config is not self.root_config:
+            if config is not None and self.root_config is not None and type(config) is not type(self.root_config):
                 return ".".join(parts[:i])
         return ""
 
@@ -273,8 +287,7 @@ class _Builder:
                     continue
                 expect = parts * units_t * d_t
                 if self.tgt[tensor].shape[axis] != expect or self.src[tensor].shape[axis] != parts * units_s * d_s:
-                    return_none = True  # shapes disagree with what the attributes say: leave it to the size rules
-                    heads, width, kv = [], [], []
+                    heads, width, kv = [], [], []  # shapes disagree with the attributes: leave it to the size rules
                     break
                 if units_s != units_t:
                     (kv if role == "kv" and kv_s != h_s else heads).append(Axis(tensor, axis, parts, d_s))
@@ -285,7 +298,8 @@ class _Builder:
                 dim.aligned = _rotary_alignment(self.source, d_s, d_t)
                 self.add(dim)
             if heads:
-                self.add(Dimension(f"{prefix}.heads", "heads", h_s, h_t, heads))
+                grouped = (kv_s, kv_t) if kv_s != h_s and kv_s and h_s % kv_s == 0 and kv_t and h_t % kv_t == 0 else None
+                self.add(Dimension(f"{prefix}.heads", "heads", h_s, h_t, heads, kv=grouped))
             if kv:
                 self.add(Dimension(f"{prefix}.kv_heads", "kv_heads", kv_s, kv_t, kv))
 
@@ -313,7 +327,7 @@ class _Builder:
                 if r_s * r_s == s and r_t * r_t == t:
                     grid = {"source": [r_s, r_s], "target": [r_t, r_t], "before": 0, "after": 0, "relative": True}
             if grid is not None:
-                key = ("grid", json_key(grid))
+                key = ("grid", _grid_key(grid))
                 scope = self.scope(name)
                 label = "relative_position_bias" if grid["relative"] else f"{scope}.position_grid" if scope else "position_grid"
                 dim = groups.get(key) or groups.setdefault(key, self.add(Dimension(label, "grid", s, t, grid=grid)))
@@ -341,7 +355,7 @@ class _Builder:
 
     def grid_of(self, name: str, s: int, t: int) -> dict | None:
         config = self.config_of(name)
-        tconfig = _same_config(self.target, self.tgt_mods, name) or config
+        tconfig = self.target_config_of(name) or config
         gs, gt = _grid_shape(config), _grid_shape(tconfig)
         if gs is None or gt is None:
             return None
@@ -366,7 +380,7 @@ class _Builder:
                     found.append((name, axis, parts))
         return found
 
-    def sizes(self) -> list[str]:
+    def sizes(self) -> None:
         """The rest: group changed axes by (sub-model, source size, target size); global when they meet
         outside a layer or in a norm (residual stream, conv channels), else one dimension per layer."""
         split = {(n, a): p for n, a, p in self.parts()}
@@ -393,13 +407,11 @@ class _Builder:
             info = keys.setdefault((self.scope(name), s, t), {"global": False, "known": False, "blocks": set()})
             info["global"] |= globl
             info["known"] |= known
-        unplanned: set[str] = set()
         made: dict[tuple, Dimension] = {}
         for name, axis, s, t, parts, known, globl in entries:
             scope = self.scope(name)
             info = keys[(scope, s, t)]
-            if not info["known"]:
-                unplanned.add(name)
+            if not info["known"]:  # only tensors of unknown modules have this size change: say so
                 continue
             if info["global"]:
                 label, kind = self.global_label(scope, s, t)
@@ -415,14 +427,12 @@ class _Builder:
             dim = made.get(key)
             if dim is None:
                 dim = made[key] = self.add(Dimension(label, kind, s, t))
-                if kind == "residual":
+                if info["global"]:
                     dim.aligned = _sine_alignment(self.source, s, t)
             self.claim(dim, Axis(name, axis, parts))
-        return sorted(unplanned)
 
     def global_label(self, scope: str, s: int, t: int) -> tuple[str, str]:
-        config = self.config_of(scope + ".x") if scope else self.root_config
-        tconfig = _same_config(self.target, self.tgt_mods, scope + ".x") if scope else self.target.config
+        config, tconfig = self.config_of(scope + ".x"), self.target_config_of(scope + ".x")
         for field_name in RULES["hidden_fields"]:
             a, b = getattr(config, field_name, None), getattr(tconfig, field_name, None)
             if isinstance(a, int) and (a, b) == (s, t):
@@ -430,17 +440,18 @@ class _Builder:
         return (f"{scope}.channels.{s}" if scope else f"channels.{s}"), "channels"
 
 
-def json_key(grid: dict) -> str:
+def _grid_key(grid: dict) -> str:
     return repr(sorted(grid.items()))
 
 
-def _same_config(model: nn.Module, modules: dict[str, nn.Module], name: str) -> Any:
+def _config_above(modules: dict[str, nn.Module], name: str, default: Any) -> Any:
+    """The config of the deepest module above ``name`` that has one (sub-models have their own)."""
     parts = name.split(".")
     for i in range(len(parts) - 1, -1, -1):
         module = modules.get(".".join(parts[:i]))
         if module is not None and getattr(module, "config", None) is not None:
             return module.config
-    return getattr(model, "config", None)
+    return default
 
 
 def _grid_shape(config: Any) -> tuple[int, int] | None:
@@ -518,19 +529,28 @@ def _attention_info(prefix: str, module: nn.Module, modules: dict[str, nn.Module
 
 
 def _sine_alignment(model: nn.Module, source: int, target: int) -> Tensor | None:
-    """Source residual channels that keep the DETR-family sine position embedding unchanged.
+    """Source channels that keep a parameter-free 2-D sine position embedding unchanged on the kept channels.
 
-    The embedding of width d is ``[y-part, x-part]``, d/2 channels each, channel 2k = sin(p / T^(2k/(d/2))),
-    2k+1 = cos of the same. For each target frequency pair j we keep the source pair with the nearest
-    frequency, k = round(j * d / d'), in both halves: exact at d' = d/2 (source channels 4j, 4j+1).
+    DETR family (``num_position_features`` = d/2): ``[y-part, x-part]``, channel 2k = sin(p / T^(2k/(d/2))),
+    2k+1 = cos of the same. RT-DETR (``embed_dim`` = d): four blocks ``[sin_h, cos_h, sin_w, cos_w]`` of d/4
+    channels, channel k at frequency T^(-k/(d/4)). For each target frequency we keep the source channel(s)
+    with the nearest frequency: exact at d' = d/2 (DETR: source channels 4j, 4j+1 in each half).
     """
-    module = next((m for m in model.modules() if type(m).__name__.endswith("SinePositionEmbedding")
-                   and isinstance(getattr(m, "num_position_features", None), int)), None)
-    if module is None or 2 * module.num_position_features != source or source % 4 or target % 4:
-        return None
-    pairs = [min(round(j * source / target), source // 4 - 1) for j in range(target // 4)]
-    half = [c for k in pairs for c in (2 * k, 2 * k + 1)]
-    return torch.tensor(half + [source // 2 + c for c in half], dtype=torch.long)
+    for module in model.modules():
+        name = type(module).__name__
+        if not name.endswith("SinePositionEmbedding") or source % 4 or target % 4:
+            continue
+        layout, width = next(((k, getattr(module, f)) for k, f in RULES["sine_layouts"].items()
+                              if isinstance(getattr(module, f, None), int)), (None, None))
+        if layout == "pairs" and 2 * width == source:
+            pairs = [min(round(j * source / target), source // 4 - 1) for j in range(target // 4)]
+            half = [c for k in pairs for c in (2 * k, 2 * k + 1)]
+            return torch.tensor(half + [source // 2 + c for c in half], dtype=torch.long)
+        if layout == "blocks" and width == source:
+            block_s, block_t = source // 4, target // 4
+            picks = [min(round(j * block_s / block_t), block_s - 1) for j in range(block_t)]
+            return torch.tensor([b * block_s + k for b in range(4) for k in picks], dtype=torch.long)
+    return None
 
 
 def _rotary_alignment(model: nn.Module, source: int, target: int) -> Tensor | None:
@@ -548,13 +568,16 @@ def make_plan(source: nn.Module, target: nn.Module) -> Plan:
     builder.layers()
     builder.attention()
     builder.embeddings()
-    unplanned = builder.sizes()
-    computed = [n for n, t in builder.tgt.items() if n in builder.src and not t.is_floating_point()
-                and builder.src[n].shape != t.shape]
-    covered = {a.tensor for d in builder.dims for a in d.axes}
-    leftovers = {n for n, *_ in builder.changed() if n not in covered and n not in computed}
+    builder.sizes()
+    # integer buffers (position ids, relative-position indices) and frozen parameters (Whisper's sinusoids)
+    # are computed by the model from its config: a resized one keeps the target's own values
+    frozen = {n for n, p in target.named_parameters() if not p.requires_grad}
+    computed = [n for n, t in builder.tgt.items() if n in builder.src and builder.src[n].shape != t.shape
+                and (not t.is_floating_point() or n in frozen)]
     dims = [d for d in builder.dims if d.axes or d.kind == "layers"]
-    return Plan(dims, sorted(set(unplanned) | leftovers), computed)
+    covered = {(a.tensor, a.axis) for d in dims for a in d.axes}
+    unplanned = {n for n, axis, *_ in builder.changed() if (n, axis) not in covered and n not in computed}
+    return Plan(dims, sorted(unplanned), computed)
 
 
 # ------------------------------------------------------------------------------------------------ choices
@@ -587,11 +610,11 @@ def default_choices(plan: Plan, method: str) -> dict[str, Tensor]:
             out[dim.name] = dim.aligned.clone()
         else:
             out[dim.name] = pick(n, m).long()
-    for dim in plan.dimensions:  # keep query heads inside the key/value heads that are kept
-        if dim.kind == "kv_heads" and dim.name.replace(".kv_heads", ".heads") in out:
-            heads = plan[dim.name.replace(".kv_heads", ".heads")]
-            out[heads.name] = grouped_heads(out[dim.name], heads.source // dim.source, heads.target // dim.target,
-                                            pick)
+    for dim in plan.dimensions:  # grouped-query attention: query heads stay with the key/value heads kept
+        if dim.kind == "heads" and dim.kv is not None:
+            (kv_s, kv_t), kv_name = dim.kv, dim.name.replace(".heads", ".kv_heads")
+            kept = out[kv_name] if kv_name in out else torch.arange(kv_s)
+            out[dim.name] = grouped_heads(kept, dim.source // kv_s, dim.target // kv_t, pick)
     return out
 
 

@@ -104,7 +104,12 @@ def transfer(
         unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
         if unknown:
             raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
-        picked.update({k: torch.as_tensor(v, dtype=torch.long) for k, v in choices.items()})
+        for name, value in choices.items():
+            dim, value = plan[name], torch.as_tensor(value, dtype=torch.long)
+            if value.shape != (dim.target,) or value.min() < -1 or value.max() >= dim.source:
+                raise ValueError(f"choices[{name!r}] must hold {dim.target} source indices in 0..{dim.source - 1} "
+                                 f"(-1: the target's own value); got {value.tolist()}")
+            picked[name] = value
     state = source.state_dict()
     src = _renamed(state, plan, picked)
     params = {name for name, _ in target.named_parameters(remove_duplicate=False)}
