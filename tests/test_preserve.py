@@ -217,3 +217,19 @@ def test_sweep_calibrates_on_its_own_training_images(tmp_path, detector_dir, roc
                            open_dataset(rocks_dir))
     meta = json.loads((folder / "interprune.json").read_text())
     assert meta["preserved"]["calibration_examples"] == 6 and meta["preserved"]["compensated"]
+
+
+def test_grouped_query_heads_follow_their_key_value_heads_and_rotary_heads_are_not_rotated():
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    source = LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, vocab_size=50, max_position_embeddings=32)).eval()
+    ids = {"input_ids": torch.randint(0, 50, (8, 12), generator=torch.Generator().manual_seed(1))}
+    _, report = shrink(source, {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8}, "calibrated",
+                       calibration=ids)
+    kv = report.choices["layers.0.self_attn.kv_heads"]
+    assert report.choices["layers.0.self_attn.heads"] == [2 * kv[0], 2 * kv[0] + 1]  # the kept group's own heads
+    _, report = shrink(source, {"hidden_size": 16}, "calibrated", calibration=ids, rotate=True)
+    assert report.preserved["rotated"] == []  # rotary channel pairs must stay as they are
+    assert report.choices["layers.0.self_attn.head_dim"] == [0, 2, 4, 6]  # rotary frequencies kept (plan)

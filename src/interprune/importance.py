@@ -12,8 +12,9 @@ not outvote a small one.
   for one that writes it, ``E[y_i^2]``. Tensors no hook sees (biases, embeddings) add nothing.
 
 A parameter-free encoding fixes some choices (``Dimension.aligned``: the sine position embedding of
-the DETR family, found by the plan); those win over any score. Depth is chosen here too: which source layers a shallower
-model keeps (``first``, ``uniform``, or ``importance``: the layers that change the hidden state most).
+the DETR family, found by the plan); those win over any score. With grouped-query attention the query
+heads follow the key/value heads kept. Depth is chosen here too: which source layers a shallower model
+keeps (``first``, ``uniform``, or ``importance``: the layers that change the hidden state most).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .plan import grouped_heads
 from .resample import select_indices
 
 __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "layer_influence",
@@ -128,17 +130,20 @@ def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:
     """Kept source units per shrunk dimension: the aligned ones where an encoding fixes them, else the
     highest-scoring ones (stable order, so ties resolve the same way every time), in source order."""
     choices = {}
-    grouped = {d.name.rpartition(".")[0] for d in plan.dimensions if d.kind == "kv_heads"}
     for dim in plan.dimensions:
         if dim.target >= dim.source or dim.kind not in SCORED_KINDS:
             continue  # ids, grids and layers keep the plan's own rules
-        if dim.kind == "heads" and dim.name.rpartition(".")[0] in grouped:
-            continue  # query heads follow their key/value heads (the plan's default does that)
         if getattr(dim, "aligned", None) is not None:
             choices[dim.name] = torch.as_tensor(dim.aligned).long()
             continue
         order = torch.sort(scores[dim.name], descending=True, stable=True).indices
         choices[dim.name] = order[: dim.target].sort().values
+    for dim in plan.dimensions:  # grouped-query attention: query heads stay with the key/value heads kept
+        kv_name = dim.name.replace(".heads", ".kv_heads")
+        if dim.kind == "heads" and getattr(dim, "kv", None) is not None and kv_name in choices:
+            (kv_s, kv_t) = dim.kv
+            choices[dim.name] = grouped_heads(choices[kv_name], dim.source // kv_s, dim.target // kv_t,
+                                              select_indices)
     return choices
 
 

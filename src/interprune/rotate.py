@@ -40,10 +40,12 @@ def query_key_axes(dim: Any) -> tuple[list[Any], list[Any]]:
 
 
 def _rotatable(dim: Any) -> bool:
-    """Plain per-head axes only: one part per head everywhere (a fused q/k/v axis has three times more)."""
+    """Plain per-head axes only: one part per head everywhere (a fused q/k/v axis has three times more),
+    and no position encoding inside the head (rotary embeddings turn fixed channel pairs, which a rotation
+    of the width would mix)."""
     parts = {a.parts for a in dim.axes}
     qk, vo = query_key_axes(dim)
-    return (dim.kind == "head_dim" and dim.target < dim.source and len(parts) == 1
+    return (dim.kind == "head_dim" and dim.target < dim.source and len(parts) == 1 and dim.aligned is None
             and all(a.group == 1 for a in dim.axes) and bool(qk) and bool(vo))
 
 
