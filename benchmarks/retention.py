@@ -4,7 +4,9 @@ The demo's source detector (Conditional DETR, d_model 128, FFN 256, trained on s
 shrunk at four cuts with each method, and every result is evaluated as it is on 60 freshly drawn
 shapes images (seed 12345, as ``interprune demo`` checks the source): mAP@50 and validation loss.
 Calibration uses 64 other shapes images (seed 777): the source domain, which is what the source's
-activations mean something on. ``seconds`` is the time to shrink (calibration included).
+activations mean something on. ``seconds`` is the time to shrink (calibration included). Every method
+keeps the first layers unless it says otherwise; at the depth cut (``--cuts depth``) the validation loss
+sums one auxiliary decoder loss fewer, so only its mAP compares with the source's.
 
 For an encoder (``--encoder``): a small BERT (hidden 128, 4 layers, FFN 512) pre-trained here in
 seconds by masked-language modelling on synthetic sentences; the measure is the Pearson correlation of
