@@ -30,7 +30,7 @@ def test_compensation_reduces_every_refit_layers_output_error(pair):
     report = compensate(source, target, inputs, kept_ffn, ridge=1e-4)
     after = layer_errors(source, target, inputs, names, kept_ffn)
     assert report.layers == names  # forward order, only the resized layers
-    assert report.examples == 24 * 12
+    assert report.rows == 24 * 12  # every token of every example
     for i in range(2):  # the FFN output that lost 40 of 64 units: a large error, mostly repaired
         name = f"encoder.layer.{i}.output.dense"
         assert before[name] > 0.3

@@ -35,10 +35,10 @@ class Compensation:
     layers: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was left as chosen
     ridge: float = 1e-3
-    examples: int = 0
+    rows: int = 0  # activation rows (examples x tokens) each refit saw, at most
 
     def to_dict(self) -> dict:
-        return {"layers": self.layers, "skipped": self.skipped, "ridge": self.ridge, "examples": self.examples}
+        return {"layers": self.layers, "skipped": self.skipped, "ridge": self.ridge, "rows": self.rows}
 
 
 def refittable(module: nn.Module) -> bool:
@@ -138,7 +138,7 @@ def compensate(
                 _refit_linear(module, x, y, sums.setdefault(name, []), ridge)
             if name not in report.layers:
                 report.layers.append(name)
-                report.examples = max(report.examples, x.shape[0])
+                report.rows = max(report.rows, x.shape[0])
 
         return hook
 

@@ -54,6 +54,7 @@ class Preservation:
     layer_choice: str = "first"
     rotated: list[str] = field(default_factory=list)  # dimensions rotated to principal directions
     compensated: list[str] = field(default_factory=list)  # layers refit, in forward order
+    not_compensated: dict[str, str] = field(default_factory=dict)  # resized layers left as chosen, and why
     calibration: str | None = None  # where the calibration examples came from (a path), when known
     calibration_examples: int = 0
     ridge: float | None = None  # of the compensation's least squares, when it ran
@@ -125,7 +126,7 @@ def fill(
         everything = {name: torch.as_tensor(index) for name, index in report.choices.items()}
         done = compensate(full, target, inputs, _kept(plan, everything, full.state_dict(), rename),
                           source_name=rename, scale=_temperature(plan), ridge=RIDGE)
-        record.compensated, record.ridge = done.layers, RIDGE
+        record.compensated, record.not_compensated, record.ridge = done.layers, done.skipped, RIDGE
     return report, record
 
 
