@@ -233,3 +233,17 @@ def test_grouped_query_heads_follow_their_key_value_heads_and_rotary_heads_are_n
     _, report = shrink(source, {"hidden_size": 16}, "calibrated", calibration=ids, rotate=True)
     assert report.preserved["rotated"] == []  # rotary channel pairs must stay as they are
     assert report.choices["layers.0.self_attn.head_dim"] == [0, 2, 4, 6]  # rotary frequencies kept (plan)
+
+
+def test_calibration_inputs_from_a_roboflow_export_use_its_training_images_and_the_models_processor(
+        rocks_dir, detector_dir):
+    from interprune.calibration import model_processor
+
+    processor = model_processor(detector_dir)
+    batch = calibration_inputs(rocks_dir, processor, count=4, seed=1)
+    assert batch["pixel_values"].shape[:2] == (4, 3) and min(batch["pixel_values"].shape[-2:]) == 64  # its 64 px
+    assert set(batch) == {"pixel_values", "pixel_mask"}
+    again = calibration_inputs(rocks_dir, processor, count=4, seed=1)
+    assert torch.equal(again["pixel_values"], batch["pixel_values"])  # a seeded sample
+    with pytest.raises(InterpruneError, match="holds images, but the model has no image processor"):
+        calibration_inputs(rocks_dir, object())
