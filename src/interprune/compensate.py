@@ -104,10 +104,13 @@ def compensate(
     handles = []
     for name in names:
         counterpart = src_modules.get(source_name(name))
+        index = kept(name)
         if counterpart is None:
             report.skipped[name] = "no source counterpart"
-            continue
-        handles.append(counterpart.register_forward_hook(record(name)))
+        elif index is not None and bool((index < 0).any()):
+            report.skipped[name] = "grown: its new units have no source output to match"
+        else:
+            handles.append(counterpart.register_forward_hook(record(name)))
     try:
         source.eval()(**inputs)
     finally:
@@ -129,8 +132,9 @@ def compensate(
             conv = isinstance(module, nn.Conv2d)
             x = _rows(args[0], conv)
             y = _rows(outputs[min(k, len(outputs) - 1)], conv) * scale(name)  # call k of the source's calls
-            if x.shape[0] != y.shape[0]:
-                report.skipped[name] = f"{x.shape[0]} inputs but {y.shape[0]} source outputs"
+            width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
+            if x.shape[0] != y.shape[0] or y.shape[1] != width:
+                report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
                 return
             if isinstance(module, nn.LayerNorm):
                 _refit_norm(module, x, y, sums.setdefault(name, []))

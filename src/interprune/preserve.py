@@ -139,8 +139,7 @@ def _kept(plan: Plan, choices: dict[str, Tensor], state: dict[str, Tensor], rena
         source = state.get(rename(tensor))
         if not entries or source is None:
             return None
-        index = axis_index(source.shape[0], entries, choices)
-        return None if index is None else index.clamp(min=0)
+        return axis_index(source.shape[0], entries, choices)  # -1 marks a grown unit: compensate skips it
 
     return kept
 
