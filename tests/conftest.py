@@ -18,6 +18,16 @@ def tiny_detr(**overrides) -> DetrForObjectDetection:
     return DetrForObjectDetection(DetrConfig(**{**TINY_DETR, **overrides})).eval()
 
 
+def tiny_bert(**overrides):
+    """A tiny BERT (hidden 32, FFN 64, 3 layers, 4 heads): the text-model counterpart of ``tiny_detr``."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, vocab_size=50,
+                  max_position_embeddings=16)
+    return BertModel(BertConfig(**{**config, **overrides})).eval()
+
+
 @pytest.fixture
 def detr() -> DetrForObjectDetection:
     """A tiny DETR whose buffers (frozen batch-norm statistics) are not the defaults."""

@@ -49,7 +49,9 @@ def test_demo_end_to_end_in_miniature(tmp_path, capsys):
     assert check["map_50"] > 0.3  # the shipped source genuinely detects on its own domain
     assert f"mAP@50 {check['map_50']:.3f}" in printed and str(report.resolve()) in printed
     text = report.read_text()
-    for name in ("full-pretrained", "full-transfer", "small-random", "small-area", "small-select", "small-first",
-                 "small-distilled", "small-select-same-steps"):
+    for name in ("full-pretrained", "full-transfer", "small-random", "small-area", "small-avg-pool", "small-select",
+                 "small-calibrated", "small-distilled"):
         assert f"| {name} |" in text
+    assert "[full-transfer seed 0] starts from exactly the weights of full-pretrained" in printed
+    assert "[small-avg-pool seed 0] starts from exactly the weights of small-area" in printed
     assert (tmp_path / "demo" / "report.html").is_file() and (tmp_path / "demo" / "figures" / "fig4_small_models.png").is_file()

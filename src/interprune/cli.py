@@ -12,11 +12,13 @@ from .errors import InterpruneError
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
+    from .preserve import PRESERVING
     from .resample import METHODS
 
-    width = max(map(len, METHODS))
-    for method in METHODS.values():
-        print(f"{method.name:<{width}}  {method.description}")
+    described = {**{m.name: m.description for m in METHODS.values()}, **PRESERVING}
+    width = max(map(len, described))
+    for name, description in described.items():
+        print(f"{name:<{width}}  {description}")
 
 
 def cmd_shrink(args: argparse.Namespace) -> None:
@@ -31,10 +33,18 @@ def cmd_shrink(args: argparse.Namespace) -> None:
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
     check_writable(out)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype)
+    model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype,
+                           calibration=args.calibration, calibration_size=args.calibration_size,
+                           compensate=args.compensate, layers=args.layers, rotate=args.rotate)
     save(model, out, report=report, source=args.source, overwrite=args.overwrite)
     print(report.summary())
     print(plan_summary(report.plan))
+    kept = report.preserved
+    if kept:
+        layers = "; ".join(f"{stack} keeps source layers {index}" for stack, index in kept["layers"].items())
+        print(f"{kept['method']}: {len(report.choices)} dimensions chosen, {len(kept['rotated'])} head widths "
+              f"rotated, {len(kept['compensated'])} layers refit on {kept['calibration_examples']} calibration "
+              f"examples" + (f"; {layers}" if layers else ""))
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
 
 
@@ -183,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="store the target in this dtype "
                    "(default: the source's)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--calibration", metavar="DATA", help="calibration examples for 'calibrated', --compensate, "
+                   "--rotate and --layers importance: a COCO/Roboflow dataset or image folder (vision models), "
+                   "a text file with one example per line (text models)")
+    p.add_argument("--calibration-size", type=int, default=32, help="calibration examples used (default 32)")
+    p.add_argument("--compensate", action="store_true", help="refit every resized layer in closed form so its "
+                   "outputs on the calibration data match the source's")
+    p.add_argument("--rotate", action="store_true", help="rotate each attention head's width to its principal "
+                   "directions (same function) before cutting it")
+    p.add_argument("--layers", default="first", choices=["first", "uniform", "importance"],
+                   help="which source layers a shallower target keeps (default first)")
     p.set_defaults(func=cmd_shrink)
 
     p = sub.add_parser("plan", help="show which dimensions a shrink changes and every tensor axis of each")

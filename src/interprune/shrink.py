@@ -9,6 +9,7 @@ dimension plan in ``plan`` and the tensor walk in ``transfer``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -22,6 +23,7 @@ from .errors import InterpruneError
 from .models import (build_model, load_config, load_model, model_class,  # noqa: F401
                      save, tokenizer_size)
 from .plan import Plan, make_plan
+from .preserve import PRESERVING, check_options, fill
 from .resample import METHODS
 from .transfer import TransferReport, transfer
 
@@ -232,16 +234,31 @@ def shrink(
     reinit: str | None = None,
     dtype: torch.dtype | None = None,
     choices: dict[str, torch.Tensor] | None = None,
+    calibration: str | os.PathLike | dict | None = None,
+    calibration_size: int = 32,
+    compensate: bool = False,
+    layers: str = "first",
+    rotate: bool = False,
 ) -> tuple[PreTrainedModel, TransferReport]:
     """Build the model ``source`` would be with ``overrides`` and fill it from ``source``'s weights.
 
     Everything that can be checked cheaply (method, keys, values, the target's architecture, one forward
     pass of the target) is checked before the source's weights are read. The target keeps the source's
     dtype unless ``dtype`` is given. ``choices`` (dimension name -> source indices kept) override what
-    the method would keep, see ``transfer``.
+    the method would keep, see ``transfer``. The importance methods (``magnitude``, ``calibrated``) and
+    the options ``layers``, ``rotate`` and ``compensate`` are ``preserve.fill``'s; ``calibration`` is a
+    data path (prepared by the source's own processor, ``calibration_size`` examples) or an already
+    prepared batch of inputs.
     """
-    if method not in METHODS:
+    if method not in METHODS and method not in PRESERVING:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
+    preserving = method in PRESERVING or compensate or rotate or layers != "first"
+    if preserving:
+        check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
+                      rotate=rotate)
+        if reinit or choices:
+            raise InterpruneError(f"method {method!r} with these options chooses its own units and fills every "
+                                  f"tensor from the source; it takes no reinit or choices")
     overrides = dict(overrides or {})
     config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
     target = build_model(target_config(config, overrides), seed)
@@ -251,10 +268,26 @@ def shrink(
     dtype = dtype or model.dtype  # a bf16/fp16 source gives a bf16/fp16 target (and half the memory)
     if dtype != target.dtype:
         target = target.to(dtype)
-    try:
-        report = transfer(model, target, method, seed=seed, reinit=reinit, choices=choices)
-    except ValueError as err:
-        raise InterpruneError(str(err)) from None
+    if preserving:
+        inputs = calibration
+        if calibration is not None and not isinstance(calibration, dict):
+            from .calibration import calibration_inputs, model_processor  # reads data: only when asked to
+
+            processor = model_processor(source if not isinstance(source, PreTrainedModel) else source.name_or_path)
+            inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
+        # least squares in full precision, without changing a caller's half-precision model
+        work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
+        report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
+                              layers=layers, rotate=rotate, seed=seed)
+        target = target.to(dtype)
+        if calibration is not None and not isinstance(calibration, dict):
+            record.calibration = str(calibration)
+        report.preserved = record.to_dict()
+    else:
+        try:
+            report = transfer(model, target, method, seed=seed, reinit=reinit, choices=choices)
+        except ValueError as err:
+            raise InterpruneError(str(err)) from None
     report.source = str(getattr(source, "name_or_path", source))
     report.overrides = overrides
     return target, report

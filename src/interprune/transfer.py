@@ -51,6 +51,7 @@ class TransferReport:
     dropped: list[str] = field(default_factory=list)  # source tensors the target has no place for
     plan: dict = field(default_factory=dict)  # the dimension plan (``Plan.to_dict``)
     choices: dict[str, list[int]] = field(default_factory=dict)  # dimension -> source indices kept (-1: new)
+    preserved: dict = field(default_factory=dict)  # importance methods: layers kept, rotation, compensation
 
     def counts(self) -> dict[str, int]:
         found = Counter(t.action for t in self.tensors)

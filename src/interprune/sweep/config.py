@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import InterpruneError
+from ..plan import STRUCTURED
+from ..preserve import PRESERVING, check_options
 from ..resample import METHODS
 from ..sources import resolve_source
 from ..train.settings import TrainSettings
@@ -69,13 +71,44 @@ class Experiment(BaseModel):
     def needs(self, key: str) -> str | None:
         """The experiment named under ``key`` (one of DEPENDENCY_KEYS), or None."""
         return getattr(self, "from_" if key == "from" else key)
+    # options of the structure-aware methods (see ``preserve.fill``)
+    calibration: str | None = Field(None, description="calibration data: a dataset/image folder or text file, "
+                                    "or 'data' for the sweep's own training images")
+    calibration_size: int = Field(32, gt=0)
+    compensate: bool = False
+    rotate: bool = False
+    layers: Literal["first", "uniform", "importance"] = "first"
 
     @field_validator("init")
     @classmethod
     def known_init(cls, value: str) -> str:
-        if value not in INITS and value not in METHODS:
-            raise ValueError(f"unknown init {value!r}; use one of {', '.join(INITS)} or a method: {', '.join(METHODS)}")
+        if value not in INITS and value not in METHODS and value not in PRESERVING:
+            methods = ", ".join((*METHODS, *PRESERVING))
+            raise ValueError(f"unknown init {value!r}; use one of {', '.join(INITS)} or a method: {methods}")
         return value
+
+    @model_validator(mode="after")
+    def method_options(self) -> "Experiment":
+        if self.init in PRESERVING or self.compensate or self.rotate or self.layers != "first":
+            if self.init not in PRESERVING and self.init not in STRUCTURED:
+                raise ValueError(f"init {self.init!r} takes no compensate/rotate/layers options; use one of "
+                                 f"{', '.join((*PRESERVING, *STRUCTURED))}")
+            try:
+                check_options(self.init, calibration=self.calibration is not None, compensate=self.compensate,
+                              layers=self.layers, rotate=self.rotate)
+            except InterpruneError as err:  # the same check as the CLI's, in the YAML's words
+                message = str(err)
+                for flag, key in (("--calibration DATA", "calibration: DATA"), ("--method ", "init: "),
+                                  ("--compensate", "compensate: true"), ("--rotate", "rotate: true"),
+                                  ("--layers ", "layers: ")):
+                    message = message.replace(flag, key)
+                raise ValueError(message) from None
+        return self
+
+    def shrink_options(self) -> dict[str, Any]:
+        """The keyword arguments ``shrink`` takes for this experiment's method options."""
+        return {"calibration": self.calibration, "calibration_size": self.calibration_size,
+                "compensate": self.compensate, "rotate": self.rotate, "layers": self.layers}
 
     @model_validator(mode="after")
     def full_only(self) -> "Experiment":
@@ -271,4 +304,8 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
         if value and not Path(value).is_absolute() and (path.parent / value).exists():
             setattr(config, key, str((path.parent / value).resolve()))
     config.source = resolve_source(config.source)  # 'demo': the source shipped with the package
+    for experiment in config.experiments:
+        value = experiment.calibration
+        if value and value != "data" and not Path(value).is_absolute() and (path.parent / value).exists():
+            experiment.calibration = str((path.parent / value).resolve())
     return config

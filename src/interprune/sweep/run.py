@@ -52,6 +52,10 @@ def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None =
     if not config.data and not config.generate:
         raise InterpruneError("the sweep names no data: set 'data:' in the YAML or pass --data DIR")
     check_trainer(config.train)
+    for experiment in config.experiments:
+        if experiment.calibration not in (None, "data") and not Path(experiment.calibration).exists():
+            raise InterpruneError(f"experiment {experiment.name}: calibration data {experiment.calibration} does not "
+                                  f"exist; give a dataset or image folder, a text file, or 'data' (the sweep's own)")
     source = load_config(config.source)
     try:
         build_model(target_config(source, config.target))
@@ -72,9 +76,10 @@ def prepare_data(config: SweepConfig, out: Path) -> DetectionData:
 
 
 def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder: Path, source: Any,
-                  origin: str | Path | None = None) -> Path | str:
+                  origin: str | Path | None = None, data: DetectionData | None = None) -> Path | str:
     """The starting point of one run, as a model folder (the source itself for ``pretrained``). ``origin``
-    is the model ``source`` was loaded from when it is not the sweep's source (``from:`` an experiment)."""
+    is the model ``source`` was loaded from when it is not the sweep's source (``from:`` an experiment);
+    ``calibration: data`` calibrates on the sweep's own training images (``data``)."""
     origin = str(origin or config.source)
     if experiment.init == "pretrained":
         return origin
@@ -85,7 +90,10 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
     overrides = {} if experiment.size == "full" else config.target
     method = "select" if experiment.init == "transfer" else experiment.init
     reinit = f"^(?!{config.keep})" if experiment.init == "random" else None
-    model, report = shrink(source, overrides, method, seed=seed, reinit=reinit)
+    options = experiment.shrink_options()
+    if options["calibration"] == "data" and data is not None:
+        options["calibration"] = data.train.root
+    model, report = shrink(source, overrides, method, seed=seed, reinit=reinit, **options)
     report.source = origin
     save(model, folder, report=report, source=origin)
     return folder
@@ -124,7 +132,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
             if origin is None and source is None and needed:
                 source = load_model(config.source)
             start_from = (load_model(origin) if needed else None) if origin is not None else source
-            start = prepare_model(config, experiment, seed, folder, start_from, origin)
+            start = prepare_model(config, experiment, seed, folder, start_from, origin, data)
             settings = settings_for(config, experiment, seed, out)
             digest = fingerprint(start)
             key = (digest, _settings_key(settings))

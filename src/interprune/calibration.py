@@ -1,0 +1,88 @@
+"""Calibration inputs: a few of the user's examples, prepared exactly as the model's own processor does.
+
+Importance scores and compensation look at activations, so they need real inputs of the domain the
+small model will serve. Images come from a COCO/Roboflow dataset (its training split) or a plain
+folder; text from a file with one example per line. They go through the source's saved image
+processor or tokenizer, so resizing, normalisation and padding are the model's, and become *one*
+batch: compensation refits each layer on all examples at once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from .errors import InterpruneError
+
+__all__ = ["calibration_inputs", "model_processor", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _image_files(data: Path) -> list[Path]:
+    """The training images of a Roboflow export or COCO JSON, else every image in the folder (one split
+    of an export is such a folder)."""
+    from .data.coco import ROBOFLOW_JSON, open_dataset
+
+    if data.suffix == ".json" or (data / "train" / ROBOFLOW_JSON).is_file():
+        dataset = open_dataset(data)
+        return [Path(im["file"]) for im in dataset.train.images]
+    if data.is_dir():
+        return sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return []
+
+
+def model_processor(source: str | os.PathLike) -> Any:
+    """The source's own image processor, else its tokenizer: what turns raw examples into its inputs."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    for auto in (AutoImageProcessor, AutoTokenizer):
+        try:
+            return auto.from_pretrained(str(source))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise InterpruneError(f"{source} has no image processor or tokenizer files, so calibration data cannot be "
+                          f"prepared for it; save them beside the model (e.g. preprocessor_config.json)")
+
+
+def calibration_inputs(
+    data: str | os.PathLike,
+    processor: Any,
+    *,
+    count: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One batch of model inputs from ``data``: ``count`` examples (a seeded sample when there are more).
+
+    ``processor`` is the model's image processor (images) or tokenizer (a ``.txt`` file, one example
+    per line). Raises ``InterpruneError`` before any work when ``data`` holds nothing usable.
+    """
+    path = Path(data)
+    if count < 1:
+        raise InterpruneError(f"calibration size must be at least 1, got {count}")
+    if not path.exists():
+        raise InterpruneError(f"calibration data {path} does not exist; give a dataset folder, an image folder "
+                              f"or a text file with one example per line")
+    rng = random.Random(seed)
+    if path.is_file() and path.suffix != ".json":
+        if not callable(getattr(processor, "batch_decode", None)):
+            raise InterpruneError(f"calibration data {path} is text, but the model has no tokenizer; give images")
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise InterpruneError(f"calibration file {path} has no non-empty lines")
+        lines = rng.sample(lines, count) if len(lines) > count else lines
+        encoded = processor(lines, padding=True, truncation=True, return_tensors="pt")
+        return dict(encoded)
+    files = _image_files(path)
+    if not files:
+        raise InterpruneError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in calibration data {path}")
+    if not hasattr(processor, "image_mean") and not hasattr(processor, "size"):
+        raise InterpruneError(f"calibration data {path} holds images, but the model has no image processor; "
+                              f"give a text file")
+    from .data.loader import load_image
+
+    files = sorted(rng.sample(files, count)) if len(files) > count else files
+    encoded = processor(images=[load_image(f) for f in files], return_tensors="pt")
+    return {k: encoded[k] for k in ("pixel_values", "pixel_mask") if k in encoded}

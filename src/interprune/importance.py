@@ -1,0 +1,200 @@
+"""Which units to keep: one importance score per unit of every dimension of the plan, and the choice.
+
+A dimension (the residual stream, one layer's FFN units, one attention's head width) is shared by
+several tensors, so it gets *one* score, summed over every tensor axis that belongs to it, and one
+choice applied to all of them: a kept unit keeps its row in the layer that writes it and its column in
+every layer that reads it. Each tensor's contribution is divided by its mean, so a large tensor does
+not outvote a small one.
+
+* ``magnitude``: the squared norm of each unit's weights (no data).
+* ``calibrated``: activations on calibration inputs, collected with forward hooks: for a layer that
+  reads the dimension, ``E[x_j^2] * |W[:, j]|^2`` (Wanda's score, how much the unit moves the output);
+  for one that writes it, ``E[y_i^2]``. Tensors no hook sees (biases, embeddings) add nothing.
+
+A parameter-free encoding fixes some choices (``Dimension.aligned``: the sine position embedding of
+the DETR family, found by the plan); those win over any score. With grouped-query attention the query
+heads follow the key/value heads kept. Depth is chosen here too: which source layers a shallower model
+keeps (``first``, ``uniform``, or ``importance``: the layers that change the hidden state most).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .plan import grouped_heads
+from .resample import select_indices
+
+__all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "layer_influence",
+           "layer_name_map", "DEPTH_CHOICES", "SCORED_KINDS"]
+
+Batch = dict[str, Any]
+SCORED_KINDS = ("residual", "ffn", "heads", "head_dim", "kv_heads", "channels")
+DEPTH_CHOICES = ("first", "uniform", "importance")
+
+
+def _units(value: Tensor, axis: Any, units: int) -> Tensor:
+    """Squared norm of each unit along ``axis`` (parts and group members summed)."""
+    t = value.detach().float().movedim(axis.axis, 0)
+    return t.reshape(axis.parts, units, axis.group, -1).pow(2).sum(dim=(0, 2, 3))
+
+
+def _normalised(score: Tensor) -> Tensor:
+    return score / score.mean().clamp_min(1e-12)
+
+
+def magnitude_scores(state: dict[str, Tensor], plan: Any,
+                     rename: Callable[[str], str] = lambda name: name) -> dict[str, Tensor]:
+    """Per dimension, the summed (per-tensor normalised) squared weight norms of its units. ``rename``
+    maps the plan's (target) tensor names to ``state``'s when layers were dropped."""
+    scores = {}
+    for dim in plan.dimensions:
+        total = torch.zeros(dim.source)
+        for axis in dim.axes:
+            value = state.get(rename(axis.tensor))
+            if value is not None and value.is_floating_point():
+                total += _normalised(_units(value, axis, dim.source))
+        scores[dim.name] = total
+    return scores
+
+
+@torch.no_grad()
+def _energies(model: nn.Module, inputs: Batch, modules: set[str]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Mean squared input and output per feature (last axis; channels for convolutions) of ``modules``."""
+    found: dict[str, list[Tensor]] = {}
+
+    def hook(name: str) -> Callable:
+        def fn(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if not args or not isinstance(args[0], Tensor):
+                return  # called with keywords only: no input to score (the output-side scores still count)
+            x, y = args[0], output
+            if isinstance(module, nn.Conv2d):
+                x, y = x.movedim(1, -1), y.movedim(1, -1)
+            ex = x.reshape(-1, x.shape[-1]).double().pow(2).mean(0)
+            ey = y.reshape(-1, y.shape[-1]).double().pow(2).mean(0)
+            if name in found:
+                found[name][0] += ex
+                found[name][1] += ey
+            else:
+                found[name] = [ex, ey]
+        return fn
+
+    named = dict(model.named_modules())
+    handles = [named[n].register_forward_hook(hook(n)) for n in modules if n in named]
+    try:
+        model.eval()(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (v[0].float(), v[1].float()) for n, v in found.items()}
+
+
+def activation_scores(model: nn.Module, plan: Any, inputs: Batch,
+                      rename: Callable[[str], str] = lambda name: name) -> dict[str, Tensor]:
+    """Per dimension, activation-based scores on ``inputs`` (see the module docstring); a dimension no
+    hooked layer touches falls back to weight magnitude, so every dimension gets a score. ``rename``
+    maps the plan's (target) names to ``model``'s when layers were dropped."""
+    state = model.state_dict()
+    owners = {rename(a.tensor.rpartition(".")[0]) for d in plan.dimensions for a in d.axes
+              if a.tensor.endswith(".weight")}
+    named = dict(model.named_modules())
+    hooked = {n for n in owners if isinstance(named.get(n), (nn.Linear, nn.Conv2d, nn.LayerNorm))}
+    energy = _energies(model, inputs, hooked)
+    fallback = magnitude_scores(state, plan, rename)
+    scores = {}
+    for dim in plan.dimensions:
+        total, used = torch.zeros(dim.source), False
+        for axis in dim.axes:
+            owner, _, leaf = axis.tensor.rpartition(".")
+            owner = rename(owner)
+            if leaf != "weight" or owner not in energy:
+                continue
+            e_in, e_out = energy[owner]
+            weight = state[rename(axis.tensor)].float()
+            if isinstance(named[owner], nn.LayerNorm) or axis.axis == 0:
+                per = e_out
+            elif axis.axis == 1:
+                per = e_in * weight.movedim(1, 0).reshape(weight.shape[1], -1).pow(2).sum(1)
+            else:
+                continue
+            per = per.reshape(axis.parts, dim.source, axis.group).sum(dim=(0, 2))
+            total += _normalised(per)
+            used = True
+        scores[dim.name] = total if used else fallback[dim.name]
+    return scores
+
+
+def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Kept source units per shrunk dimension: the aligned ones where an encoding fixes them, else the
+    highest-scoring ones (stable order, so ties resolve the same way every time), in source order."""
+    choices = {}
+    for dim in plan.dimensions:
+        if dim.target >= dim.source or dim.kind not in SCORED_KINDS:
+            continue  # ids, grids and layers keep the plan's own rules
+        if getattr(dim, "aligned", None) is not None:
+            choices[dim.name] = torch.as_tensor(dim.aligned).long()
+            continue
+        order = torch.sort(scores[dim.name], descending=True, stable=True).indices
+        choices[dim.name] = order[: dim.target].sort().values
+    for dim in plan.dimensions:  # grouped-query attention: query heads stay with the key/value heads kept
+        kv_name = dim.name.replace(".heads", ".kv_heads")
+        if dim.kind == "heads" and getattr(dim, "kv", None) is not None and kv_name in choices:
+            (kv_s, kv_t) = dim.kv
+            choices[dim.name] = grouped_heads(choices[kv_name], dim.source // kv_s, dim.target // kv_t,
+                                              select_indices)
+    return choices
+
+
+# ----------------------------------------------------------------------------------------------- depth
+
+@torch.no_grad()
+def layer_influence(model: nn.Module, prefix: str, inputs: Batch) -> Tensor:
+    """Per layer of the stack ``prefix``: ``1 - cos(input, output)`` of the hidden state, averaged over
+    tokens (ShortGPT's block influence). A layer that barely turns the hidden state can go first."""
+    layers = dict(model.named_modules())[prefix]
+    found: dict[int, float] = {}
+
+    def hook(i: int) -> Callable:
+        def fn(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            x = args[0] if args else next(iter(kwargs.values()))
+            y = output[0] if isinstance(output, tuple) else output
+            found.setdefault(i, float(1 - torch.cosine_similarity(x.float(), y.float(), dim=-1).mean()))
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        model.eval()(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.tensor([found.get(i, 0.0) for i in range(len(layers))])
+
+
+def choose_layers(how: str, source_layers: int, target_layers: int, influence: Tensor | None = None) -> Tensor:
+    """Source layer indices a stack of ``target_layers`` keeps: the first ones, evenly spread ones, or
+    the most influential ones (in source order)."""
+    if how == "first":
+        return torch.arange(target_layers)
+    if how == "uniform":
+        return select_indices(source_layers, target_layers)
+    if how == "importance":
+        if influence is None:
+            raise ValueError("layer choice 'importance' needs calibration data")
+        order = torch.sort(influence, descending=True, stable=True).indices
+        return order[:target_layers].sort().values
+    raise ValueError(f"unknown layer choice {how!r}; use one of {', '.join(DEPTH_CHOICES)}")
+
+
+def layer_name_map(kept: dict[str, Tensor]) -> Callable[[str], str]:
+    """Target module/tensor name -> the source name it came from, given the kept layers per stack."""
+    def rename(name: str) -> str:
+        for prefix, keep in kept.items():
+            if name.startswith(prefix + "."):
+                index, _, rest = name[len(prefix) + 1:].partition(".")
+                if index.isdigit():
+                    source = f"{prefix}.{int(keep[int(index)])}"
+                    return f"{source}.{rest}" if rest else source
+        return name
+    return rename

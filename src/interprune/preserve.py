@@ -1,0 +1,158 @@
+"""Shrink methods that keep what the big model learned: choose units by importance, then compensate.
+
+One function, ``fill``, runs the whole recipe on a freshly built target (``magnitude`` and
+``calibrated`` choose units; ``select`` and ``first`` keep the plan's own choice and can still take
+the depth, rotation and compensation options):
+
+1. depth: which source layers a shallower stack keeps (``first``, ``uniform`` or ``importance``);
+2. optionally, rotate each attention head's width to its principal directions (``rotate``), a change
+   of basis that leaves the source's function exactly as it was;
+3. one choice of kept units per dimension of the plan: ``magnitude`` (weight norms) or ``calibrated``
+   (activations), the aligned channels wherever a parameter-free encoding fixes them;
+4. the transfer of every tensor with those choices;
+5. optionally, compensation: a closed-form refit of every resized layer, in forward order on the small
+   model's own activations, to the source's outputs; query/key projections also absorb the attention
+   temperature that a narrower head changes.
+
+Everything the recipe chose is returned in a ``Preservation`` record that ``interprune.json`` keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .compensate import compensate
+from .errors import InterpruneError
+from .importance import (DEPTH_CHOICES, activation_scores, choose, choose_layers, layer_influence, layer_name_map,
+                         magnitude_scores)
+from .plan import STRUCTURED, Plan, axis_index, make_plan
+from .rotate import query_key_axes, rotate_heads
+from .transfer import transfer
+
+__all__ = ["PRESERVING", "Preservation", "fill", "check_options"]
+
+PRESERVING = {
+    "magnitude": "keep the units with the largest weight norms, one choice per dimension (no data)",
+    "calibrated": "keep the units with the most activation on --calibration data, one choice per dimension",
+}
+# relative ridge of the least-squares refit. Demo source, 3/4 cut, rotation + compensation: 1e-2 gave
+# mAP@50 0.309, 3e-2 0.438, 1e-1 0.434 (lower val loss); without rotation 1e-4 gave 0.119, 1e-3 0.210
+RIDGE = 3e-2
+
+
+@dataclass
+class Preservation:
+    """What a preserving method chose beyond the units kept per dimension (those are the transfer
+    report's ``choices``), so a result can be inspected and reproduced."""
+
+    method: str
+    layers: dict[str, list[int]] = field(default_factory=dict)  # layer stack -> kept source layers
+    layer_choice: str = "first"
+    rotated: list[str] = field(default_factory=list)  # dimensions rotated to principal directions
+    compensated: list[str] = field(default_factory=list)  # layers refit, in forward order
+    not_compensated: dict[str, str] = field(default_factory=dict)  # resized layers left as chosen, and why
+    calibration: str | None = None  # where the calibration examples came from (a path), when known
+    calibration_examples: int = 0
+    ridge: float | None = None  # of the compensation's least squares, when it ran
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_options(method: str, *, calibration: bool, compensate: bool, layers: str, rotate: bool) -> None:
+    """Reject inconsistent options before any work, naming the fix."""
+    if layers not in DEPTH_CHOICES:
+        raise InterpruneError(f"unknown layer choice {layers!r}; use one of {', '.join(DEPTH_CHOICES)}")
+    needs = [flag for flag, on in (("--compensate", compensate), ("--rotate", rotate),
+                                   ("--layers importance", layers == "importance"),
+                                   ("--method calibrated", method == "calibrated")) if on]
+    if needs and not calibration:
+        raise InterpruneError(f"{', '.join(needs)} needs calibration inputs; pass --calibration DATA (a dataset "
+                              f"or image folder, or a text file with one example per line)")
+
+
+def _batch_size(inputs: dict[str, Any]) -> int:
+    first = next((v for v in inputs.values() if isinstance(v, Tensor)), None)
+    return int(first.shape[0]) if first is not None else 0
+
+
+@torch.no_grad()
+def fill(
+    source: nn.Module,
+    target: nn.Module,
+    method: str,
+    *,
+    inputs: dict[str, Any] | None = None,
+    compensate_layers: bool = False,
+    layers: str = "first",
+    rotate: bool = False,
+    seed: int = 0,
+) -> tuple[Any, Preservation]:
+    """Fill ``target`` in place from ``source`` with a preserving ``method``; return the transfer report
+    and what was chosen. ``inputs`` is one batch of calibration inputs (``calibration.calibration_inputs``)."""
+    if method not in PRESERVING and method not in STRUCTURED:
+        raise InterpruneError(f"method {method!r} resamples each tensor on its own, so it cannot take layer, "
+                              f"rotation or compensation options; use one of {', '.join((*PRESERVING, *STRUCTURED))}")
+    check_options(method, calibration=inputs is not None, compensate=compensate_layers, layers=layers, rotate=rotate)
+    record = Preservation(method, layer_choice=layers, calibration_examples=_batch_size(inputs or {}))
+    plan = make_plan(source, target)
+    kept_layers = {}
+    for dim in plan.dimensions:
+        if dim.kind == "layers" and dim.target < dim.source:
+            influence = layer_influence(source, dim.name, inputs) if layers == "importance" else None
+            kept_layers[dim.name] = choose_layers(layers, dim.source, dim.target, influence)
+            record.layers[dim.name] = kept_layers[dim.name].tolist()
+    rename = layer_name_map(kept_layers)  # target name -> source name
+    full, rotated = source, {}
+    if rotate:  # the whole source, rotated (same function): its own forward still gives the targets
+        full, rotated = rotate_heads(source, plan, inputs, rename)
+        record.rotated = sorted(rotated)
+    if method == "calibrated":
+        choices = choose(plan, activation_scores(full, plan, inputs, rename))
+    elif method == "magnitude":
+        choices = choose(plan, magnitude_scores(full.state_dict(), plan, rename))
+    else:  # select / first: the plan's own choice for every dimension
+        choices = {}
+    choices.update({**rotated, **kept_layers})
+    report = transfer(full, target, method if method in STRUCTURED else "select", plan=plan, choices=choices,
+                      seed=seed)
+    report.method = method
+    if compensate_layers:
+        assert inputs is not None
+        everything = {name: torch.as_tensor(index) for name, index in report.choices.items()}
+        done = compensate(full, target, inputs, _kept(plan, everything, full.state_dict(), rename),
+                          source_name=rename, scale=_temperature(plan), ridge=RIDGE)
+        record.compensated, record.not_compensated, record.ridge = done.layers, done.skipped, RIDGE
+    return report, record
+
+
+def _kept(plan: Plan, choices: dict[str, Tensor], state: dict[str, Tensor], rename) -> Callable[[str], Tensor | None]:
+    """Target layer name -> source output indices it keeps (its weight's output axis, as the transfer
+    filled it), or None when that axis kept every unit."""
+    def kept(name: str) -> Tensor | None:
+        tensor = f"{name}.weight"
+        entries = [(dim, ax) for axis, dim, ax in plan.entries(tensor) if axis == 0 and dim.kind != "layers"]
+        source = state.get(rename(tensor))
+        if not entries or source is None:
+            return None
+        return axis_index(source.shape[0], entries, choices)  # -1 marks a grown unit: compensate skips it
+
+    return kept
+
+
+def _temperature(plan: Plan) -> Callable[[str], float]:
+    """Scale of each query/key projection's refit targets when its head width is cut: attention divides
+    the logits by ``sqrt(width)``, so a narrower head sharpens them by ``sqrt(source/target)`` while the
+    kept channels carry only part of the dot product. Scaling queries and keys each by
+    ``(source/target)^(1/4)`` keeps the logits nearer the source's; on the demo source at the 3/4 cut it
+    measured 0.309 mAP@50 against 0.296 unscaled (ridge 1e-2), and the power 1/2 did no better."""
+    factors = {}
+    for dim in plan.dimensions:
+        if dim.kind == "head_dim" and dim.target < dim.source:
+            for axis in query_key_axes(dim)[0]:
+                factors[axis.tensor.rpartition(".")[0]] = (dim.source / dim.target) ** 0.25
+    return lambda name: factors.get(name, 1.0)
