@@ -52,9 +52,9 @@ def test_dependency_order_and_step_budgets(tmp_path):
 def test_demo_preset_has_the_distillation_pipeline():
     config = load_sweep(preset_path("demo"))
     distilled = config.experiment("small-distilled")
-    assert (distilled.from_, distilled.teacher, distilled.init) == ("full-pretrained", "full-pretrained", "select")
-    same = config.experiment("small-select-same-steps")
-    assert config.steps_of(same) == config.pipeline_steps(distilled) == 2 * config.train.steps
+    assert (distilled.from_, distilled.teacher, distilled.init) == ("full-pretrained", "full-pretrained", "calibrated")
+    assert distilled.compensate and distilled.calibration == "data"
+    assert config.pipeline_steps(distilled) == 2 * config.train.steps  # the teacher's fine-tuning counts
 
 
 PIPELINE = """\
