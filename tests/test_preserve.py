@@ -214,7 +214,7 @@ def test_sweep_calibrates_on_its_own_training_images(tmp_path, detector_dir, roc
                                  "calibration: data, compensate: true}"))
     config = load_sweep(path)
     folder = prepare_model(config, config.experiments[1], 0, tmp_path / "model", load_model(detector_dir),
-                           open_dataset(rocks_dir))
+                           data=open_dataset(rocks_dir))
     meta = json.loads((folder / "interprune.json").read_text())
     assert meta["preserved"]["calibration_examples"] == 6 and meta["preserved"]["compensated"]
 
