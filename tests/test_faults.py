@@ -166,21 +166,33 @@ def _write_rocks(out):
     write_dataset(out, draw_rocks, NAMES, "rocks", train=30, valid=5, copies=2, size=96, seed=0)
 
 
+def _write_rocks_dying_at_the_rename(out):
+    """Write the dataset, and die (SIGKILL) at the rename that would put the finished folder in place."""
+    replace = os.replace
+
+    def dying_replace(src, dst):
+        if Path(dst).name == Path(out).name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return replace(src, dst)
+
+    os.replace = dying_replace
+    _write_rocks(out)
+
+
 def test_a_killed_dataset_write_leaves_nothing_that_blocks_the_next(tmp_path):
     started = time.perf_counter()
     _write_rocks(tmp_path / "whole")
     took = time.perf_counter() - started
-    rng = random.Random(2)
     out = tmp_path / "killed"
-    left = []
-    for _ in range(5):  # a loaded machine may let a write finish in time: then it is simply tried again
+    # the worst moment, for certain: everything written, not yet in place
+    assert not run_killed(_write_rocks_dying_at_the_rename, (out,), None)
+    left = hidden(tmp_path)
+    assert left and not out.exists()  # only a hidden temporary, never a half dataset
+    rng = random.Random(2)
+    for _ in range(2):  # and random moments (a loaded machine may let a write finish: then it is removed)
         if run_killed(_write_rocks, (out,), rng.uniform(0.2, 0.6) * took):
             shutil.rmtree(out)
-            continue
-        left = hidden(tmp_path)
-        if left:
-            break
-    assert left and not out.exists()  # killed part-way: only a hidden temporary, never a half dataset
+        assert not out.exists()  # killed: nothing in place; finished: removed above
     _write_rocks(out)  # the next write to the same place runs, and sweeps the dead writers' temporaries away
     assert hidden(tmp_path) == []
     for name in ("train/_annotations.coco.json", "valid/_annotations.coco.json", "train/rocks_0029_1.jpg"):

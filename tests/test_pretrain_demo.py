@@ -50,7 +50,7 @@ def test_demo_end_to_end_in_miniature(tmp_path, capsys):
     assert f"mAP@50 {check['map_50']:.3f}" in printed and str(report.resolve()) in printed
     text = report.read_text()
     for name in ("full-pretrained", "full-transfer", "small-random", "small-area", "small-avg-pool", "small-select",
-                 "small-calibrated", "small-distilled"):
+                 "small-calibrated", "small-distilled", "small-calibrated-same-steps"):
         assert f"| {name} |" in text
     assert "[full-transfer seed 0] starts from exactly the weights of full-pretrained" in printed
     assert "[small-avg-pool seed 0] starts from exactly the weights of small-area" in printed

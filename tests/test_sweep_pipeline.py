@@ -55,6 +55,8 @@ def test_demo_preset_has_the_distillation_pipeline():
     assert (distilled.from_, distilled.teacher, distilled.init) == ("full-pretrained", "full-pretrained", "calibrated")
     assert distilled.compensate and distilled.calibration == "data"
     assert config.pipeline_steps(distilled) == 2 * config.train.steps  # the teacher's fine-tuning counts
+    same = config.experiment("small-calibrated-same-steps")
+    assert config.steps_of(same) == config.pipeline_steps(distilled)
 
 
 PIPELINE = """\

@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModelForObjectDetection, PretrainedConfig
 
 from .errors import InterpruneError
-from .shrink import load_config, model_class
+from .models import load_config, model_class
 from .sources import resolve_source
 from .transfer import count_parameters
 
@@ -98,7 +98,7 @@ def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_siz
     """
     gen = torch.Generator().manual_seed(seed)
     if is_detector(config):
-        from .train.run import load_processor
+        from .models import load_processor
 
         processor = load_processor(source, config, image_size)
         size = processor.size

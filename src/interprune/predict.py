@@ -15,7 +15,7 @@ from .data.coco import check_image
 from .data.loader import load_image
 from .data.show import draw_boxes
 from .errors import InterpruneError
-from .train.run import load_for_inference
+from .models import load_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -48,11 +48,16 @@ def predict(model: str | os.PathLike, images: str | os.PathLike, out: str | os.P
 
 @torch.no_grad()
 def detect_and_draw(processor: Any, detector: Any, image: torch.Tensor, names: list[str],
-                    threshold: float = 0.5) -> tuple[torch.Tensor, int]:
-    """``image`` (uint8, C x H x W) with the detections scoring at least ``threshold`` drawn on it, and their count."""
+                    threshold: float = 0.5, top: int | None = None) -> tuple[torch.Tensor, int]:
+    """``image`` (uint8, C x H x W) with the detections scoring at least ``threshold`` drawn on it, and their
+    count; with ``top``, the ``top`` most confident detections whatever their scores (a model early in
+    training may rank the right boxes first while none of them clears a fixed threshold)."""
     inputs = processor(images=image, return_tensors="pt")
     outputs = detector(pixel_values=inputs["pixel_values"], pixel_mask=inputs.get("pixel_mask"))
-    result = processor.post_process_object_detection(outputs, threshold=threshold,
+    result = processor.post_process_object_detection(outputs, threshold=0.0 if top else threshold,
                                                      target_sizes=[tuple(image.shape[-2:])])[0]
+    if top is not None:
+        keep = result["scores"].argsort(descending=True)[:top]
+        result = {k: v[keep] for k, v in result.items()}
     labels = result["labels"].tolist()
     return draw_boxes(image, result["boxes"], labels, names, result["scores"].tolist()), len(labels)

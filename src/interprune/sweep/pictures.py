@@ -19,7 +19,7 @@ from ..data import open_dataset  # noqa: E402
 from ..data.loader import load_image  # noqa: E402
 from ..data.show import draw_boxes  # noqa: E402
 from ..predict import detect_and_draw  # noqa: E402
-from ..train.run import load_for_inference  # noqa: E402
+from ..models import load_for_inference  # noqa: E402
 from .config import SweepConfig  # noqa: E402
 from .report import Result, mean_std  # noqa: E402
 
@@ -60,9 +60,13 @@ def _model_folder(out: Path, config: SweepConfig, name: str) -> Path | None:
     return next((m for m in runs if (m / "config.json").is_file()), None)
 
 
-def predictions_figure(config: SweepConfig, results: list[Result], out: str | Path, *, images: int = 4,
-                       threshold: float = 0.5) -> Path | None:
-    """Write ``figures/predictions.png``; ``None`` when the data or the models are not on this machine."""
+def predictions_figure(config: SweepConfig, results: list[Result], out: str | Path, *,
+                       images: int = 4) -> Path | None:
+    """Write ``figures/predictions.png``; ``None`` when the data or the models are not on this machine.
+
+    Each model draws its k most confident detections, k = the image's number of true boxes, with their scores:
+    models compared early in training are rarely confident enough for a fixed threshold to show anything, while
+    what they rank first shows how far each has got."""
     out = Path(out)
     split = _valid_split(config, out)
     columns = [(title, r, _model_folder(out, config, r.name)) for title, r in telling_models(config, results)]
@@ -76,7 +80,8 @@ def predictions_figure(config: SweepConfig, results: list[Result], out: str | Pa
         model_config, processor, detector = load_for_inference(folder)
         names = [model_config.id2label.get(i, str(i)) for i in range(model_config.num_labels)]
         for row, info in enumerate(chosen):
-            panels[row].append(detect_and_draw(processor, detector, load_image(info["file"]), names, threshold)[0])
+            top = max(1, len(split.boxes.get(info["id"], [])))
+            panels[row].append(detect_and_draw(processor, detector, load_image(info["file"]), names, top=top)[0])
     for row, info in enumerate(chosen):  # the ground truth goes first
         found = split.boxes.get(info["id"], [])
         xywh = torch.tensor([b for _, b in found], dtype=torch.float32).reshape(-1, 4)
@@ -92,7 +97,8 @@ def predictions_figure(config: SweepConfig, results: list[Result], out: str | Pa
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(titles[col], fontsize=9)
-    fig.suptitle(f"Detections with score ≥ {threshold} on validation images (first seed of each experiment)")
+    fig.suptitle("Each model's k most confident detections, k = the number of true boxes (first seed of each "
+                 "experiment)")
     fig.tight_layout()
     path = out / "figures" / "predictions.png"
     path.parent.mkdir(parents=True, exist_ok=True)
