@@ -55,9 +55,29 @@ def _train(model, data, out, kill_at):
     train(model, data, out, SETTINGS, resume=True, progress=False)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every run here on one thread, parent and children alike: a forked child cannot use the OpenMP thread
+    pool its parent started (its first parallel region would wait forever), and runs compared digit for digit
+    must reduce in the same order."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _in_child(target, args):
+    import torch
+
+    torch.set_num_threads(1)  # see one_thread: never the parent's thread pool
+    target(*args)
+
+
 def run_killed(target, args, delay: float | None) -> bool:
     """Run ``target`` in a forked child, SIGKILL it after ``delay`` seconds; True if it finished first."""
-    child = FORK.Process(target=target, args=args)
+    child = FORK.Process(target=_in_child, args=(target, args))
     child.start()
     child.join(delay)
     if child.is_alive():
