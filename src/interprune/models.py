@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 

@@ -11,8 +11,6 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
-
 
 from ..atomic import clean_stale
 from ..data import DetectionData, make_loaders, open_dataset
