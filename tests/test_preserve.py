@@ -230,6 +230,9 @@ def test_grouped_query_heads_follow_their_key_value_heads_and_rotary_heads_are_n
                        calibration=ids)
     kv = report.choices["layers.0.self_attn.kv_heads"]
     assert report.choices["layers.0.self_attn.heads"] == [2 * kv[0], 2 * kv[0] + 1]  # the kept group's own heads
+    for method in ("magnitude", "calibrated"):  # fewer query heads, all key/value heads kept: each group halves
+        _, report = shrink(source, {"num_attention_heads": 2, "head_dim": 8}, method, calibration=ids)
+        assert report.choices["layers.0.self_attn.heads"] == [0, 2]  # one query head per kv head, in its group
     _, report = shrink(source, {"hidden_size": 16}, "calibrated", calibration=ids, rotate=True)
     assert report.preserved["rotated"] == []  # rotary channel pairs must stay as they are
     assert report.choices["layers.0.self_attn.head_dim"] == [0, 2, 4, 6]  # rotary frequencies kept (plan)

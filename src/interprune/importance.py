@@ -140,10 +140,10 @@ def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:
         choices[dim.name] = order[: dim.target].sort().values
     for dim in plan.dimensions:  # grouped-query attention: query heads stay with the key/value heads kept
         kv_name = dim.name.replace(".heads", ".kv_heads")
-        if dim.kind == "heads" and getattr(dim, "kv", None) is not None and kv_name in choices:
-            (kv_s, kv_t) = dim.kv
-            choices[dim.name] = grouped_heads(choices[kv_name], dim.source // kv_s, dim.target // kv_t,
-                                              select_indices)
+        if dim.kind == "heads" and getattr(dim, "kv", None) is not None and (dim.name in choices or kv_name in choices):
+            (kv_s, kv_t) = dim.kv  # the key/value heads kept (all of them when their count is unchanged)
+            kept = choices[kv_name] if kv_name in choices else torch.arange(kv_s)
+            choices[dim.name] = grouped_heads(kept, dim.source // kv_s, dim.target // kv_t, select_indices)
     return choices
 
 
