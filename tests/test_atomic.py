@@ -100,3 +100,31 @@ def test_disk_full_is_recognised_through_wrappers():
 def test_write_bytes_takes_memoryviews(tmp_path):
     data = bytearray(range(256)) * 100
     assert write_bytes(tmp_path / "b", memoryview(data)).read_bytes() == bytes(data)
+
+
+def test_a_version_moved_aside_by_a_killed_writer_is_put_back_not_deleted(tmp_path, monkeypatch):
+    dest = tmp_path / "model"
+    with atomic_folder(dest) as tmp:
+        (tmp / "weights").write_text("old")
+    # killed between moving the old version aside and renaming the new one into place: only the two temporaries
+    pid = dead_pid()
+    os.replace(dest, tmp_path / f".model.{pid}.0123abcd.old")
+    (tmp_path / f".model.{pid}.89abcdef.tmp").mkdir()
+    with pytest.raises(InterpruneError, match="already exists"):  # the old version is back, so no silent overwrite
+        with atomic_folder(dest):
+            pass
+    assert (dest / "weights").read_text() == "old" and leftovers(tmp_path) == []
+    # and a write whose final rename fails leaves the old version where it was
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src).endswith(".tmp"):
+            raise OSError(errno.EIO, "I/O error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        with atomic_folder(dest, overwrite=True) as tmp:
+            (tmp / "weights").write_text("new")
+    monkeypatch.setattr(os, "replace", real)
+    assert (dest / "weights").read_text() == "old" and leftovers(tmp_path) == []

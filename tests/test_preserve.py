@@ -125,6 +125,8 @@ def test_options_are_checked_before_any_work(detector_dir, tmp_path, capsys):
         shrink(tiny_detr(), {"d_model": 16}, "calibrated")
     with pytest.raises(InterpruneError, match="cannot take layer"):
         shrink(tiny_detr(), {"d_model": 16}, "area", compensate=True, calibration={})
+    with pytest.raises(InterpruneError, match="would ignore it"):  # silently unused data is a mistake too
+        shrink(tiny_detr(), {"d_model": 16}, "select", calibration={})
     out = tmp_path / "small"
     assert main(["shrink", str(detector_dir), "--set", "d_model=16", "--method", "calibrated", "--out", str(out)]) == 2
     assert "--method calibrated needs calibration inputs" in capsys.readouterr().err and not out.exists()

@@ -74,6 +74,11 @@ def clean_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path
         match = _TEMPORARY.match(path.name)
         if not match or (name is not None and match["name"] != name) or _alive(int(match["pid"])):
             continue
+        dest = folder / match["name"]
+        if path.name.endswith(".old") and not os.path.lexists(dest):
+            os.replace(path, dest)  # killed between moving the old version aside and putting the new one in
+            removed.append(path)  # place: the old one is the only complete version, so it goes back
+            continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -133,11 +138,13 @@ def atomic_folder(dest: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     the new folder is in place, so at every moment one complete version exists under a known name.
     """
     dest = Path(dest)
+    if dest.parent.is_dir():
+        clean_stale(dest.parent, dest.name)  # first: it may put back a version a killed writer had moved aside
     if dest.exists() and not overwrite:
         raise InterpruneError(f"{dest} already exists; choose another --out or pass --overwrite")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(dest.parent, dest.name)
     tmp = temporary_name(dest)
+    old: Path | None = None
     try:
         tmp.mkdir()  # plain mkdir: the permissions a user expects (mkdtemp's are private)
         yield tmp
@@ -156,6 +163,8 @@ def atomic_folder(dest: str | os.PathLike, *, overwrite: bool = False) -> Iterat
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as err:
+        if old is not None and old.exists() and not dest.exists():
+            os.replace(old, dest)  # the new version never arrived: the old one stays where it was
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, Exception) and not isinstance(err, InterpruneError) and is_disk_full(err):
             raise _full(dest) from None

@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModelForObjectDetection, PretrainedConfig
 
 from .errors import InterpruneError
-from .models import load_config, model_class
+from .models import load_config, load_model
 from .sources import resolve_source
 from .transfer import count_parameters
 
@@ -178,7 +178,7 @@ def load_measured(source: str, config: PretrainedConfig, dtype: torch.dtype, dev
     transformers_logging.set_verbosity_error()  # a saved detector may carry extra keys; not the point here
     transformers_logging.disable_progress_bar()
     try:
-        return model_class(config).from_pretrained(source, dtype=dtype).to(device).eval()
+        return load_model(source, config, dtype=dtype).to(device).eval()
     finally:
         transformers_logging.set_verbosity(verbosity)
         if bars:

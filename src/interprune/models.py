@@ -140,11 +140,17 @@ def load_model(source: str | os.PathLike, config: PretrainedConfig | None = None
         raise InterpruneError(f"{source} has a config.json but no weights (model.safetensors); copy the weights "
                               f"into it or give another source")
     extra = {"dtype": dtype} if dtype is not None else {}
+    return _from_pretrained(model_class(config), source, **extra).eval()
+
+
+def _from_pretrained(cls: type[PreTrainedModel], source: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+    """``cls.from_pretrained`` with damaged weights as one line: safetensors and torch raise many types for
+    truncated or foreign files, and every load (source, fine-tuning start, teacher) must say the same."""
     try:
-        return model_class(config).from_pretrained(str(source), **extra).eval()
+        return cls.from_pretrained(str(source), **kwargs)
     except InterpruneError:
         raise
-    except Exception as err:  # safetensors/torch raise many types for truncated or foreign files
+    except Exception as err:
         raise InterpruneError(f"cannot read the weights of {source}: {_first_line(err)}; the file is truncated "
                               f"or not a model file: save or download it again") from None
 
@@ -268,11 +274,14 @@ def check_detector(config: PretrainedConfig, source: str) -> None:
         )
 
 
-def load_processor(source: str | os.PathLike, config: PretrainedConfig, image_size: int | None = None) -> Any:
-    """The model's own image processor; a default one for its type when the folder has none."""
+def load_processor(source: str | os.PathLike | None, config: PretrainedConfig, image_size: int | None = None) -> Any:
+    """The model's own image processor; a default one for its type when the folder has none (or when there is
+    no folder yet: ``source`` None, so a path is never mistaken for a Hub id and looked up)."""
     from transformers import AutoImageProcessor
 
     try:
+        if source is None:
+            raise OSError("no saved processor")
         processor = AutoImageProcessor.from_pretrained(str(source))
     except (OSError, ValueError):
         from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
@@ -329,8 +338,8 @@ def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0,
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report would only announce the head we re-create
     try:
-        model = model_class(config).from_pretrained(
-            str(source), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        model = _from_pretrained(
+            model_class(config), source, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
             ignore_mismatched_sizes=True, dtype=torch.float32)
     finally:
         transformers_logging.set_verbosity(verbosity)

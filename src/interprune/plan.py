@@ -107,10 +107,6 @@ class Plan:
             for ax in dim.axes:
                 self._index.setdefault(ax.tensor, []).append((ax.axis, dim, ax))
 
-    def for_tensor(self, name: str) -> list[tuple[int, Dimension]]:
-        """(axis, dimension) pairs of a tensor."""
-        return [(axis, dim) for axis, dim, _ in self._index.get(name, [])]
-
     def entries(self, name: str) -> list[tuple[int, Dimension, Axis]]:
         return self._index.get(name, [])
 

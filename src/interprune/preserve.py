@@ -67,6 +67,9 @@ def check_options(method: str, *, calibration: bool, compensate: bool, layers: s
     """Reject inconsistent options before any work, naming the fix."""
     if layers not in DEPTH_CHOICES:
         raise InterpruneError(f"unknown layer choice {layers!r}; use one of {', '.join(DEPTH_CHOICES)}")
+    if method not in PRESERVING and method not in STRUCTURED:
+        raise InterpruneError(f"method {method!r} resamples each tensor on its own, so it cannot take layer, "
+                              f"rotation or compensation options; use one of {', '.join((*PRESERVING, *STRUCTURED))}")
     needs = [flag for flag, on in (("--compensate", compensate), ("--rotate", rotate),
                                    ("--layers importance", layers == "importance"),
                                    ("--method calibrated", method == "calibrated")) if on]
@@ -94,9 +97,6 @@ def fill(
 ) -> tuple[Any, Preservation]:
     """Fill ``target`` in place from ``source`` with a preserving ``method``; return the transfer report
     and what was chosen. ``inputs`` is one batch of calibration inputs (``calibration.calibration_inputs``)."""
-    if method not in PRESERVING and method not in STRUCTURED:
-        raise InterpruneError(f"method {method!r} resamples each tensor on its own, so it cannot take layer, "
-                              f"rotation or compensation options; use one of {', '.join((*PRESERVING, *STRUCTURED))}")
     check_options(method, calibration=inputs is not None, compensate=compensate_layers, layers=layers, rotate=rotate)
     record = Preservation(method, layer_choice=layers, calibration_examples=_batch_size(inputs or {}))
     plan = make_plan(source, target)

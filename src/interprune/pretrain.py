@@ -45,5 +45,5 @@ def pretrain(config: str | os.PathLike | dict, data: str | os.PathLike, out: str
     if not init.exists():
         model_config = AutoConfig.for_model(model_type, **fields)
         model = build_model(model_config, settings.seed)
-        save(model, init, processor=load_processor(init, model_config, settings.image_size))  # one atomic folder
+        save(model, init, processor=load_processor(None, model_config, settings.image_size))  # one atomic folder
     return train(init, dataset, out / "run", settings, resume=resume, progress=progress)

@@ -253,6 +253,9 @@ def shrink(
     if method not in METHODS and method not in PRESERVING:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
     preserving = method in PRESERVING or compensate or rotate or layers != "first"
+    if calibration is not None and not preserving:
+        raise InterpruneError(f"--calibration is read only by 'calibrated', --compensate, --rotate and --layers "
+                              f"importance; method {method!r} alone would ignore it: add one of them or drop it")
     if preserving:
         check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
                       rotate=rotate)

@@ -89,7 +89,11 @@ class Experiment(BaseModel):
 
     @model_validator(mode="after")
     def method_options(self) -> "Experiment":
-        if self.init in PRESERVING or self.compensate or self.rotate or self.layers != "first":
+        preserving = self.init in PRESERVING or self.compensate or self.rotate or self.layers != "first"
+        if self.calibration is not None and not preserving:
+            raise ValueError(f"calibration is read only by init 'calibrated', compensate, rotate and layers: "
+                             f"importance; init {self.init!r} alone would ignore it: add one of them or drop it")
+        if preserving:
             if self.init not in PRESERVING and self.init not in STRUCTURED:
                 raise ValueError(f"init {self.init!r} takes no compensate/rotate/layers options; use one of "
                                  f"{', '.join((*PRESERVING, *STRUCTURED))}")

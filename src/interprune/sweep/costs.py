@@ -10,12 +10,12 @@ round, so that a burst of other work on the machine cannot reorder them. Written
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import write_text
 from ..bench import bench
 from .config import SweepConfig
 
@@ -74,7 +74,5 @@ def bench_experiments(config: SweepConfig, out: str | Path, *, only: str | None 
         path = out / BENCH / f"{name}.json"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(measured[key], indent=1))
-            tmp.replace(path)
+            write_text(path, json.dumps(measured[key], indent=1))
     return results

@@ -17,7 +17,8 @@ import torch
 from transformers import AutoModelForObjectDetection
 
 from ..errors import InterpruneError
-from ..shrink import HIDDEN_SIZES, load_config, model_class
+from ..models import load_config, load_model
+from ..shrink import HIDDEN_SIZES
 from .criterion import DistillCriterion, DistillWeights, Teacher
 from .settings import TrainSettings
 from .summary import RunSummary, TeacherCost, UnreadableSummary
@@ -38,8 +39,7 @@ def load_teacher(source: str | os.PathLike, names: list[str]) -> Teacher:
     if have != names:
         raise InterpruneError(f"--teacher {source} detects {have}, the dataset has {names}; give a teacher "
                               "fine-tuned on this dataset (e.g. runs/full/model from 'interprune train')")
-    model = model_class(config).from_pretrained(str(source), dtype=torch.float32)
-    return Teacher(model, name=str(source))
+    return Teacher(load_model(source, config, dtype=torch.float32), name=str(source))
 
 
 def kept_channels(student: str | os.PathLike, teacher: str | os.PathLike) -> torch.Tensor | None:
