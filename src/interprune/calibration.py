@@ -16,21 +16,20 @@ from typing import Any
 
 from .errors import InterpruneError
 
-__all__ = ["calibration_inputs", "model_processor", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+__all__ = ["calibration_inputs", "model_processor"]
 
 
 def _image_files(data: Path) -> list[Path]:
     """The training images of a Roboflow export or COCO JSON, else every image in the folder (one split
     of an export is such a folder)."""
     from .data.coco import ROBOFLOW_JSON, open_dataset
+    from .data.images import image_files
 
     if data.suffix == ".json" or (data / "train" / ROBOFLOW_JSON).is_file():
         dataset = open_dataset(data)
         return [Path(im["file"]) for im in dataset.train.images]
     if data.is_dir():
-        return sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return image_files(data)
     return []
 
 
@@ -77,6 +76,8 @@ def calibration_inputs(
         return dict(encoded)
     files = _image_files(path)
     if not files:
+        from .data.images import IMAGE_SUFFIXES
+
         raise InterpruneError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in calibration data {path}")
     if not hasattr(processor, "image_mean") and not hasattr(processor, "size"):
         raise InterpruneError(f"calibration data {path} holds images, but the model has no image processor; "

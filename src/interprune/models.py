@@ -76,7 +76,7 @@ def load_config(source: str | os.PathLike) -> PretrainedConfig:
         try:
             return AutoConfig.from_pretrained(str(source))
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-            raise InterpruneError(f"cannot read {folder / 'config.json'}: {_first_line(err)}") from None
+            raise InterpruneError(f"cannot read {folder / 'config.json'}: {first_line(err)}") from None
     try:  # a Hub id already in the local cache needs no network
         return AutoConfig.from_pretrained(str(source), local_files_only=True)
     except (OSError, ValueError):
@@ -94,7 +94,8 @@ def load_config(source: str | os.PathLike) -> PretrainedConfig:
         ) from None
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An exception as one line of at most 300 characters, for one-line errors."""
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return (text or type(err).__name__)[:300]
 
@@ -126,7 +127,7 @@ def build_model(config: PretrainedConfig, seed: int = 0, *, meta: bool = False) 
     except InterpruneError:
         raise
     except Exception as err:
-        raise InterpruneError(f"the target configuration cannot be built: {_first_line(err)}; change the --set "
+        raise InterpruneError(f"the target configuration cannot be built: {first_line(err)}; change the --set "
                               f"values") from None
     return model.eval()
 
@@ -151,7 +152,7 @@ def _from_pretrained(cls: type[PreTrainedModel], source: str | os.PathLike, **kw
     except InterpruneError:
         raise
     except Exception as err:
-        raise InterpruneError(f"cannot read the weights of {source}: {_first_line(err)}; the file is truncated "
+        raise InterpruneError(f"cannot read the weights of {source}: {first_line(err)}; the file is truncated "
                               f"or not a model file: save or download it again") from None
 
 

@@ -12,20 +12,17 @@ from PIL import Image
 
 from .atomic import write_bytes
 from .data.coco import check_image
+from .data.images import image_files
 from .data.loader import load_image
 from .data.show import draw_boxes
 from .errors import InterpruneError
 from .models import load_for_inference
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
 @torch.no_grad()
 def predict(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
             threshold: float = 0.5, limit: int | None = None) -> list[dict]:
     """Run ``model`` on every image in ``images`` and write ``out/<name>.png`` with boxes and scores."""
-    files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if Path(
-        images).is_dir() else []
+    files = image_files(images, recursive=False) if Path(images).is_dir() else []
     if not files:
         raise InterpruneError(f"{images}: no images (.jpg, .png, ...) found; point --images at a folder of images")
     files = files[:limit]

@@ -20,7 +20,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
 from .errors import InterpruneError
-from .models import (build_model, load_config, load_model, model_class,  # noqa: F401
+from .models import (build_model, first_line, load_config, load_model, model_class,  # noqa: F401
                      save, tokenizer_size)
 from .plan import Plan, make_plan
 from .preserve import PRESERVING, check_options, fill
@@ -100,7 +100,7 @@ def _rebuild(config: PretrainedConfig, overrides: dict[str, Any], where: str) ->
         new = cls(**values)
     except Exception as err:
         what = ", ".join(f"{v!r} for {where + k}" for k, v in own.items()) or "in the source config"
-        raise InterpruneError(f"bad value {what}: {_first_line(err)}") from None
+        raise InterpruneError(f"bad value {what}: {first_line(err)}") from None
     for key, value in own.items():  # strict configs may coerce; a value they silently ignore is an error
         if getattr(new, key, None) != value and not isinstance(value, dict):
             raise InterpruneError(f"bad value {value!r} for {where + key}: {cls.__name__} keeps "
@@ -143,11 +143,6 @@ def _follow_lists(config: PretrainedConfig, own: dict[str, Any], values: dict[st
             else:
                 raise InterpruneError(f"{where}{key} now has {len(new)} entries but {where}{other} has {len(value)}; "
                                       f"set {where}{other} to a list of {len(new)} too")
-
-
-def _first_line(err: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return (text or type(err).__name__)[:300]
 
 
 def _check_heads(config: PretrainedConfig, explicit: set[str], where: str) -> None:
@@ -214,7 +209,7 @@ def check_target(model: PreTrainedModel, overrides: dict[str, Any]) -> None:
         model(**{k: v.to(model.dtype) if v.is_floating_point() else v for k, v in inputs.items()})
     except Exception as err:
         keys = ", ".join(overrides) or "the config"
-        raise InterpruneError(f"the target model fails on a dummy input ({_first_line(err)}); change {keys}") from None
+        raise InterpruneError(f"the target model fails on a dummy input ({first_line(err)}); change {keys}") from None
 
 
 def plan_for(source: str | os.PathLike | PreTrainedModel, overrides: dict[str, Any]) -> Plan:

@@ -17,9 +17,15 @@ from ..errors import InterpruneError
 from .augment import augmentation
 from .loader import load_image
 
-__all__ = ["ImageFolder", "image_loader", "IMAGE_SUFFIXES"]
+__all__ = ["ImageFolder", "image_loader", "image_files", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_files(folder: str | Path, *, recursive: bool = True) -> list[Path]:
+    """The images in ``folder`` (and its sub-folders), by suffix, in a stable order."""
+    found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 class ImageFolder(Dataset):
@@ -27,7 +33,7 @@ class ImageFolder(Dataset):
         folder = Path(folder)
         if not folder.is_dir():
             raise InterpruneError(f"--distill-data {folder}: not a folder; give a folder of images")
-        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = image_files(folder)
         if not self.files:
             raise InterpruneError(f"--distill-data {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
         self.transform = augmentation() if augment else None
