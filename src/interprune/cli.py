@@ -133,7 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/")
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep.config import load_sweep, preset_path
     from .sweep.report import write_report
     from .sweep.run import run_sweep
@@ -141,9 +141,39 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if bool(args.file) == bool(args.preset):
         raise InterpruneError("give a sweep YAML file or --preset NAME (e.g. --preset paper), not both")
     source = str(Path(args.source).resolve()) if args.source and Path(args.source).exists() else args.source
+    check_launcher_flags(args)
     config = load_sweep(args.file or preset_path(args.preset), {"data": args.data, "source": source})
-    run_sweep(config, args.out, only=args.only)
-    _print_report(write_report(args.out))
+    if args.launcher == "serial":
+        run_sweep(config, args.out, only=args.only)
+        _print_report(write_report(args.out))
+        return 0
+    return run_launched_sweep(config, args)
+
+
+def run_launched_sweep(config, args: argparse.Namespace) -> int:
+    """``sweep --launcher ray|slurm``: the runs spread over a cluster; the report of what finished; exit 1
+    (after the report) when some run failed for good."""
+    from .sweep.launch import launched_sweep, ray_launcher, slurm_launcher
+    from .sweep.report import write_report
+
+    if args.launcher == "ray":
+        def make():
+            return ray_launcher(args.address, args.cpus_per_run, args.gpus_per_run)
+    else:
+        def make():
+            return slurm_launcher(Path(args.out).resolve(), local=args.local, partition=args.partition,
+                                  cpus=int(args.cpus_per_run), gpus=int(args.gpus_per_run), minutes=args.time,
+                                  parallelism=args.array_parallelism)
+    outcomes = launched_sweep(config, args.out, make, retries=args.retries, only=args.only)
+    bad = {key: o for key, o in outcomes.items() if o.status != "done"}
+    if len(bad) < len(outcomes):
+        _print_report(write_report(args.out))
+    for key, outcome in bad.items():
+        print(f"interprune: {key} {outcome.status}: {outcome.message}", file=sys.stderr)
+    if bad:
+        print(f"interprune: {len(bad)} of {len(outcomes)} runs did not finish; logs in {Path(args.out) / 'logs'}/; "
+              f"run the same command again to retry them", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -267,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. a local copy of facebook/detr-resnet-50 for --preset paper")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--only", help="run only this experiment (spread a sweep over machines)")
+    add_launcher_flags(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="join a results folder's runs into a report")
@@ -315,13 +346,46 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
                            help=f"{field.description or ''} (default {field.default})".strip())
 
 
+def check_launcher_flags(args: argparse.Namespace) -> None:
+    """Flags that belong to another launcher, or counts that cannot be, in one line before any work."""
+    own = {"address": "ray", "partition": "slurm", "local": "slurm"}
+    for flag, launcher in own.items():
+        if getattr(args, flag) and args.launcher != launcher:
+            raise InterpruneError(f"--{flag} is for --launcher {launcher}, not {args.launcher}")
+    if args.retries < 0:
+        raise InterpruneError(f"--retries {args.retries}: give 0 or more")
+    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+        raise InterpruneError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
+    if args.launcher == "slurm" and (args.cpus_per_run != int(args.cpus_per_run) or args.gpus_per_run != int(args.gpus_per_run)):
+        raise InterpruneError("--launcher slurm takes whole CPUs and GPUs per run")
+
+
+def add_launcher_flags(p: argparse.ArgumentParser) -> None:
+    """Where a sweep's runs execute (see ``sweep.launch``)."""
+    g = p.add_argument_group("launchers (README: Running on a cluster)")
+    g.add_argument("--launcher", default="serial", choices=["serial", "ray", "slurm"],
+                   help="serial (default: one run after another here), ray (a Ray task per run) or slurm "
+                   "(a Slurm job per run, through submitit)")
+    g.add_argument("--address", help="ray: the cluster (auto, host:port or ray://host:port); default: a local Ray "
+                   "instance started and stopped here")
+    g.add_argument("--cpus-per-run", type=float, default=1, help="CPUs each run asks for (default 1)")
+    g.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each run asks for (default 0)")
+    g.add_argument("--retries", type=int, default=2, help="times a run whose worker or job died is started "
+                   "again, resuming from its checkpoint (default 2)")
+    g.add_argument("--partition", help="slurm: the partition")
+    g.add_argument("--time", type=int, default=240, help="slurm: minutes per run (default 240)")
+    g.add_argument("--array-parallelism", type=int, default=64, help="slurm: runs of one job array at once "
+                   "(default 64)")
+    g.add_argument("--local", action="store_true", help="slurm: submitit's local executor on this machine "
+                   "instead of a Slurm cluster (same code path)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded where a command's output should say how it was made
     try:
-        args.func(args)
+        return args.func(args) or 0
     except InterpruneError as err:
         print(f"interprune: error: {err}", file=sys.stderr)
         return 2
-    return 0

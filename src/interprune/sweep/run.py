@@ -27,9 +27,11 @@ from ..train.settings import TrainSettings
 from ..train.summary import SUMMARY, RunSummary, UnreadableSummary
 from .config import Experiment, SweepConfig
 from .costs import bench_experiments
+from .locks import run_lock
 from .progress import SweepProgress
 
-__all__ = ["check_sweep", "run_sweep", "prepare_model", "settings_for", "run_folder"]
+__all__ = ["check_sweep", "run_sweep", "run_one", "start_sweep", "prepare_data", "prepare_model", "settings_for", "run_folder",
+           "finished_twins", "is_finished", "SourceCache"]
 
 
 def run_folder(out: Path, name: str, seed: int) -> Path:
@@ -44,7 +46,7 @@ def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None =
     if only and out is not None:
         experiment = config.experiment(only)
         for dep in dict.fromkeys(d for d in (experiment.from_, experiment.teacher) if d):
-            missing = [s for s in config.seeds if not _finished(run_folder(out, dep, s))]
+            missing = [s for s in config.seeds if not is_finished(run_folder(out, dep, s))]
             if missing:
                 raise InterpruneError(
                     f"--only {only}: it needs {dep}'s result, which {out} does not have yet for seed(s) "
@@ -61,6 +63,13 @@ def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None =
         build_model(target_config(source, config.target))
     except InterpruneError as err:
         raise InterpruneError(f"target: {err}") from None
+
+
+def start_sweep(config: SweepConfig, out: Path) -> DetectionData:
+    """The results folder with the sweep it holds (``sweep.json``), and the data, written once if generated."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "sweep.json", json.dumps(config.model_dump(), indent=1))
+    return prepare_data(config, out)
 
 
 def prepare_data(config: SweepConfig, out: Path) -> DetectionData:
@@ -100,68 +109,110 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
 
 
 def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, progress: bool = True) -> list[Path]:
-    """Run every (experiment, seed) not yet finished; return the run folders that now have summaries."""
+    """Run every (experiment, seed) not yet finished, one after another; return the run folders that now
+    have summaries. (``sweep.launch`` spreads the same runs over a Ray cluster or Slurm.)"""
     out = Path(out)
     check_sweep(config, only, out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "sweep.json", json.dumps(config.model_dump(), indent=1))
-    data = prepare_data(config, out)
-    source = None
-    done = []
+    data = start_sweep(config, out)
     order = [e for e in config.ordered() if not only or e.name == only]  # each after what it starts from
     counter = SweepProgress(len(order) * len(config.seeds))
+    sources = SourceCache(config)
     twins: dict[tuple[str, str], Path] = {}  # (start fingerprint, settings) -> the run that trained it
+    done = []
     for experiment in order:
         for seed in config.seeds:
-            run = run_folder(out, experiment.name, seed)
-            tag = f"[{experiment.name} seed {seed}]"
-            try:
-                finished = RunSummary.find(run)
-            except UnreadableSummary as err:
-                print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
-                finished = None
-            if finished is not None:
-                if finished.start_fingerprint:
-                    twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
-                print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
-                done.append(run)
-                continue
-            folder = out / "models" / f"{experiment.name}-seed{seed}"
-            origin = run_folder(out, experiment.from_, seed) / "model" if experiment.from_ else None
-            needed = experiment.init != "pretrained" and not folder.exists()
-            if origin is None and source is None and needed:
-                source = load_model(config.source)
-            start_from = (load_model(origin) if needed else None) if origin is not None else source
-            start = prepare_model(config, experiment, seed, folder, start_from, origin, data)
-            settings = settings_for(config, experiment, seed, out)
-            digest = fingerprint(start)
-            key = (digest, _settings_key(settings))
-            if digest is not None and key in twins:  # bit-identical start, same settings: the same run
-                copy_run(twins[key], run)
-                print(f"{counter.next(skipped=True)} {tag} starts from exactly the weights of {twins[key].parent.name} "
-                      f"with the same settings: its results are copied, not recomputed")
-                done.append(run)
-                continue
-            print(f"{counter.next()} {tag} {experiment.size} model, init {experiment.init}"
-                  f"{f' from {experiment.from_}' if experiment.from_ else ''}"
-                  f"{f', teacher {experiment.teacher}' if experiment.teacher else ''}: training "
-                  f"{settings.steps} steps -> {run}")
-            try:
-                train(start, data, run, settings, resume=run.exists(), progress=progress)
-            except CorruptCheckpoint as err:
-                kept = set_aside(run / CHECKPOINTS / "last.ckpt")
-                print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
-                train(start, data, run, settings, resume=True, progress=progress)
-            summary = RunSummary.read(run)
-            summary.start_fingerprint = digest
-            summary.write(run)
-            if digest is not None:
-                twins.setdefault(key, run)
-            counter.done()
-            done.append(run)
+            with run_lock(out, experiment.name, seed):
+                done.append(run_one(config, out, experiment, seed, data, sources=sources, twins=twins,
+                                    counter=counter, progress=progress))
     if config.bench:
         bench_experiments(config, out, only=only)
     return done
+
+
+class SourceCache:
+    """The sweep's source model, loaded once and only when a run needs it."""
+
+    def __init__(self, config: SweepConfig) -> None:
+        self.config, self.model = config, None
+
+    def get(self) -> Any:
+        if self.model is None:
+            self.model = load_model(self.config.source)
+        return self.model
+
+
+def run_one(config: SweepConfig, out: Path, experiment: Experiment, seed: int, data: DetectionData, *,
+            sources: SourceCache, twins: dict[tuple[str, str], Path], counter: SweepProgress | None = None,
+            progress: bool = True) -> Path:
+    """Bring one (experiment, seed) run to its summary: skip it if finished, copy a twin's results (a
+    bit-identical start with the same settings), or prepare its starting model and train it, resuming
+    from its checkpoint when it has one. Every launcher calls this, so a run is the same wherever it runs."""
+    run = run_folder(out, experiment.name, seed)
+    tag = f"[{experiment.name} seed {seed}]"
+    try:
+        finished = RunSummary.find(run)
+    except UnreadableSummary as err:
+        print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
+        finished = None
+    if finished is not None:
+        if finished.start_fingerprint:
+            twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
+        print(f"{_prefix(counter, True)}{tag} finished before: skipped")
+        return run
+    folder = out / "models" / f"{experiment.name}-seed{seed}"
+    origin = run_folder(out, experiment.from_, seed) / "model" if experiment.from_ else None
+    needed = experiment.init != "pretrained" and not folder.exists()
+    if origin is not None:
+        start_from = load_model(origin) if needed else None
+    else:
+        start_from = sources.get() if needed else None
+    start = prepare_model(config, experiment, seed, folder, start_from, origin, data)
+    settings = settings_for(config, experiment, seed, out)
+    digest = fingerprint(start)
+    key = (digest, _settings_key(settings))
+    if digest is not None and key in twins:  # bit-identical start, same settings: the same run
+        copy_run(twins[key], run)
+        print(f"{_prefix(counter, True)}{tag} starts from exactly the weights of {twins[key].parent.name} "
+              f"with the same settings: its results are copied, not recomputed")
+        return run
+    print(f"{_prefix(counter)}{tag} {experiment.size} model, init {experiment.init}"
+          f"{f' from {experiment.from_}' if experiment.from_ else ''}"
+          f"{f', teacher {experiment.teacher}' if experiment.teacher else ''}: training "
+          f"{settings.steps} steps -> {run}")
+    try:
+        train(start, data, run, settings, resume=run.exists(), progress=progress)
+    except CorruptCheckpoint as err:
+        kept = set_aside(run / CHECKPOINTS / "last.ckpt")
+        print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
+        train(start, data, run, settings, resume=True, progress=progress)
+    summary = RunSummary.read(run)
+    summary.start_fingerprint = digest
+    summary.write(run)
+    if digest is not None:
+        twins.setdefault(key, run)
+    if counter:
+        counter.done()
+    return run
+
+
+def _prefix(counter: SweepProgress | None, skipped: bool = False) -> str:
+    """``[j/n] `` when the sweep counts its runs here (serial); launchers count as runs finish instead."""
+    return f"{counter.next(skipped=skipped)} " if counter else ""
+
+
+def finished_twins(config: SweepConfig, out: Path) -> dict[tuple[str, str], Path]:
+    """The twins table of the runs already finished on disk: what a run started on another machine knows."""
+    twins: dict[tuple[str, str], Path] = {}
+    for experiment in config.experiments:
+        for seed in config.seeds:
+            run = run_folder(out, experiment.name, seed)
+            try:
+                finished = RunSummary.find(run)
+            except UnreadableSummary:
+                continue
+            if finished is not None and finished.start_fingerprint and not finished.copied_from:
+                twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
+    return twins
 
 
 def set_aside(path: Path) -> Path:
@@ -181,7 +232,8 @@ def settings_for(config: SweepConfig, experiment: Experiment, seed: int, out: Pa
     return config.train.model_copy(update=update)
 
 
-def _finished(run: Path) -> bool:
+def is_finished(run: Path) -> bool:
+    """The run has a readable summary."""
     try:
         return RunSummary.find(run) is not None
     except UnreadableSummary:
