@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from interprune.sweep.config import preset_path
@@ -34,9 +35,14 @@ def sweep(plan: Path, out: Path, *flags: str) -> float:
     return time.perf_counter() - started
 
 
-def digits(out: Path) -> list[dict]:
+def digits(out: Path) -> dict[str, dict[str, str]]:
     rows = csv.DictReader((out / "summary.csv").open())
-    return [{k: v for k, v in row.items() if k not in TIMED} for row in rows]
+    return {row["experiment"]: {k: v for k, v in row.items() if k not in TIMED} for row in rows}
+
+
+def differences(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]) -> list[str]:
+    return [f"{name} {column}: {row[column]} vs {b.get(name, {}).get(column)}"
+            for name, row in a.items() for column in row if b.get(name, {}).get(column) != row[column]]
 
 
 def main() -> None:
@@ -44,6 +50,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--cpus-per-run", default="1")
+    parser.add_argument("--threads", type=int, help="threads of the serial runs (default: torch's); 1 makes the "
+                        "digits comparable with --cpus-per-run 1")
     args = parser.parse_args()
     plan = yaml.safe_load(preset_path("demo").read_text())
     plan["train"]["steps"] = args.steps
@@ -53,13 +61,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "demo.yaml"
         path.write_text(yaml.safe_dump(plan))
+        if args.threads:
+            os.environ["OMP_NUM_THREADS"] = str(args.threads)
+            torch.set_num_threads(args.threads)
         serial = sweep(path, Path(tmp) / "serial")
+        os.environ.pop("OMP_NUM_THREADS", None)
         ray = sweep(path, Path(tmp) / "ray", "--launcher", "ray", "--cpus-per-run", args.cpus_per_run)
-        same = digits(Path(tmp) / "serial") == digits(Path(tmp) / "ray")
+        differ = differences(digits(Path(tmp) / "serial"), digits(Path(tmp) / "ray"))
     print(f"demo sweep, {args.steps} steps, {args.seeds} seed(s), {os.cpu_count()} CPUs")
     print(f"  serial                          {serial:7.1f} s")
     print(f"  ray, --cpus-per-run {args.cpus_per_run:<12} {ray:7.1f} s   ({serial / ray:.2f}x the serial speed)")
-    print(f"  summary.csv digits {'identical' if same else 'DIFFER'}")
+    print(f"  summary.csv digits {'identical' if not differ else 'differ (serial vs ray):'}")
+    for line in differ:
+        print(f"    {line}")
+    if differ:
+        print(f"  (the serial runs use {torch.get_num_threads()} threads each, the Ray tasks {args.cpus_per_run}: "
+              "another reduction order in the matrix products)")
 
 
 if __name__ == "__main__":
