@@ -5,8 +5,8 @@ import sys
 import torch
 
 from interprune.cli import main
-from interprune.preserve import PRESERVING
-from interprune.resample import METHODS
+from interprune.preserve.recipe import PRESERVING
+from interprune.weights.resample import METHODS
 
 
 def test_methods_lists_one_line_per_method(capsys):

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interprune.resample import METHODS, resample, select_indices
+from interprune.weights.resample import METHODS, resample, select_indices
 
 SOURCE_ONLY = [m for m, spec in METHODS.items() if spec.axis_fn is not None]
 

@@ -12,8 +12,8 @@ from .errors import InterpruneError
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    from .preserve import PRESERVING
-    from .resample import METHODS
+    from .preserve.recipe import PRESERVING
+    from .weights.resample import METHODS
 
     described = {**{m.name: m.description for m in METHODS.values()}, **PRESERVING}
     width = max(map(len, described))
@@ -24,9 +24,10 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def cmd_shrink(args: argparse.Namespace) -> None:
     import torch
 
-    from .models import check_writable
+    from .hf.config import parse_overrides
+    from .hf.models import check_writable, save
     from .plan import plan_summary
-    from .shrink import parse_overrides, save, shrink
+    from .weights.shrink import shrink
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -49,7 +50,8 @@ def cmd_shrink(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from .shrink import parse_overrides, plan_for
+    from .hf.config import parse_overrides
+    from .weights.shrink import plan_for
 
     print(plan_for(args.source, parse_overrides(args.set)).describe())
 

@@ -24,8 +24,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .plan import grouped_heads
-from .resample import select_indices
+from ..plan import grouped_heads
+from ..weights.resample import select_indices
 
 __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "layer_influence",
            "layer_name_map", "DEPTH_CHOICES", "SCORED_KINDS"]

@@ -25,13 +25,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..errors import InterpruneError
+from ..plan import STRUCTURED, Plan, axis_index, make_plan
+from ..weights.transfer import transfer
 from .compensate import compensate
-from .errors import InterpruneError
 from .importance import (DEPTH_CHOICES, activation_scores, choose, choose_layers, layer_influence, layer_name_map,
                          magnitude_scores)
-from .plan import STRUCTURED, Plan, axis_index, make_plan
 from .rotate import query_key_axes, rotate_heads
-from .transfer import transfer
 
 __all__ = ["PRESERVING", "Preservation", "fill", "check_options"]
 

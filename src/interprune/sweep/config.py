@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import InterpruneError
 from ..plan import STRUCTURED
-from ..preserve import PRESERVING, check_options
-from ..resample import METHODS
+from ..preserve.recipe import PRESERVING, check_options
+from ..weights.resample import METHODS
 from ..sources import resolve_source
 from ..train.settings import TrainSettings
 

@@ -19,8 +19,8 @@ from ..atomic import atomic_folder, write_text
 from ..data import DetectionData, open_dataset
 from ..data.domains import write_domain
 from ..errors import InterpruneError
-from ..models import fingerprint
-from ..shrink import build_model, load_config, load_model, save, shrink, target_config
+from ..hf.config import target_config
+from ..hf.models import build_model, fingerprint, load_config, load_model, save
 from ..train.resume import CorruptCheckpoint
 from ..train.run import CHECKPOINTS, check_trainer, train
 from ..train.settings import TrainSettings
@@ -28,12 +28,9 @@ from ..train.summary import SUMMARY, RunSummary, UnreadableSummary
 from .config import Experiment, SweepConfig
 from .costs import bench_experiments
 from .progress import SweepProgress
+from .results import SweepLayout
 
-__all__ = ["check_sweep", "run_sweep", "prepare_model", "settings_for", "run_folder"]
-
-
-def run_folder(out: Path, name: str, seed: int) -> Path:
-    return out / "runs" / name / f"seed{seed}"
+__all__ = ["check_sweep", "run_sweep", "prepare_model", "settings_for"]
 
 
 def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None = None) -> None:
@@ -44,7 +41,7 @@ def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None =
     if only and out is not None:
         experiment = config.experiment(only)
         for dep in dict.fromkeys(d for d in (experiment.from_, experiment.teacher) if d):
-            missing = [s for s in config.seeds if not _finished(run_folder(out, dep, s))]
+            missing = [s for s in config.seeds if not _finished(SweepLayout(out).run(dep, s))]
             if missing:
                 raise InterpruneError(
                     f"--only {only}: it needs {dep}'s result, which {out} does not have yet for seed(s) "
@@ -68,7 +65,7 @@ def prepare_data(config: SweepConfig, out: Path) -> DetectionData:
         return open_dataset(config.data)
     spec = config.generate
     assert spec is not None
-    folder = out / "data" / spec.domain
+    folder = SweepLayout(out).data(spec.domain)
     if not folder.exists():
         write_domain(spec.domain, folder, train=spec.train, valid=spec.valid, copies=spec.copies, size=spec.size,
                      seed=spec.seed)
@@ -102,9 +99,10 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
 def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, progress: bool = True) -> list[Path]:
     """Run every (experiment, seed) not yet finished; return the run folders that now have summaries."""
     out = Path(out)
+    layout = SweepLayout(out)
     check_sweep(config, only, out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "sweep.json", json.dumps(config.model_dump(), indent=1))
+    write_text(layout.config, json.dumps(config.model_dump(), indent=1))
     data = prepare_data(config, out)
     source = None
     done = []
@@ -113,7 +111,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
     twins: dict[tuple[str, str], Path] = {}  # (start fingerprint, settings) -> the run that trained it
     for experiment in order:
         for seed in config.seeds:
-            run = run_folder(out, experiment.name, seed)
+            run = layout.run(experiment.name, seed)
             tag = f"[{experiment.name} seed {seed}]"
             try:
                 finished = RunSummary.find(run)
@@ -126,8 +124,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                 print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
                 done.append(run)
                 continue
-            folder = out / "models" / f"{experiment.name}-seed{seed}"
-            origin = run_folder(out, experiment.from_, seed) / "model" if experiment.from_ else None
+            folder = layout.start(experiment.name, seed)
+            origin = layout.model(experiment.from_, seed) if experiment.from_ else None
             needed = experiment.init != "pretrained" and not folder.exists()
             if origin is None and source is None and needed:
                 source = load_model(config.source)
@@ -175,7 +173,7 @@ def settings_for(config: SweepConfig, experiment: Experiment, seed: int, out: Pa
     """The sweep's settings with this experiment's own (``train:``, steps, its teacher's model) and the seed."""
     update: dict[str, Any] = {**experiment.train, "seed": seed, "steps": config.steps_of(experiment)}
     if experiment.teacher:
-        update["teacher"] = str(run_folder(out, experiment.teacher, seed) / "model")
+        update["teacher"] = str(SweepLayout(out).model(experiment.teacher, seed))
     elif not (update.get("teacher") or config.train.teacher):
         update["distill_data"] = None  # unlabelled images only serve experiments that have a teacher
     return config.train.model_copy(update=update)

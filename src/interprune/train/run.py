@@ -15,8 +15,8 @@ from pathlib import Path
 from ..atomic import clean_stale
 from ..data import DetectionData, make_loaders, open_dataset
 from ..errors import InterpruneError
-from ..models import (check_detector, count_parameters, load_config, load_detector, load_for_inference,
-                      load_processor, save)
+from ..hf.models import check_detector, count_parameters, load_config, load_detector, load_for_inference, save
+from ..hf.processors import load_processor
 from . import batchnorm
 from .distill import make_distillation, teacher_summary
 from .metrics import METRICS, MetricsTable, read_metrics
@@ -26,8 +26,7 @@ from .resume import AtomicCheckpointIO, RunState, check_checkpoint
 from .settings import TrainSettings
 from .summary import SUMMARY, RunSummary
 
-__all__ = ["train", "evaluate", "check_trainer", "load_detector", "load_processor", "read_metrics", "TrainSettings",
-           "RunSummary"]
+__all__ = ["train", "evaluate", "check_trainer"]
 
 CHECKPOINTS = "checkpoints"
 TRAINER_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision")  # read by Lightning itself

@@ -17,8 +17,8 @@ from torch import nn
 
 from torch import Tensor
 
-from .models import count_parameters
-from .plan import STRUCTURED, Plan, axis_index, default_choices, make_plan
+from ..hf.models import count_parameters
+from ..plan import STRUCTURED, Plan, axis_index, default_choices, make_plan
 from .resample import METHODS, resample
 
 __all__ = ["TensorRecord", "TransferReport", "transfer", "count_parameters"]
