@@ -25,6 +25,7 @@ from ..train.resume import CorruptCheckpoint
 from ..train.run import CHECKPOINTS, check_trainer, train
 from ..train.settings import TrainSettings
 from ..train.summary import SUMMARY, RunSummary, UnreadableSummary
+from ..weights.shrink import shrink
 from .config import Experiment, SweepConfig
 from .costs import bench_experiments
 from .progress import SweepProgress

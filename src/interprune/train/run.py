@@ -19,7 +19,7 @@ from ..hf.models import check_detector, count_parameters, load_config, load_dete
 from ..hf.processors import load_processor
 from . import batchnorm
 from .distill import make_distillation, teacher_summary
-from .metrics import METRICS, MetricsTable, read_metrics
+from .metrics import METRICS, MetricsTable
 from .module import DetectionModule, NonFiniteLoss
 from .progress import StepProgressBar
 from .resume import AtomicCheckpointIO, RunState, check_checkpoint
