@@ -14,13 +14,14 @@ from .errors import InterpruneError
 if TYPE_CHECKING:
     from .hf.models import load_model, save
     from .plan import Plan, make_plan
-    from .weights.resample import METHODS, resample, select_indices
+    from .methods import METHODS
+    from .weights.resample import resample, select_indices
     from .weights.shrink import shrink
     from .weights.transfer import TransferReport, transfer
 
 # public name -> the module it lives in
 _HOMES = {
-    "METHODS": "weights.resample", "resample": "weights.resample", "select_indices": "weights.resample",
+    "METHODS": "methods", "resample": "weights.resample", "select_indices": "weights.resample",
     "TransferReport": "weights.transfer", "transfer": "weights.transfer",
     "shrink": "weights.shrink", "load_model": "hf.models", "save": "hf.models",
     "Plan": "plan", "make_plan": "plan",

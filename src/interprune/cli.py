@@ -12,13 +12,11 @@ from .errors import InterpruneError
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    from .preserve.recipe import PRESERVING
-    from .weights.resample import METHODS
+    from .methods import METHODS
 
-    described = {**{m.name: m.description for m in METHODS.values()}, **PRESERVING}
-    width = max(map(len, described))
-    for name, description in described.items():
-        print(f"{name:<{width}}  {description}")
+    width = max(map(len, METHODS))
+    for method in METHODS.values():
+        print(f"{method.name:<{width}}  {method.description}")
 
 
 def cmd_shrink(args: argparse.Namespace) -> None:

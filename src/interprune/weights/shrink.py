@@ -22,8 +22,8 @@ from ..hf.inputs import check_target
 from ..hf.models import build_model, load_config, load_model
 from ..hf.processors import tokenizer_size
 from ..plan import Plan, make_plan
-from ..preserve.recipe import PRESERVING, check_options, fill
-from .resample import METHODS
+from ..methods import METHODS, check_options
+from ..preserve.recipe import fill
 from .transfer import TransferReport, transfer
 
 __all__ = ["shrink", "plan_for"]
@@ -62,15 +62,11 @@ def shrink(
     data path (prepared by the source's own processor, ``calibration_size`` examples) or an already
     prepared batch of inputs.
     """
-    if method not in METHODS and method not in PRESERVING:
+    if method not in METHODS:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
-    preserving = method in PRESERVING or compensate or rotate or layers != "first"
-    if calibration is not None and not preserving:
-        raise InterpruneError(f"--calibration is read only by 'calibrated', --compensate, --rotate and --layers "
-                              f"importance; method {method!r} alone would ignore it: add one of them or drop it")
+    preserving = check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
+                               rotate=rotate)
     if preserving:
-        check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
-                      rotate=rotate)
         if reinit or choices:
             raise InterpruneError(f"method {method!r} with these options chooses its own units and fills every "
                                   f"tensor from the source; it takes no reinit or choices")

@@ -18,8 +18,9 @@ from torch import nn
 from torch import Tensor
 
 from ..hf.models import count_parameters
-from ..plan import STRUCTURED, Plan, axis_index, default_choices, make_plan
-from .resample import METHODS, resample
+from ..methods import Kind, names
+from ..plan import Plan, axis_index, default_choices, make_plan
+from .resample import RESAMPLERS, resample
 
 __all__ = ["TensorRecord", "TransferReport", "transfer", "count_parameters"]
 
@@ -93,13 +94,13 @@ def transfer(
     same-rank counterpart, those whose name matches the ``reinit`` regex, and integer buffers the target
     computes from its config keep the target's own initial values (the target must be freshly initialised).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method not in RESAMPLERS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(RESAMPLERS)}")
     pattern = re.compile(reinit) if reinit else None
     generator = torch.Generator().manual_seed(seed)
     plan = plan if plan is not None else make_plan(source, target)
-    structured = method in STRUCTURED or choices is not None
-    picked = default_choices(plan, method if method in STRUCTURED else "select")
+    structured = method in names(Kind.STRUCTURED) or choices is not None
+    picked = default_choices(plan, method if method in names(Kind.STRUCTURED) else "select")
     if choices:
         unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
         if unknown:
@@ -127,7 +128,7 @@ def transfer(
         elif value.shape == slot.shape:
             slot.data.copy_(value)
             action = COPIED
-        elif METHODS[method].axis_fn is None:  # ``random``: the target's own initial values
+        elif RESAMPLERS[method] is None:  # ``random``: the target's own initial values
             action = INITIALISED
         else:
             slot.data.copy_(_fill(name, value, slot.data, method, plan, picked, structured, generator))
