@@ -114,15 +114,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
         for seed in config.seeds:
             run = layout.run(experiment.name, seed)
             tag = f"[{experiment.name} seed {seed}]"
-            try:
-                finished = RunSummary.find(run)
-            except UnreadableSummary as err:
-                print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
-                finished = None
-            if finished is not None:
-                if finished.start_fingerprint:
-                    twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
-                print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
+            if _finished_before(run, tag, twins, counter):
                 done.append(run)
                 continue
             folder = layout.start(experiment.name, seed)
@@ -145,15 +137,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                   f"{f' from {experiment.from_}' if experiment.from_ else ''}"
                   f"{f', teacher {experiment.teacher}' if experiment.teacher else ''}: training "
                   f"{settings.steps} steps -> {run}")
-            try:
-                train(start, data, run, settings, resume=run.exists(), progress=progress)
-            except CorruptCheckpoint as err:
-                kept = set_aside(run / CHECKPOINTS / "last.ckpt")
-                print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
-                train(start, data, run, settings, resume=True, progress=progress)
-            summary = RunSummary.read(run)
-            summary.start_fingerprint = digest
-            summary.write(run)
+            _train(start, data, run, settings, tag, progress, digest)
             if digest is not None:
                 twins.setdefault(key, run)
             counter.done()
@@ -161,6 +145,35 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
     if config.bench:
         bench_experiments(config, out, only=only)
     return done
+
+
+def _finished_before(run: Path, tag: str, twins: dict[tuple[str, str], Path], counter: SweepProgress) -> bool:
+    """Whether ``run`` has a readable summary already (then its start becomes a known twin)."""
+    try:
+        finished = RunSummary.find(run)
+    except UnreadableSummary as err:
+        print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
+        return False
+    if finished is None:
+        return False
+    if finished.start_fingerprint:
+        twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
+    print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
+    return True
+
+
+def _train(start: Path, data: DetectionData, run: Path, settings: TrainSettings, tag: str, progress: bool,
+           digest: str | None) -> None:
+    """Train (or resume) one run; a damaged checkpoint is set aside and the run starts again from scratch."""
+    try:
+        train(start, data, run, settings, resume=run.exists(), progress=progress)
+    except CorruptCheckpoint as err:
+        kept = set_aside(run / CHECKPOINTS / "last.ckpt")
+        print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
+        train(start, data, run, settings, resume=True, progress=progress)
+    summary = RunSummary.read(run)
+    summary.start_fingerprint = digest
+    summary.write(run)
 
 
 def set_aside(path: Path) -> Path:

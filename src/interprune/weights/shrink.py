@@ -66,10 +66,9 @@ def shrink(
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
     preserving = check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
                                rotate=rotate)
-    if preserving:
-        if reinit or choices:
-            raise InterpruneError(f"method {method!r} with these options chooses its own units and fills every "
-                                  f"tensor from the source; it takes no reinit or choices")
+    if preserving and (reinit or choices):
+        raise InterpruneError(f"method {method!r} with these options chooses its own units and fills every "
+                              f"tensor from the source; it takes no reinit or choices")
     overrides = dict(overrides or {})
     config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
     target = build_model(target_config(config, overrides), seed)
@@ -80,21 +79,10 @@ def shrink(
     if dtype != target.dtype:
         target = target.to(dtype)
     if preserving:
-        inputs = calibration
-        if calibration is not None and not isinstance(calibration, dict):
-            from ..hf.processors import model_processor  # reads data: only when asked to
-            from ..preserve.calibration import calibration_inputs
-
-            processor = model_processor(source if not isinstance(source, PreTrainedModel) else source.name_or_path)
-            inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
-        # least squares in full precision, without changing a caller's half-precision model
-        work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
-        report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
-                              layers=layers, rotate=rotate, seed=seed)
+        report = _preserve(source, model, target, method, calibration=calibration,
+                           calibration_size=calibration_size, compensate=compensate, layers=layers, rotate=rotate,
+                           seed=seed)
         target = target.to(dtype)
-        if calibration is not None and not isinstance(calibration, dict):
-            record.calibration = str(calibration)
-        report.preserved = record.to_dict()
     else:
         try:
             report = transfer(model, target, method, seed=seed, reinit=reinit, choices=choices)
@@ -103,6 +91,27 @@ def shrink(
     report.source = str(getattr(source, "name_or_path", source))
     report.overrides = overrides
     return target, report
+
+
+def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, method: str, *,
+              calibration: Any, calibration_size: int, compensate: bool, layers: str, rotate: bool,
+              seed: int) -> TransferReport:
+    """Fill ``target`` (in place, in float32) with the data-aware recipe, on calibration inputs from ``calibration``."""
+    inputs = calibration
+    if calibration is not None and not isinstance(calibration, dict):
+        from ..hf.processors import model_processor  # reads data: only when asked to
+        from ..preserve.calibration import calibration_inputs
+
+        processor = model_processor(source if not isinstance(source, PreTrainedModel) else source.name_or_path)
+        inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
+    # least squares in full precision, without changing a caller's half-precision model
+    work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
+    report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
+                          layers=layers, rotate=rotate, seed=seed)
+    if calibration is not None and not isinstance(calibration, dict):
+        record.calibration = str(calibration)
+    report.preserved = record.to_dict()
+    return report
 
 
 def _check_vocabulary(source: Any, config: PretrainedConfig, target: PretrainedConfig) -> None:

@@ -101,16 +101,7 @@ def transfer(
     plan = plan if plan is not None else make_plan(source, target)
     structured = method in names(Kind.STRUCTURED) or choices is not None
     picked = default_choices(plan, method if method in names(Kind.STRUCTURED) else "select")
-    if choices:
-        unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
-        if unknown:
-            raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
-        for name, value in choices.items():
-            dim, value = plan[name], torch.as_tensor(value, dtype=torch.long)
-            if value.shape != (dim.target,) or value.min() < -1 or value.max() >= dim.source:
-                raise ValueError(f"choices[{name!r}] must hold {dim.target} source indices in 0..{dim.source - 1} "
-                                 f"(-1: the target's own value); got {value.tolist()}")
-            picked[name] = value
+    picked.update(_checked_choices(plan, choices or {}))
     state = source.state_dict()
     src = _renamed(state, plan, picked)
     params = {name for name, _ in target.named_parameters(remove_duplicate=False)}
@@ -138,6 +129,21 @@ def transfer(
     used = {id(src[name]) for name in tgt if name in src}
     report.dropped = [name for name, value in state.items() if id(value) not in used]
     return report
+
+
+def _checked_choices(plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A caller's choices (dimension name -> source indices kept, -1 for the target's own value), checked."""
+    unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
+    if unknown:
+        raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
+    out = {}
+    for name, value in choices.items():
+        dim, value = plan[name], torch.as_tensor(value, dtype=torch.long)
+        if value.shape != (dim.target,) or value.min() < -1 or value.max() >= dim.source:
+            raise ValueError(f"choices[{name!r}] must hold {dim.target} source indices in 0..{dim.source - 1} "
+                             f"(-1: the target's own value); got {value.tolist()}")
+        out[name] = value
+    return out
 
 
 def _renamed(state: dict[str, Tensor], plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:
