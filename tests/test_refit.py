@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from interprune.compensate import held_out_rows
+from interprune.preserve.compensate import held_out_rows
 from interprune.preserve.refit import channel_moments, choose_strength, held_out_error, moments, ridge_towards
 
 
