@@ -29,13 +29,10 @@ from .config import SweepConfig
 from .locks import check_free, run_lock
 from .progress import duration
 from .costs import bench_experiments
-from .run import (SourceCache, check_sweep, finished_twins, is_finished, prepare_data, run_folder, run_one,
-                  start_sweep)
+from .results import SweepLayout
+from .run import SourceCache, check_sweep, finished_twins, is_finished, prepare_data, run_one, start_sweep
 
 __all__ = ["RunKey", "Outcome", "Launcher", "launch_sweep", "launched_sweep", "execute", "ray_launcher", "slurm_launcher"]
-
-LOGS = "logs"
-
 
 @dataclass(frozen=True, order=True)
 class RunKey:
@@ -73,17 +70,13 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
-def log_path(out: Path, key: RunKey) -> Path:
-    return out / LOGS / f"{key.experiment}-seed{key.seed}.log"
-
-
 def execute(config: SweepConfig, out: str, key: RunKey, threads: int) -> Outcome:
     """One run on a worker: its output goes to ``logs/<experiment>-seed<k>.log`` (appended, one header line
     per attempt), the run's lock is held throughout, and any error becomes a failed ``Outcome`` (an
     exception escaping here would look like a lost worker and be retried)."""
     started = time.monotonic()
     out_path = Path(out)
-    log = log_path(out_path, key)
+    log = SweepLayout(out_path).log(key.experiment, key.seed)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", buffering=1) as stream, contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
         print(f"[interprune] {key}: pid {os.getpid()} on {socket.gethostname()}", flush=True)
@@ -130,9 +123,9 @@ def launch_sweep(config: SweepConfig, out: str | Path, launcher: Launcher, *, re
     keys = [RunKey(e.name, s) for e in config.ordered() if not only or e.name == only for s in config.seeds]
     check_free(out, [(k.experiment, k.seed) for k in keys])
     state = _State(waiting=list(keys), total=len(keys))
-    print(f"sweep: {len(keys)} runs through {launcher.name}; logs in {out / LOGS}/")
+    print(f"sweep: {len(keys)} runs through {launcher.name}; logs in {SweepLayout(out).logs}/")
     for key in keys:  # finished before: nothing to submit (a damaged summary is the worker's to redo)
-        if is_finished(run_folder(out, key.experiment, key.seed)):
+        if is_finished(SweepLayout(out).run(key.experiment, key.seed)):
             state.waiting.remove(key)
             state.ended[key] = Outcome("done", "finished before")
             print(f"{_progress(state)} {key}: finished before: skipped")

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InterpruneError
+from .results import SweepLayout
 
 __all__ = ["RunBusy", "lock_path", "run_lock", "check_free"]
 
@@ -29,7 +30,7 @@ class RunBusy(InterpruneError):
 
 
 def lock_path(out: Path, experiment: str, seed: int) -> Path:
-    return out / "locks" / f"{experiment}-seed{seed}.lock"
+    return SweepLayout(out).lock(experiment, seed)
 
 
 def _holder(path: Path) -> str:

@@ -19,23 +19,21 @@ from ..atomic import atomic_folder, write_text
 from ..data import DetectionData, open_dataset
 from ..data.domains import write_domain
 from ..errors import InterpruneError
-from ..models import fingerprint
-from ..shrink import build_model, load_config, load_model, save, shrink, target_config
+from ..hf.config import target_config
+from ..hf.models import build_model, fingerprint, load_config, load_model, save
 from ..train.resume import CorruptCheckpoint
 from ..train.run import CHECKPOINTS, check_trainer, train
 from ..train.settings import TrainSettings
 from ..train.summary import SUMMARY, RunSummary, UnreadableSummary
+from ..weights.shrink import shrink
 from .config import Experiment, SweepConfig
 from .costs import bench_experiments
 from .locks import run_lock
 from .progress import SweepProgress
+from .results import SweepLayout
 
-__all__ = ["check_sweep", "run_sweep", "run_one", "start_sweep", "prepare_data", "prepare_model", "settings_for", "run_folder",
+__all__ = ["check_sweep", "run_sweep", "run_one", "start_sweep", "prepare_data", "prepare_model", "settings_for",
            "finished_twins", "is_finished", "SourceCache"]
-
-
-def run_folder(out: Path, name: str, seed: int) -> Path:
-    return out / "runs" / name / f"seed{seed}"
 
 
 def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None = None) -> None:
@@ -46,7 +44,7 @@ def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None =
     if only and out is not None:
         experiment = config.experiment(only)
         for dep in dict.fromkeys(d for d in (experiment.from_, experiment.teacher) if d):
-            missing = [s for s in config.seeds if not is_finished(run_folder(out, dep, s))]
+            missing = [s for s in config.seeds if not is_finished(SweepLayout(out).run(dep, s))]
             if missing:
                 raise InterpruneError(
                     f"--only {only}: it needs {dep}'s result, which {out} does not have yet for seed(s) "
@@ -65,19 +63,12 @@ def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None =
         raise InterpruneError(f"target: {err}") from None
 
 
-def start_sweep(config: SweepConfig, out: Path) -> DetectionData:
-    """The results folder with the sweep it holds (``sweep.json``), and the data, written once if generated."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "sweep.json", json.dumps(config.model_dump(), indent=1))
-    return prepare_data(config, out)
-
-
 def prepare_data(config: SweepConfig, out: Path) -> DetectionData:
     if config.data:
         return open_dataset(config.data)
     spec = config.generate
     assert spec is not None
-    folder = out / "data" / spec.domain
+    folder = SweepLayout(out).data(spec.domain)
     if not folder.exists():
         write_domain(spec.domain, folder, train=spec.train, valid=spec.valid, copies=spec.copies, size=spec.size,
                      seed=spec.seed)
@@ -129,6 +120,13 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
     return done
 
 
+def start_sweep(config: SweepConfig, out: Path) -> DetectionData:
+    """The results folder with the sweep it holds (``sweep.json``), and the data, written once if generated."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(SweepLayout(out).config, json.dumps(config.model_dump(), indent=1))
+    return prepare_data(config, out)
+
+
 class SourceCache:
     """The sweep's source model, loaded once and only when a run needs it."""
 
@@ -147,25 +145,17 @@ def run_one(config: SweepConfig, out: Path, experiment: Experiment, seed: int, d
     """Bring one (experiment, seed) run to its summary: skip it if finished, copy a twin's results (a
     bit-identical start with the same settings), or prepare its starting model and train it, resuming
     from its checkpoint when it has one. Every launcher calls this, so a run is the same wherever it runs."""
-    run = run_folder(out, experiment.name, seed)
+    layout = SweepLayout(out)
+    run = layout.run(experiment.name, seed)
     tag = f"[{experiment.name} seed {seed}]"
-    try:
-        finished = RunSummary.find(run)
-    except UnreadableSummary as err:
-        print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
-        finished = None
-    if finished is not None:
-        if finished.start_fingerprint:
-            twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
-        print(f"{_prefix(counter, True)}{tag} finished before: skipped")
+    if _finished_before(run, tag, twins, counter):
         return run
-    folder = out / "models" / f"{experiment.name}-seed{seed}"
-    origin = run_folder(out, experiment.from_, seed) / "model" if experiment.from_ else None
+    folder = layout.start(experiment.name, seed)
+    origin = layout.model(experiment.from_, seed) if experiment.from_ else None
     needed = experiment.init != "pretrained" and not folder.exists()
-    if origin is not None:
-        start_from = load_model(origin) if needed else None
-    else:
-        start_from = sources.get() if needed else None
+    start_from = None
+    if needed:
+        start_from = load_model(origin) if origin is not None else sources.get()
     start = prepare_model(config, experiment, seed, folder, start_from, origin, data)
     settings = settings_for(config, experiment, seed, out)
     digest = fingerprint(start)
@@ -179,15 +169,7 @@ def run_one(config: SweepConfig, out: Path, experiment: Experiment, seed: int, d
           f"{f' from {experiment.from_}' if experiment.from_ else ''}"
           f"{f', teacher {experiment.teacher}' if experiment.teacher else ''}: training "
           f"{settings.steps} steps -> {run}")
-    try:
-        train(start, data, run, settings, resume=run.exists(), progress=progress)
-    except CorruptCheckpoint as err:
-        kept = set_aside(run / CHECKPOINTS / "last.ckpt")
-        print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
-        train(start, data, run, settings, resume=True, progress=progress)
-    summary = RunSummary.read(run)
-    summary.start_fingerprint = digest
-    summary.write(run)
+    _train(start, data, run, settings, tag, progress, digest)
     if digest is not None:
         twins.setdefault(key, run)
     if counter:
@@ -200,12 +182,28 @@ def _prefix(counter: SweepProgress | None, skipped: bool = False) -> str:
     return f"{counter.next(skipped=skipped)} " if counter else ""
 
 
+def _finished_before(run: Path, tag: str, twins: dict[tuple[str, str], Path], counter: SweepProgress | None) -> bool:
+    """Whether ``run`` has a readable summary already (then its start becomes a known twin)."""
+    try:
+        finished = RunSummary.find(run)
+    except UnreadableSummary as err:
+        print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
+        return False
+    if finished is None:
+        return False
+    if finished.start_fingerprint:
+        twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
+    print(f"{_prefix(counter, True)}{tag} finished before: skipped")
+    return True
+
+
 def finished_twins(config: SweepConfig, out: Path) -> dict[tuple[str, str], Path]:
     """The twins table of the runs already finished on disk: what a run started on another machine knows."""
     twins: dict[tuple[str, str], Path] = {}
+    layout = SweepLayout(out)
     for experiment in config.experiments:
         for seed in config.seeds:
-            run = run_folder(out, experiment.name, seed)
+            run = layout.run(experiment.name, seed)
             try:
                 finished = RunSummary.find(run)
             except UnreadableSummary:
@@ -213,6 +211,20 @@ def finished_twins(config: SweepConfig, out: Path) -> dict[tuple[str, str], Path
             if finished is not None and finished.start_fingerprint and not finished.copied_from:
                 twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
     return twins
+
+
+def _train(start: Path, data: DetectionData, run: Path, settings: TrainSettings, tag: str, progress: bool,
+           digest: str | None) -> None:
+    """Train (or resume) one run; a damaged checkpoint is set aside and the run starts again from scratch."""
+    try:
+        train(start, data, run, settings, resume=run.exists(), progress=progress)
+    except CorruptCheckpoint as err:
+        kept = set_aside(run / CHECKPOINTS / "last.ckpt")
+        print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
+        train(start, data, run, settings, resume=True, progress=progress)
+    summary = RunSummary.read(run)
+    summary.start_fingerprint = digest
+    summary.write(run)
 
 
 def set_aside(path: Path) -> Path:
@@ -226,7 +238,7 @@ def settings_for(config: SweepConfig, experiment: Experiment, seed: int, out: Pa
     """The sweep's settings with this experiment's own (``train:``, steps, its teacher's model) and the seed."""
     update: dict[str, Any] = {**experiment.train, "seed": seed, "steps": config.steps_of(experiment)}
     if experiment.teacher:
-        update["teacher"] = str(run_folder(out, experiment.teacher, seed) / "model")
+        update["teacher"] = str(SweepLayout(out).model(experiment.teacher, seed))
     elif not (update.get("teacher") or config.train.teacher):
         update["distill_data"] = None  # unlabelled images only serve experiments that have a teacher
     return config.train.model_copy(update=update)

@@ -12,7 +12,8 @@ from typing import Any
 
 from ...errors import InterpruneError
 from ..config import SweepConfig
-from ..launch import LOGS, Lost, Outcome, RunKey, execute
+from ..launch import Lost, Outcome, RunKey, execute
+from ..results import SweepLayout
 
 __all__ = ["SlurmLauncher", "slurm_gpus"]
 
@@ -50,7 +51,7 @@ class SlurmLauncher:
         self.name = "submitit's local executor" if local else "slurm"
         self.cpus = cpus
         self.submitit = submitit
-        self.executor = submitit.AutoExecutor(folder=Path(out) / LOGS / "submitit" / "%j",
+        self.executor = submitit.AutoExecutor(folder=SweepLayout(Path(out)).logs / "submitit" / "%j",
                                               cluster="local" if local else "slurm")
         params: dict[str, Any] = {"name": "interprune", "timeout_min": minutes, "cpus_per_task": cpus,
                                   "gpus_per_node": gpus, "slurm_array_parallelism": parallelism}
