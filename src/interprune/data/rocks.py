@@ -20,7 +20,7 @@ ORES: dict[str, tuple[tuple[int, int, int], int, float]] = {
     "tin": ((178, 178, 172), 4, 0.44),        # light grey
     "iron": ((146, 46, 30), 4, 0.42),         # rust
     "coal": ((22, 22, 24), 4, 0.42),          # black
-    "silver": ((250, 250, 255), 4, 0.42),      # white
+    "silver": ((250, 250, 255), 4, 0.42),     # white
     "gold": ((250, 208, 26), 4, 0.42),        # yellow
     "mithril": ((42, 48, 168), 4, 0.42),      # dark blue
     "adamantite": ((40, 158, 58), 4, 0.42),   # green
