@@ -141,7 +141,7 @@ def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:
     for dim in plan.dimensions:  # grouped-query attention: query heads stay with the key/value heads kept
         kv_name = dim.name.replace(".heads", ".kv_heads")
         if dim.kind == "heads" and getattr(dim, "kv", None) is not None and (dim.name in choices or kv_name in choices):
-            (kv_s, kv_t) = dim.kv  # the key/value heads kept (all of them when their count is unchanged)
+            kv_s, kv_t = dim.kv.source, dim.kv.target  # the key/value heads kept (all of them when their count is unchanged)
             kept = choices[kv_name] if kv_name in choices else torch.arange(kv_s)
             choices[dim.name] = grouped_heads(kept, dim.source // kv_s, dim.target // kv_t, select_indices)
     return choices

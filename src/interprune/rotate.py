@@ -15,7 +15,6 @@ where a rotation would change the function.
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any, Callable
 
 import torch
@@ -31,11 +30,10 @@ Batch = dict[str, Any]
 def query_key_axes(dim: Any) -> tuple[list[Any], list[Any]]:
     """Split a head-width dimension's axes into queries/keys and values/output, by projection name
     (the plan's ``RULES``); readers (the output projection's input axis) belong to the values."""
-    q_re, k_re = re.compile(RULES["query_names"]), re.compile(RULES["key_names"])
     qk, vo = [], []
     for axis in dim.axes:
         module = axis.tensor.rpartition(".")[0].rpartition(".")[2]
-        (qk if axis.axis == 0 and (q_re.search(module) or k_re.search(module)) else vo).append(axis)
+        (qk if axis.axis == 0 and RULES.is_query_or_key(module) else vo).append(axis)
     return qk, vo
 
 
