@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .plan import grouped_heads
+from .plan.fused import real_name, split_state
 from .resample import select_indices
 
 __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "layer_influence",
@@ -50,6 +51,7 @@ def magnitude_scores(state: dict[str, Tensor], plan: Any,
     """Per dimension, the summed (per-tensor normalised) squared weight norms of its units. ``rename``
     maps the plan's (target) tensor names to ``state``'s when layers were dropped."""
     scores = {}
+    state = split_state(getattr(plan, "fused", {}), state, rename)  # fused q|k|v, gate|up: scored by part
     for dim in plan.dimensions:
         total = torch.zeros(dim.source)
         for axis in dim.axes:
@@ -96,9 +98,10 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch,
     """Per dimension, activation-based scores on ``inputs`` (see the module docstring); a dimension no
     hooked layer touches falls back to weight magnitude, so every dimension gets a score. ``rename``
     maps the plan's (target) names to ``model``'s when layers were dropped."""
-    state = model.state_dict()
-    owners = {rename(a.tensor.rpartition(".")[0]) for d in plan.dimensions for a in d.axes
-              if a.tensor.endswith(".weight")}
+    fused = getattr(plan, "fused", {})
+    state = split_state(fused, model.state_dict(), rename)
+    owners = {rename(real_name(a.tensor).rpartition(".")[0]) for d in plan.dimensions for a in d.axes
+              if real_name(a.tensor).endswith(".weight")}
     named = dict(model.named_modules())
     hooked = {n for n in owners if isinstance(named.get(n), (nn.Linear, nn.Conv2d, nn.LayerNorm))}
     energy = _energies(model, inputs, hooked)
@@ -107,11 +110,11 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch,
     for dim in plan.dimensions:
         total, used = torch.zeros(dim.source), False
         for axis in dim.axes:
-            owner, _, leaf = axis.tensor.rpartition(".")
+            owner, _, leaf = real_name(axis.tensor).rpartition(".")
             owner = rename(owner)
             if leaf != "weight" or owner not in energy:
                 continue
-            e_in, e_out = energy[owner]
+            e_in, e_out = _part_energy(fused, axis, energy[owner])
             weight = state[rename(axis.tensor)].float()
             if isinstance(named[owner], nn.LayerNorm) or axis.axis == 0:
                 per = e_out
@@ -124,6 +127,15 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch,
             used = True
         scores[dim.name] = total if used else fallback[dim.name]
     return scores
+
+
+def _part_energy(fused: dict, axis: Any, energy: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """A fused layer's output energies restricted to one part (q, k, v; gate, up) when ``axis`` is one."""
+    whole = fused.get(real_name(axis.tensor))
+    if whole is None:
+        return energy
+    part = next(p for p in whole.parts if whole.part_name(p) == axis.tensor)
+    return energy[0], energy[1][part.source]
 
 
 def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .plan import RULES
+from .plan.fused import PART_MARK
 
 __all__ = ["rotate_heads", "query_key_axes"]
 
@@ -43,7 +44,9 @@ def _rotatable(dim: Any) -> bool:
     of the width would mix)."""
     parts = {a.parts for a in dim.axes}
     qk, vo = query_key_axes(dim)
+    fused = any(PART_MARK in a.tensor for a in dim.axes)  # parts of a fused tensor are not rotated in place
     return (dim.kind == "head_dim" and dim.target < dim.source and len(parts) == 1 and dim.aligned is None
+            and not fused
             and all(a.group == 1 for a in dim.axes) and bool(qk) and bool(vo))
 
 

@@ -163,6 +163,14 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
     """One resized tensor: planned axes by their dimension's choice, the others resampled with ``method``."""
     if fresh.numel() == 0:
         return fresh.clone()
+    fused = plan.fused.get(name)
+    if fused is not None and structured:  # fused q|k|v or gate|up: fill each part as planned, then join
+        out = fresh.clone()
+        for part in fused.parts:
+            piece = _fill(fused.part_name(part), value.index_select(fused.axis, part.source),
+                          fresh.index_select(fused.axis, part.target), method, plan, choices, structured, generator)
+            out.index_copy_(fused.axis, part.target, piece.to(out.dtype))
+        return out
     by_axis: dict[int, list] = {}
     for axis, dim, ax in plan.entries(name):
         by_axis.setdefault(axis, []).append((dim, ax))

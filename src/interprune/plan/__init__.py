@@ -14,11 +14,11 @@ them and without reading files:
 Axes nothing explains are listed in ``Plan.unplanned`` and resized per tensor.
 """
 
-from .choices import axis_index, default_choices, grouped_heads
+from .choices import axis_index, default_choices, grouped_heads, output_index
 from .derive import STEPS, make_plan
 from .rules import FAMILY_RULES, MODULE_TYPES, RULES, STRUCTURED
 from .types import Axis, Dimension, Grid, KeyValueHeads, Kind, Plan, plan_summary
 
 __all__ = ["Axis", "Dimension", "Grid", "KeyValueHeads", "Kind", "Plan", "make_plan", "plan_summary",
-           "default_choices", "axis_index", "grouped_heads", "RULES", "FAMILY_RULES", "MODULE_TYPES", "STRUCTURED",
+           "default_choices", "axis_index", "output_index", "grouped_heads", "RULES", "FAMILY_RULES", "MODULE_TYPES", "STRUCTURED",
            "STEPS"]

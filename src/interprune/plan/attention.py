@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from torch import nn
+from torch import Tensor, nn
 
+from .fused import PART_MARK
 from .rules import RULES, module_type
 
 __all__ = ["Role", "Projection", "AttentionLayout", "attention_layout"]
@@ -63,11 +64,13 @@ def _output_projection(prefix: str, children: dict[str, nn.Module], modules: dic
     return None, None
 
 
-def attention_layout(prefix: str, module: nn.Module, modules: dict[str, nn.Module]) -> AttentionLayout | None:
+def attention_layout(prefix: str, module: nn.Module, modules: dict[str, nn.Module],
+                     tensors: dict[str, Tensor]) -> AttentionLayout | None:
     """Heads, head width, key/value heads and the projections of an attention module, or None.
 
     Read from the module's own attributes where it has them (``num_heads``, ``head_dim``, ...), else
-    from its projections' widths.
+    from its projections' widths. ``tensors`` holds the model's tensors with fused projections already
+    split into their parts (``qkv_proj.weight#q``...), which count as projections of their own.
     """
     ints = lambda names: next((getattr(module, a) for a in names if isinstance(getattr(module, a, None), int)), None)
     heads, head_dim = ints(RULES.heads_attrs), ints(RULES.head_dim_attrs)
@@ -75,17 +78,19 @@ def attention_layout(prefix: str, module: nn.Module, modules: dict[str, nn.Modul
         return None
     children = {n: c for n, c in module.named_children()
                 if _out_axis(c) is not None and getattr(c, "weight", None) is not None}
-    if not children:
+    fused = _fused_parts(prefix, children, tensors)
+    if not children and not fused:
         return None
     out_module, out_path = _output_projection(prefix, children, modules)
-    fused = {n: p for n, p in RULES.fused.items() if n in children}
-    q_name = next((n for n in children if RULES.query_names.search(n)), None)
-    k_name = next((n for n in children if RULES.key_names.search(n)), None)
+    plain = [n for n in children if not any(t.startswith(f"{prefix}.{n}.") for t in fused)]
+    q_name = next((n for n in plain if RULES.query_names.search(n)), None)
+    k_name = next((n for n in plain if RULES.key_names.search(n)), None)
+    fused_width = lambda part: next((int(t.shape[a]) for n, (t, a) in fused.items() if n.endswith(PART_MARK + part)
+                                     and n.rpartition(PART_MARK)[0].endswith("weight")), None)
     if q_name is not None:
         q_width = _out_features(children[q_name])
-    elif fused:
-        name, parts = next(iter(fused.items()))
-        q_width = _out_features(children[name]) // parts
+    elif fused_width("q") is not None:
+        q_width = fused_width("q")
     elif out_module is not None:
         q_width = int(out_module.weight.shape[_in_axis(out_module)])
     else:
@@ -96,28 +101,49 @@ def attention_layout(prefix: str, module: nn.Module, modules: dict[str, nn.Modul
         head_dim = q_width // heads if heads else None
     if not heads or not head_dim or heads * head_dim != q_width:
         return None
-    k_width = _out_features(children[k_name]) if k_name else q_width
+    k_width = _out_features(children[k_name]) if k_name else fused_width("k") or q_width
     kv_heads = k_width // head_dim if k_width % head_dim == 0 else heads
-    projs = _projections(prefix, module, children, fused, q_width, k_width, heads)
+    projs = _projections(prefix, module, {n: children[n] for n in plain}, fused, q_width, k_width, heads)
     if out_module is not None:
         projs.append(Projection(f"{out_path}.weight", _in_axis(out_module), Role.QUERY))
     return AttentionLayout(heads, head_dim, kv_heads, tuple(projs))
 
 
-def _projections(prefix: str, module: nn.Module, children: dict[str, nn.Module], fused: dict[str, int],
+def _fused_parts(prefix: str, children: dict[str, nn.Module], tensors: dict[str, Tensor]) -> dict[str, tuple]:
+    """Parts of fused q|k|v tensors of this module (its own or its children's): name -> (tensor, axis)."""
+    found = {}
+    for name, tensor in tensors.items():
+        base, mark, part = name.partition(PART_MARK)
+        if not mark or part not in ("q", "k", "v"):
+            continue
+        owner, _, leaf = base.rpartition(".")
+        child = owner.rpartition(".")[2] if owner.rpartition(".")[0] == prefix else None
+        if owner == prefix and tensor.dim() >= 1:  # nn.MultiheadAttention's in_proj_weight / in_proj_bias
+            found[name] = (tensor, 0)
+        elif child in children:
+            found[name] = (tensor, _out_axis(children[child]) if leaf == "weight" else 0)
+    return found
+
+
+def _projections(prefix: str, module: nn.Module, children: dict[str, nn.Module], fused: dict[str, tuple],
                  q_width: int, k_width: int, heads: int) -> list[Projection]:
-    """Each child projection's output axis (and bias) with its role, then per-head parameters."""
+    """Each projection's output axis (and bias) with its role, then per-head parameters."""
+    role = lambda width: Role.QUERY if width == q_width else Role.KEY_VALUE if width == k_width else Role.EXTRA
     projs: list[Projection] = []
     for name, child in children.items():
         width, axis = _out_features(child), _out_axis(child)
-        parts = fused.get(name, 1)
-        role = Role.QUERY if width == parts * q_width else Role.KEY_VALUE if width == k_width else Role.EXTRA
-        projs.append(Projection(f"{prefix}.{name}.weight", axis, role, parts))
+        projs.append(Projection(f"{prefix}.{name}.weight", axis, role(width)))
         if getattr(child, "bias", None) is not None:
-            projs.append(Projection(f"{prefix}.{name}.bias", 0, role, parts))
+            projs.append(Projection(f"{prefix}.{name}.bias", 0, role(width)))
+    for name, (tensor, axis) in fused.items():
+        projs.append(Projection(name, axis, role(int(tensor.shape[axis]))))
     for name, tensor in module.named_parameters():  # relative-position biases: one column per head
-        if "." in name and name.split(".")[0] in children or tensor.dim() < 2:
+        if "." in name and name.split(".")[0] in children or tensor.dim() < 2 or f"{prefix}.{name}" in _bases(fused):
             continue
         if tensor.shape[-1] == heads:
             projs.append(Projection(f"{prefix}.{name}", tensor.dim() - 1, Role.EXTRA))
     return projs
+
+
+def _bases(fused: dict[str, tuple]) -> set[str]:
+    return {n.partition(PART_MARK)[0] for n in fused}

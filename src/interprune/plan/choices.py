@@ -10,7 +10,7 @@ from torch import Tensor
 from .rules import STRUCTURED
 from .types import ID_KINDS, Axis, Dimension, Grid, Kind, Plan
 
-__all__ = ["default_choices", "grouped_heads", "grid_choice", "axis_index", "first_units"]
+__all__ = ["default_choices", "grouped_heads", "grid_choice", "axis_index", "first_units", "output_index"]
 
 Pick = Callable[[int, int], Tensor]
 
@@ -95,3 +95,21 @@ def axis_index(size: int, entries: list[tuple[Dimension, Axis]], choices: dict[s
         kept[:, choice < 0, :] = -1
         idx = kept.reshape(-1)
     return idx
+
+
+def output_index(plan: Plan, tensor: str, size: int, choices: dict[str, Tensor]) -> Tensor | None:
+    """Source indices kept along axis 0 of ``tensor`` (a layer's outputs), or None when it keeps them all;
+    a fused tensor joins its parts' indices in the target's layout."""
+    fused = plan.fused.get(tensor)
+    if fused is None or fused.axis != 0:
+        entries = [(dim, ax) for axis, dim, ax in plan.entries(tensor) if axis == 0 and dim.kind != Kind.LAYERS]
+        return axis_index(size, entries, choices) if entries else None
+    total = sum(p.target.numel() for p in fused.parts)
+    out = torch.full((total,), -1, dtype=torch.long)
+    for part in fused.parts:
+        inner = output_index(plan, fused.part_name(part), part.source.numel(), choices)
+        inner = torch.arange(part.source.numel()) if inner is None else inner
+        if inner.numel() != part.target.numel():
+            return None
+        out[part.target] = torch.where(inner >= 0, part.source[inner.clamp(min=0)], -1)
+    return out

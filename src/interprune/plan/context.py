@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import torch
 from torch import Tensor, nn
 
+from .fused import Fused, find_splits, pair_splits
 from .types import NESTED_KINDS, Axis, Dimension
 
 __all__ = ["Context", "owner", "block_of", "config_above"]
@@ -50,6 +52,23 @@ class Context:
         self.claimed: dict[tuple[str, int], Dimension] = {}
         self.dims: list[Dimension] = []
         self.root_config = getattr(source, "config", None)
+        self.fused: dict[str, Fused] = pair_splits(find_splits(source, self.src, self.root_config),
+                                                   find_splits(target, self.tgt, getattr(target, "config", None)))
+        self.src, self.tgt = self._split(self.src, "source"), self._split(self.tgt, "target")
+
+    def _split(self, tensors: dict[str, Tensor], side: str) -> dict[str, Tensor]:
+        """The rules see each part of a fused tensor as a tensor of its own (shapes only), in its place."""
+        out = {}
+        for name, whole in tensors.items():
+            fused = self.fused.get(name)
+            if fused is None:
+                out[name] = whole
+                continue
+            for part in fused.parts:
+                shape = list(whole.shape)
+                shape[fused.axis] = getattr(part, side).numel()
+                out[fused.part_name(part)] = torch.empty(shape, dtype=whole.dtype, device="meta")
+        return out
 
     def changed(self) -> Iterator[tuple[str, int, int, int]]:
         """(tensor, axis, source size, target size) of every axis whose size changes."""

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import Role, attention_layout
 from .context import Context, block_of, owner
+from .fused import real_name
 from .encodings import rotary_alignment, sine_alignment
 from .rules import RULES, family_rules, is_norm_like, module_type
 from .types import Axis, Dimension, Grid, Kind, KeyValueHeads, Plan
@@ -43,7 +44,8 @@ def attention(ctx: Context) -> None:
         target = ctx.tgt_mods.get(prefix)
         if target is None:
             continue
-        src, tgt = attention_layout(prefix, module, ctx.src_mods), attention_layout(prefix, target, ctx.tgt_mods)
+        src = attention_layout(prefix, module, ctx.src_mods, ctx.src)
+        tgt = attention_layout(prefix, target, ctx.tgt_mods, ctx.tgt)
         if src is None or tgt is None:
             continue
         heads, width, kv = _head_axes(ctx, src, tgt)
@@ -278,5 +280,5 @@ def make_plan(source: nn.Module, target: nn.Module) -> Plan:
                 and (not t.is_floating_point() or n in frozen)]
     dims = [d for d in ctx.dims if d.axes or d.kind == Kind.LAYERS]
     covered = {(a.tensor, a.axis) for d in dims for a in d.axes}
-    unplanned = {n for n, axis, *_ in ctx.changed() if (n, axis) not in covered and n not in computed}
-    return Plan(dims, sorted(unplanned), computed)
+    unplanned = {real_name(n) for n, axis, *_ in ctx.changed() if (n, axis) not in covered and n not in computed}
+    return Plan(dims, sorted(unplanned), computed, ctx.fused)

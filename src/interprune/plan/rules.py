@@ -77,14 +77,12 @@ class PartsRule:
 class Rules:
     # attention head counts and widths, as the modules name them
     heads_attrs: tuple[str, ...] = ("num_heads", "num_attention_heads", "n_heads", "n_head")
-    head_dim_attrs: tuple[str, ...] = ("head_dim", "attention_head_size", "key_value_proj_dim")
+    head_dim_attrs: tuple[str, ...] = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
     # the attention's output projection among its children, or kept in a sibling module (BERT, ViT, YOLOS)
-    output_names: tuple[str, ...] = ("o_proj", "out_proj", "o", "out_lin", "c_proj", "output_proj")
+    output_names: tuple[str, ...] = ("o_proj", "out_proj", "o", "out_lin", "c_proj", "output_proj", "dense", "Wo")
     output_elsewhere: tuple[str, ...] = ("output.dense",)
     query_names: re.Pattern = re.compile(r"(^|_)(q|query)(_|$)|q_lin|q_content")
     key_names: re.Pattern = re.compile(r"(^|_)(k|key)(_|$)|k_lin|k_content")
-    # fused q/k/v projections: child name -> the output axis is that many equal blocks (GPT-2 c_attn)
-    fused: dict[str, int] = field(default_factory=lambda: {"c_attn": 3, "qkv": 3, "in_proj": 3})
     # axes made of `parts` copies of another dimension (concatenations the shapes cannot reveal)
     parts: tuple[PartsRule, ...] = (PartsRule(r"downsample\.reduction\.weight$", 1, 4),
                                     PartsRule(r"downsample\.norm\.(weight|bias)$", 0, 4),

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .fused import Fused
 
 __all__ = ["Kind", "Axis", "Grid", "KeyValueHeads", "Dimension", "Plan", "plan_summary"]
 
@@ -100,6 +104,7 @@ class Plan:
     dimensions: list[Dimension]
     unplanned: list[str]  # resized tensors no dimension explains: resized per tensor as before
     computed: list[str] = field(default_factory=list)  # integer buffers the target computes from its config
+    fused: dict[str, Fused] = field(default_factory=dict)  # fused tensors, planned as their parts (``t#q``)
 
     def __post_init__(self) -> None:
         self._index: dict[str, list[tuple[int, Dimension, Axis]]] = {}
@@ -114,8 +119,11 @@ class Plan:
         return next(d for d in self.dimensions if d.name == name)
 
     def to_dict(self) -> dict:
-        return {"dimensions": [d.to_dict() for d in self.dimensions], "unplanned": self.unplanned,
-                "computed": self.computed}
+        out = {"dimensions": [d.to_dict() for d in self.dimensions], "unplanned": self.unplanned,
+               "computed": self.computed}
+        if self.fused:
+            out["fused"] = [f.to_dict() for f in self.fused.values()]
+        return out
 
     def describe(self) -> str:
         """One line per changed dimension and the tensor axes it covers (``interprune plan``)."""
@@ -130,6 +138,9 @@ class Plan:
             for a in d.axes:
                 split = (f" parts={a.parts}" if a.parts > 1 else "") + (f" group={a.group}" if a.group > 1 else "")
                 lines.append(f"    {a.tensor}[{a.axis}]{split}")
+        for f in self.fused.values():
+            sizes = ", ".join(f"{p.name} {p.source.numel()}->{p.target.numel()}" for p in f.parts)
+            lines.append(f"fused     {f.tensor}[{f.axis}] ({f.order}): {sizes}")
         for name in self.unplanned:
             lines.append(f"unplanned {name}: no dimension explains its change; resized on its own, per tensor")
         return "\n".join(lines) if lines else "no dimension changes"
