@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from .fused import Fused, find_splits, pair_splits
+from .rules import family_rules
 from .types import NESTED_KINDS, Axis, Dimension
 
 __all__ = ["Context", "owner", "block_of", "config_above"]
@@ -55,6 +57,7 @@ class Context:
         self.fused: dict[str, Fused] = pair_splits(find_splits(source, self.src, self.root_config),
                                                    find_splits(target, self.tgt, getattr(target, "config", None)))
         self.src, self.tgt = self._split(self.src, "source"), self._split(self.tgt, "target")
+        self.reads = family_rules(getattr(self.root_config, "model_type", None)).reads
 
     def _split(self, tensors: dict[str, Tensor], side: str) -> dict[str, Tensor]:
         """The rules see each part of a fused tensor as a tensor of its own (shapes only), in its place."""
@@ -116,6 +119,9 @@ class Context:
         """The sub-model a tensor belongs to (CLIP's text_model/vision_model, a backbone): residuals of
         sub-models with their own kind of config are different dimensions even when their sizes agree
         (T5's encoder and decoder copy the root config and share its residual)."""
+        for pattern, axis, scope in self.reads:
+            if re.search(pattern, name):
+                return scope
         parts = name.split(".")
         for i in range(1, len(parts)):
             module = self.src_mods.get(".".join(parts[:i]))

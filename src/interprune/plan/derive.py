@@ -204,9 +204,16 @@ def _leftovers(ctx: Context) -> list[_Changed]:
             continue
         module = ctx.src_mods.get(owner(name)[0])
         parts = split.get((name, axis), 1)
-        known = module_type(module) is not None or is_norm_like(module)
-        shared = not block_of(name, ctx.lists) or is_norm_like(module)
-        out.append(_Changed(name, axis, s // parts, t // parts, parts, known, shared))
+        kind = module_type(module)
+        known = kind is not None or is_norm_like(module)
+        # a norm or an embedding meets the whole stream; so does a layer outside every block, but only
+        # where its size is the stream's (a head's own MLP outside the blocks is not the stream)
+        anchor = is_norm_like(module) or (kind is not None and kind.ids) or _is_hidden(ctx, name, s, t)
+        out.append(_Changed(name, axis, s // parts, t // parts, parts, known, anchor))
+    anchored = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.shared}
+    for e in out:
+        e.shared = e.shared or (not block_of(e.tensor, ctx.lists)
+                                and (ctx.scope(e.tensor), e.source, e.target) in anchored)
     # an axis of parts counts as parts only when its part size is a plain global dimension's size
     plain = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.parts == 1 and e.known and e.shared}
     for e in out:
@@ -234,7 +241,7 @@ def sizes(ctx: Context) -> None:
             label, kind = _global_label(ctx, scope, e.source, e.target)
             key = (scope, e.source, e.target)
         else:
-            block = block_of(e.tensor, ctx.lists)
+            block = block_of(e.tensor, ctx.lists) or owner(owner(e.tensor)[0])[0]  # else the layer's container
             conv = isinstance(ctx.src_mods.get(owner(e.tensor)[0]), nn.modules.conv._ConvNd)
             kind = Kind.CHANNELS if conv else Kind.FFN
             label, key = f"{block}.{kind.value}", (block, e.source, e.target)
@@ -248,13 +255,18 @@ def sizes(ctx: Context) -> None:
         ctx.claim(dim, Axis(e.tensor, e.axis, e.parts))
 
 
+def _is_hidden(ctx: Context, name: str, s: int, t: int) -> bool:
+    """Whether (s, t) is a hidden-size field of the configs of ``name``'s sub-model (its stream)."""
+    scope = ctx.scope(name)
+    config, tconfig = ctx.config_of(scope + ".x"), ctx.target_config_of(scope + ".x")
+    return any(isinstance(getattr(config, f, None), int) and (getattr(config, f), getattr(tconfig, f, None)) == (s, t)
+               for f in RULES.hidden_fields)
+
+
 def _global_label(ctx: Context, scope: str, s: int, t: int) -> tuple[str, Kind]:
     """A global dimension is the residual stream when a hidden-size field of the config says so."""
-    config, tconfig = ctx.config_of(scope + ".x"), ctx.target_config_of(scope + ".x")
-    for field_name in RULES.hidden_fields:
-        a, b = getattr(config, field_name, None), getattr(tconfig, field_name, None)
-        if isinstance(a, int) and (a, b) == (s, t):
-            return (f"{scope}.residual" if scope else "residual"), Kind.RESIDUAL
+    if _is_hidden(ctx, scope + ".x", s, t):
+        return (f"{scope}.residual" if scope else "residual"), Kind.RESIDUAL
     return (f"{scope}.channels.{s}" if scope else f"channels.{s}"), Kind.CHANNELS
 
 

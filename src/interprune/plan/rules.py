@@ -116,10 +116,15 @@ class FamilyRules:
 
     # config field counting extra tokens placed *after* a 2-D position grid's cells (default: all before)
     grid_extra_after: str | None = None
+    # layers outside the sub-models that read a sub-model's stream: (tensor name pattern, its input axis,
+    # the sub-model), so their input joins that sub-model's residual (CLIP's projections)
+    reads: tuple[tuple[str, int, str], ...] = ()
 
 
 FAMILY_RULES: dict[str, FamilyRules] = {
     "yolos": FamilyRules(grid_extra_after="num_detection_tokens"),
+    "clip": FamilyRules(reads=((r"^visual_projection\.weight$", 1, "vision_model"),
+                               (r"^text_projection\.weight$", 1, "text_model"))),
 }
 
 
