@@ -8,7 +8,7 @@ from enum import StrEnum
 from torch import Tensor, nn
 
 from .fused import PART_MARK
-from .rules import RULES, module_type
+from .rules import RULES, is_norm_like, module_type
 
 __all__ = ["Role", "Projection", "AttentionLayout", "attention_layout"]
 
@@ -17,6 +17,7 @@ class Role(StrEnum):
     QUERY = "q"  # query heads (also values and the output projection when there is no grouping)
     KEY_VALUE = "kv"  # key/value heads
     EXTRA = "extra"  # another per-head axis (deformable offsets, relative-position biases)
+    WIDTH = "width"  # one head's width only, shared by every head (Qwen3/Gemma3 q_norm and k_norm)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,10 @@ def _projections(prefix: str, module: nn.Module, children: dict[str, nn.Module],
             projs.append(Projection(f"{prefix}.{name}.bias", 0, role(width)))
     for name, (tensor, axis) in fused.items():
         projs.append(Projection(name, axis, role(int(tensor.shape[axis]))))
+    for name, child in module.named_children():  # norms over one head's width
+        if is_norm_like(child):
+            projs.extend(Projection(f"{prefix}.{name}.{leaf}", 0, Role.WIDTH)
+                         for leaf, _ in child.named_parameters(recurse=False))
     for name, tensor in module.named_parameters():  # relative-position biases: one column per head
         if "." in name and name.split(".")[0] in children or tensor.dim() < 2 or f"{prefix}.{name}" in _bases(fused):
             continue

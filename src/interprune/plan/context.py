@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from .experts import expert_splits
 from .fused import Fused, find_splits, pair_splits
 from .rules import family_rules
 from .types import NESTED_KINDS, Axis, Dimension
@@ -56,6 +57,7 @@ class Context:
         self.root_config = getattr(source, "config", None)
         self.fused: dict[str, Fused] = pair_splits(find_splits(source, self.src, self.root_config),
                                                    find_splits(target, self.tgt, getattr(target, "config", None)))
+        self.fused.update(expert_splits(self.src_mods, self.tgt_mods))
         self.src, self.tgt = self._split(self.src, "source"), self._split(self.tgt, "target")
         self.reads = family_rules(getattr(self.root_config, "model_type", None)).reads
 

@@ -16,6 +16,7 @@ from torch import nn
 from .attention import Role, attention_layout
 from .context import Context, block_of, owner
 from .fused import real_name
+from .experts import expert_modules, router_of
 from .encodings import rotary_alignment, sine_alignment
 from .rules import RULES, family_rules, is_norm_like, module_type
 from .types import Axis, Dimension, Grid, Kind, KeyValueHeads, Plan
@@ -71,6 +72,10 @@ def _head_axes(ctx: Context, src, tgt) -> tuple[list[Axis], list[Axis], list[Axi
         if tensor not in ctx.tgt or ctx.src[tensor].dim() != ctx.tgt[tensor].dim():
             continue
         n_s, n_t = ctx.src[tensor].shape[axis], ctx.tgt[tensor].shape[axis]
+        if proj.role == Role.WIDTH:
+            if (n_s, n_t) == (src.head_dim, tgt.head_dim) and n_s != n_t:
+                width.append(Axis(tensor, axis))
+            continue
         if proj.role == Role.EXTRA:  # a per-head axis that is not q/k/v (offsets, relative biases)
             if src.heads != tgt.heads and n_s % src.heads == 0 and n_t == tgt.heads * (n_s // src.heads):
                 heads.append(Axis(tensor, axis, 1, n_s // src.heads))
@@ -84,6 +89,30 @@ def _head_axes(ctx: Context, src, tgt) -> tuple[list[Axis], list[Axis], list[Axi
         if src.head_dim != tgt.head_dim:
             width.append(Axis(tensor, axis, parts * units_s, 1))
     return heads, width, kv
+
+
+def experts(ctx: Context) -> None:
+    """Mixture-of-experts layers: each expert's FFN units (or, when the expert count changes, one
+    ``experts`` dimension over router rows and whole experts, and one FFN choice for all of them)."""
+    targets = expert_modules(ctx.tgt_mods)
+    for prefix, (count, layouts) in expert_modules(ctx.src_mods).items():
+        if prefix not in targets:
+            continue
+        t_count = targets[prefix][0]
+        if t_count != count:
+            axes = [Axis(f"{prefix}.{n}", 0) for n in layouts] + [Axis(r, 0) for r in router_of(prefix, count, ctx.src)]
+            ctx.add(Dimension(f"{prefix}", Kind.EXPERTS, count, t_count, axes))
+        per_expert = [f"#e{e}" for e in range(count)] if t_count == count else [""]
+        for e, suffix in enumerate(per_expert):
+            found = [(f"{prefix}.{n}{suffix}", spec) for n, spec in layouts.items()]
+            changes = {name: ctx.shape_changes(name, spec.units) for name, spec in found}
+            sizes = {(c[0] // spec.parts, c[1] // spec.parts) for (name, spec) in found if (c := changes[name])}
+            if len(sizes) != 1:
+                continue
+            (s, t), = sizes
+            label = f"{prefix}.{e}.ffn" if suffix else f"{prefix}.ffn"
+            axes = [Axis(name, spec.units, spec.parts) for name, spec in found if changes[name]]
+            ctx.add(Dimension(label, Kind.FFN, s, t, axes))
 
 
 def ids(ctx: Context) -> None:
@@ -274,6 +303,8 @@ STEPS: tuple[Step, ...] = (
     Step(layers, "layer counts come first: they name whole stacks and claim no tensor axis"),
     Step(attention, "attention modules know their own heads and widths; their q/k/v axes must be claimed "
                     "before the size rule could merge a head axis into a residual or FFN of equal size"),
+    Step(experts, "experts modules keep 3-D tensors whose axes no layer type explains; their units are "
+                  "claimed before the size rule could merge them into a stream of equal size"),
     Step(ids, "id tables and position grids keep their meaning (ids are truncated, grids resized as "
               "grids); claimed before the size rule, which would treat their rows as features"),
     Step(sizes, "last: what no structure explains is grouped by the sizes where layers meet"),

@@ -37,8 +37,10 @@ def sine_alignment(model: nn.Module, source: int, target: int) -> Tensor | None:
 
 def rotary_alignment(model: nn.Module, source: int, target: int) -> Tensor | None:
     """Head channels that keep rotary frequencies: channel i and i + d/2 rotate at base^(-2i/d)."""
-    rotary = next((m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), Tensor)), None)
-    if rotary is None or rotary.inv_freq.numel() * 2 != source or source % 2 or target % 2:
+    # Llama's ``inv_freq``; Gemma3 and ModernBERT keep one per layer type (``full_attention_inv_freq``)
+    freqs = next((b for m in model.modules() for n, b in m.named_buffers(recurse=False)
+                  if n.endswith("inv_freq") and not n.endswith("original_inv_freq")), None)
+    if freqs is None or freqs.numel() * 2 != source or source % 2 or target % 2:
         return None
     pairs = [min(round(j * source / target), source // 2 - 1) for j in range(target // 2)]
     return torch.tensor(pairs + [source // 2 + k for k in pairs], dtype=torch.long)

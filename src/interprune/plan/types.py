@@ -32,6 +32,7 @@ class Kind(StrEnum):
     QUERIES = "queries"  # object queries (DETR family)
     CHANNELS = "channels"  # conv channels (global per stage, or one layer's)
     LAYERS = "layers"  # the number of layers of a stack
+    EXPERTS = "experts"  # the number of experts of a mixture-of-experts layer (router rows, whole experts)
 
 
 # Kinds whose units are ids: a unit keeps its meaning, so every method truncates or extends them.
