@@ -17,7 +17,11 @@ __all__ = ["Context", "owner", "block_of", "config_above"]
 
 
 def owner(name: str) -> tuple[str, str]:
-    """``a.b.weight`` -> (``a.b``, ``weight``)."""
+    """``a.b.weight`` -> (``a.b``, ``weight``); a parametrized tensor (weight norm's
+    ``a.b.parametrizations.weight.original1``) belongs to ``a.b`` as its ``weight``."""
+    base, mark, rest = name.partition(".parametrizations.")
+    if mark:
+        return base, rest.split(".")[0]
     prefix, _, leaf = name.rpartition(".")
     return prefix, leaf
 
@@ -54,6 +58,7 @@ class Context:
         self.lists = {n for n, m in self.tgt_mods.items() if isinstance(m, nn.ModuleList)}
         self.claimed: dict[tuple[str, int], Dimension] = {}
         self.dims: list[Dimension] = []
+        self.reasons: dict[str, str] = {}  # tensor -> why a rule leaves it to be resized on its own
         self.root_config = getattr(source, "config", None)
         self.fused: dict[str, Fused] = pair_splits(find_splits(source, self.src, self.root_config),
                                                    find_splits(target, self.tgt, getattr(target, "config", None)))

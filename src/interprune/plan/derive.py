@@ -232,6 +232,10 @@ def _leftovers(ctx: Context) -> list[_Changed]:
         if not ctx.src[name].is_floating_point():
             continue
         module = ctx.src_mods.get(owner(name)[0])
+        if _grouped_input(module, axis):
+            ctx.reasons[real_name(name)] = (f"grouped convolution (groups={module.groups}): each output channel reads "
+                                            f"only its own group's channels, which one choice per axis cannot index")
+            continue
         parts = split.get((name, axis), 1)
         kind = module_type(module)
         known = kind is not None or is_norm_like(module)
@@ -249,6 +253,10 @@ def _leftovers(ctx: Context) -> list[_Changed]:
         if e.parts > 1 and (ctx.scope(e.tensor), e.source, e.target) not in plain:
             e.source, e.target, e.parts = e.source * e.parts, e.target * e.parts, 1
     return out
+
+
+def _grouped_input(module: nn.Module | None, axis: int) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and axis == 1
 
 
 def sizes(ctx: Context) -> None:
@@ -324,4 +332,5 @@ def make_plan(source: nn.Module, target: nn.Module) -> Plan:
     dims = [d for d in ctx.dims if d.axes or d.kind == Kind.LAYERS]
     covered = {(a.tensor, a.axis) for d in dims for a in d.axes}
     unplanned = {real_name(n) for n, axis, *_ in ctx.changed() if (n, axis) not in covered and n not in computed}
-    return Plan(dims, sorted(unplanned), computed, ctx.fused)
+    reasons = {n: why for n, why in ctx.reasons.items() if n in unplanned}
+    return Plan(dims, sorted(unplanned), computed, ctx.fused, reasons)

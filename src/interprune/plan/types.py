@@ -106,6 +106,7 @@ class Plan:
     unplanned: list[str]  # resized tensors no dimension explains: resized per tensor as before
     computed: list[str] = field(default_factory=list)  # integer buffers the target computes from its config
     fused: dict[str, Fused] = field(default_factory=dict)  # fused tensors, planned as their parts (``t#q``)
+    reasons: dict[str, str] = field(default_factory=dict)  # unplanned tensor -> why no rule plans it
 
     def __post_init__(self) -> None:
         self._index: dict[str, list[tuple[int, Dimension, Axis]]] = {}
@@ -124,6 +125,8 @@ class Plan:
                "computed": self.computed}
         if self.fused:
             out["fused"] = [f.to_dict() for f in self.fused.values()]
+        if self.reasons:
+            out["reasons"] = dict(self.reasons)
         return out
 
     def describe(self) -> str:
@@ -143,7 +146,8 @@ class Plan:
             sizes = ", ".join(f"{p.name} {p.source.numel()}->{p.target.numel()}" for p in f.parts)
             lines.append(f"fused     {f.tensor}[{f.axis}] ({f.order}): {sizes}")
         for name in self.unplanned:
-            lines.append(f"unplanned {name}: no dimension explains its change; resized on its own, per tensor")
+            why = self.reasons.get(name, "no dimension explains its change")
+            lines.append(f"unplanned {name}: {why}; resized on its own, per tensor")
         return "\n".join(lines) if lines else "no dimension changes"
 
 
