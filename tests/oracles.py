@@ -67,3 +67,42 @@ def zero_dropped(source: nn.Module, plan: Plan, choices: dict[str, list[int]], k
             grid = torch.arange(size).reshape(ax.parts, dim.source, ax.group)
             _zero(model, plan, ax.tensor, ax.axis, grid[:, dropped, :].reshape(-1))
     return model
+
+
+def perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` with every float parameter moved by seeded noise: zero-initialised biases and layer scales
+    would otherwise hide a wrong choice."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+def random_inputs(model: nn.Module, inputs: dict[str, Tensor], seed: int = 1) -> dict[str, Tensor]:
+    """The dummy inputs' shapes with seeded random values (token ids kept in the vocabulary)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in inputs.items():
+        if value.is_floating_point():
+            out[key] = torch.randn(value.shape, generator=gen)
+        elif key == "input_ids":
+            text = getattr(model.config, "text_config", None) or model.config
+            out[key] = torch.randint(0, getattr(text, "vocab_size", 4), (1, 6), generator=gen)
+        else:
+            out[key] = value
+    return out
+
+
+def outputs(model: nn.Module, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    with torch.no_grad():
+        out = model.eval()(**inputs)
+    return {k: v for k, v in out.items() if isinstance(v, Tensor) and v.is_floating_point()}
+
+
+def max_error(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
+    """Largest difference over the outputs both models have with equal shapes."""
+    errors = [float((a[k] - b[k]).abs().max()) for k in a if k in b and a[k].shape == b[k].shape]
+    assert errors, "no comparable outputs"
+    return max(errors)

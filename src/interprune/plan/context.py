@@ -56,6 +56,10 @@ class Context:
         self.src_mods = dict(source.named_modules())
         self.tgt_mods = dict(target.named_modules())
         self.lists = {n for n, m in self.tgt_mods.items() if isinstance(m, nn.ModuleList)}
+        # layers that units belong to: list elements that are blocks, not the single Linear layers of an MLP
+        # kept in a list (DETR-style prediction heads, D-FINE's decoder MLP), whose hidden units span them
+        self.blocks = {n for n in self.lists if any(next(m.children(), None) is not None
+                                                    for m in self.tgt_mods[n].children())}
         self.claimed: dict[tuple[str, int], Dimension] = {}
         self.dims: list[Dimension] = []
         self.reasons: dict[str, str] = {}  # tensor -> why a rule leaves it to be resized on its own

@@ -91,6 +91,27 @@ def _head_axes(ctx: Context, src, tgt) -> tuple[list[Axis], list[Axis], list[Axi
     return heads, width, kv
 
 
+def shared_heads(ctx: Context) -> None:
+    """Heads that a per-head bias computed once links across layers (T5's relative position bias) are one
+    dimension per stack: every layer must keep the heads the bias keeps."""
+    rules = family_rules(getattr(ctx.root_config, "model_type", None)).shared_heads
+    for pattern, stack in rules:
+        groups: dict[str, list[Dimension]] = {}
+        for dim in ctx.dims:
+            if dim.kind == Kind.HEADS and re.search(pattern, dim.name):
+                groups.setdefault(re.sub(pattern, stack, dim.name), []).append(dim)
+        for name, dims in groups.items():
+            first, rest = dims[0], dims[1:]
+            if any((d.source, d.target) != (first.source, first.target) for d in rest):
+                continue
+            first.name = f"{name}.self_attention.heads"
+            for dim in rest:
+                first.axes.extend(dim.axes)
+                for a in dim.axes:
+                    ctx.claimed[(a.tensor, a.axis)] = first
+                ctx.dims.remove(dim)
+
+
 def experts(ctx: Context) -> None:
     """Mixture-of-experts layers: each expert's FFN units (or, when the expert count changes, one
     ``experts`` dimension over router rows and whole experts, and one FFN choice for all of them)."""
@@ -245,7 +266,7 @@ def _leftovers(ctx: Context) -> list[_Changed]:
         out.append(_Changed(name, axis, s // parts, t // parts, parts, known, anchor))
     anchored = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.shared}
     for e in out:
-        e.shared = e.shared or (not block_of(e.tensor, ctx.lists)
+        e.shared = e.shared or (not block_of(e.tensor, ctx.blocks)
                                 and (ctx.scope(e.tensor), e.source, e.target) in anchored)
     # an axis of parts counts as parts only when its part size is a plain global dimension's size
     plain = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.parts == 1 and e.known and e.shared}
@@ -278,7 +299,7 @@ def sizes(ctx: Context) -> None:
             label, kind = _global_label(ctx, scope, e.source, e.target)
             key = (scope, e.source, e.target)
         else:
-            block = block_of(e.tensor, ctx.lists) or owner(owner(e.tensor)[0])[0]  # else the layer's container
+            block = block_of(e.tensor, ctx.blocks) or owner(owner(e.tensor)[0])[0]  # else the layer's container
             conv = isinstance(ctx.src_mods.get(owner(e.tensor)[0]), nn.modules.conv._ConvNd)
             kind = Kind.CHANNELS if conv else Kind.FFN
             label, key = f"{block}.{kind.value}", (block, e.source, e.target)
@@ -311,6 +332,7 @@ STEPS: tuple[Step, ...] = (
     Step(layers, "layer counts come first: they name whole stacks and claim no tensor axis"),
     Step(attention, "attention modules know their own heads and widths; their q/k/v axes must be claimed "
                     "before the size rule could merge a head axis into a residual or FFN of equal size"),
+    Step(shared_heads, "right after attention: it merges the heads dimensions attention found"),
     Step(experts, "experts modules keep 3-D tensors whose axes no layer type explains; their units are "
                   "claimed before the size rule could merge them into a stream of equal size"),
     Step(ids, "id tables and position grids keep their meaning (ids are truncated, grids resized as "

@@ -119,10 +119,14 @@ class FamilyRules:
     # layers outside the sub-models that read a sub-model's stream: (tensor name pattern, its input axis,
     # the sub-model), so their input joins that sub-model's residual (CLIP's projections)
     reads: tuple[tuple[str, int, str], ...] = ()
+    # attention modules whose heads are one dimension across layers: the first layer computes a per-head
+    # position bias that every later layer adds to the same head (T5); pattern -> the stack it names
+    shared_heads: tuple[tuple[str, str], ...] = ()
 
 
 FAMILY_RULES: dict[str, FamilyRules] = {
     "yolos": FamilyRules(grid_extra_after="num_detection_tokens"),
+    "t5": FamilyRules(shared_heads=((r"^(encoder|decoder)\.block\.\d+\.layer\.0\.SelfAttention\.heads$", r"\1"),)),
     "clip": FamilyRules(reads=((r"^visual_projection\.weight$", 1, "vision_model"),
                                (r"^text_projection\.weight$", 1, "text_model"))),
 }
