@@ -192,3 +192,21 @@ def test_fused_layouts_match_transformers_own_split(case):
         first = dict.fromkeys(theirs.long().tolist())  # Falcon broadcasts each key/value head to its group
         theirs = torch.tensor(list(first))
         assert torch.equal(ours, theirs), (case, part)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_calibrated_scores_each_expert_on_its_routed_tokens(family):
+    from interprune.expert_stats import expert_scores
+
+    model = source(family)
+    overrides = ffn_overrides(model, family, 1 / 2)
+    inputs = {"input_ids": torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(3))}
+    plan = plan_for(model, overrides)
+    scores = expert_scores(model, plan, inputs)
+    experts = [d.name for d in plan.dimensions if ".experts." in d.name and d.kind == Kind.FFN]
+    assert experts and set(experts) == set(scores)  # every expert of every layer scored on its own tokens
+    small, report = shrink(model, overrides, "calibrated", calibration=inputs)
+    reference = zero_dropped(model, plan, report.choices, (Kind.FFN,))
+    assert max_error(outputs(small, inputs), outputs(reference, inputs)) < 1e-5
+    chosen = {name: report.choices[name] for name in experts}
+    assert len({tuple(v) for v in chosen.values()}) > 1  # experts keep their own units, not one shared choice
