@@ -96,3 +96,117 @@ def test_head_cut_equals_the_source_with_dropped_heads_zeroed(family):
 
 def test_every_family_has_an_ffn_oracle_or_a_reason():
     assert set(FAMILIES) == set(FFN) | set(NO_FFN_ORACLE)
+
+
+def unfused_twin(phi3) -> torch.nn.Module:
+    """A Llama with the Phi3's exact weights: qkv_proj split into q, k, v and gate_up_proj into gate, up."""
+    import transformers as T
+
+    config = phi3.config
+    fields = {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                              "num_attention_heads", "num_key_value_heads", "vocab_size",
+                                              "max_position_embeddings", "rms_norm_eps", "pad_token_id")}
+    llama = T.LlamaModel(T.LlamaConfig(**fields)).eval()
+    head_dim = config.hidden_size // config.num_attention_heads
+    widths = [config.num_attention_heads * head_dim] + [config.num_key_value_heads * head_dim] * 2
+    state = {}
+    for name, value in phi3.state_dict().items():
+        if "qkv_proj" in name:
+            for part, piece in zip("qkv", value.split(widths)):
+                state[name.replace("qkv_proj", f"{part}_proj")] = piece
+        elif "gate_up_proj" in name:
+            gate, up = value.chunk(2)
+            state[name.replace("gate_up_proj", "gate_proj")], state[name.replace("gate_up_proj", "up_proj")] = gate, up
+        else:
+            state[name] = value
+    llama.load_state_dict(state)
+    return llama
+
+
+TWIN_CUTS = ({"hidden_size": 24, "intermediate_size": 48}, {"hidden_size": 40, "intermediate_size": 80},
+             {"num_attention_heads": 2, "num_key_value_heads": 1, "hidden_size": 24})
+
+
+@pytest.mark.parametrize("overrides", TWIN_CUTS, ids=("half", "five_sixths", "heads"))
+def test_fused_phi3_equals_its_unfused_llama_twin(overrides):
+    config_cls, fields, model_cls, *_ = FAMILIES["phi3"]
+    torch.manual_seed(0)  # hidden 48 (head width 12), so that 5/6 keeps an even head width for rotary
+    phi3 = perturbed(model_cls(config_cls(**{**fields, "hidden_size": 48, "intermediate_size": 96})).eval())
+    llama = unfused_twin(phi3)
+    inputs = random_inputs(phi3, dummy_inputs(phi3))
+    assert max_error(outputs(phi3, inputs), outputs(llama, inputs)) < 1e-6
+    for method in METHODS:
+        small_phi3, _ = shrink(phi3, overrides, method)
+        small_llama, _ = shrink(llama, overrides, method)
+        error = max_error(outputs(small_phi3, inputs), outputs(small_llama, inputs))
+        assert error < 1e-5, (overrides, method, error)
+
+
+LAYOUTS = {  # family, config changes: every fused q|k|v layout of FUSED_LAYOUTS
+    "gpt2": {}, "phi3": {}, "gpt_neox": {}, "modernbert": {}, "bloom": {},
+    "falcon-multi-query": {"multi_query": True}, "falcon-classic": {"multi_query": False},
+    "falcon-new-decoder": {"new_decoder_architecture": True, "num_kv_heads": 2},
+}
+
+
+def _captured_qkv(model, attention, fused_name: str, width: int) -> list[torch.Tensor]:
+    """q, k and v as transformers' own code splits them when the fused projection outputs its row indices
+    (at position 0, where rotary embeddings change nothing)."""
+    rows = torch.arange(width, dtype=torch.float32)
+    split = getattr(attention, "_split_heads", None) or getattr(attention, "_reshape", None)
+    if split is not None:  # BLOOM, Falcon: the model's own split function
+        parts = split(rows[None, None, :])
+        return [p.reshape(-1) for p in parts]
+    import transformers as T
+
+    seen = []
+
+    def capture(module, query, key, value, *args, **kwargs):
+        seen.extend(t[0, :, 0, :].reshape(-1) for t in (query, key, value))
+        return torch.zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3]), None
+
+    T.AttentionInterface.register("interprune_capture", capture)
+    model.set_attn_implementation("interprune_capture")
+    fused = dict(model.named_modules())[fused_name]
+    handle = fused.register_forward_hook(lambda m, args, out: rows.expand(*out.shape[:-1], width).clone())
+    try:
+        with torch.no_grad():
+            model(**dummy_inputs(model))
+    finally:
+        handle.remove()
+    return seen[:3]
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUTS))
+def test_fused_layouts_match_transformers_own_split(case):
+    from interprune.plan.fused import find_splits
+
+    config_cls, fields, model_cls, *_ = FAMILIES[case.split("-")[0]]
+    model = model_cls(config_cls(**{**fields, **LAYOUTS[case]})).eval()
+    splits = {n: s for n, s in find_splits(model, model.state_dict(), model.config).items()
+              if [p for p, _ in s.parts] == ["q", "k", "v"] and n.endswith("weight")}
+    name, split = min(splits.items())
+    attention = dict(model.named_modules())[name.rsplit(".", 2)[0]]
+    width = sum(i.numel() for _, i in split.parts)
+    for (part, ours), theirs in zip(split.parts, _captured_qkv(model, attention, name.rsplit(".", 1)[0], width)):
+        first = dict.fromkeys(theirs.long().tolist())  # Falcon broadcasts each key/value head to its group
+        theirs = torch.tensor(list(first))
+        assert torch.equal(ours, theirs), (case, part)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_calibrated_scores_each_expert_on_its_routed_tokens(family):
+    from interprune.expert_stats import expert_scores
+
+    model = source(family)
+    overrides = ffn_overrides(model, family, 1 / 2)
+    inputs = {"input_ids": torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(3))}
+    plan = plan_for(model, overrides)
+    scores = expert_scores(model, plan, inputs)
+    experts = [d.name for d in plan.dimensions if ".experts." in d.name and d.kind == Kind.FFN]
+    assert experts and set(experts) == set(scores)  # every expert of every layer scored on its own tokens
+    small, report = shrink(model, overrides, "calibrated", calibration=inputs)
+    reference = zero_dropped(model, plan, report.choices, (Kind.FFN,))
+    assert max_error(outputs(small, inputs), outputs(reference, inputs)) < 1e-5
+    chosen = {name: report.choices[name] for name in experts}
+    assert len({tuple(v) for v in chosen.values()}) > 1  # experts keep their own units, not one shared choice

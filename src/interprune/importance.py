@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .plan import grouped_heads
+from .expert_stats import expert_scores
 from .plan.fused import real_name, split_state
 from .resample import select_indices
 
@@ -126,6 +127,7 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch,
             total += _normalised(per)
             used = True
         scores[dim.name] = total if used else fallback[dim.name]
+    scores.update(expert_scores(model, plan, inputs, rename))  # experts: on the tokens routed to each
     return scores
 
 

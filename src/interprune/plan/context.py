@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .experts import expert_splits
 from .fused import Fused, find_splits, pair_splits
 from .rules import family_rules
+from .trace import trace_links
 from .types import NESTED_KINDS, Axis, Dimension
 
 __all__ = ["Context", "owner", "block_of", "config_above"]
@@ -83,6 +84,12 @@ class Context:
                 shape[fused.axis] = getattr(part, side).numel()
                 out[fused.part_name(part)] = torch.empty(shape, dtype=whole.dtype, device="meta")
         return out
+
+    def links(self) -> dict | None:
+        """Axes the source's computation links (``trace.trace_links``), traced once when first asked."""
+        if not hasattr(self, "_links"):
+            self._links = trace_links(self.source)
+        return self._links
 
     def changed(self) -> Iterator[tuple[str, int, int, int]]:
         """(tensor, axis, source size, target size) of every axis whose size changes."""

@@ -240,6 +240,9 @@ class _Changed:
     parts: int
     known: bool  # its module is a type of MODULE_TYPES or a norm
     shared: bool  # outside every layer, or in a norm: its size meets other layers' (global)
+    structural: bool = False  # shared by structure alone (a norm, an embedding, a layer outside the blocks)
+    meets: bool = False  # a norm's or an embedding's own axis: it meets the whole stream, whatever its size
+    trace: object = None  # the class of axes a meta-device trace links it with, if any
 
 
 def _leftovers(ctx: Context) -> list[_Changed]:
@@ -262,18 +265,41 @@ def _leftovers(ctx: Context) -> list[_Changed]:
         known = kind is not None or is_norm_like(module)
         # a norm or an embedding meets the whole stream; so does a layer outside every block, but only
         # where its size is the stream's (a head's own MLP outside the blocks is not the stream)
-        anchor = is_norm_like(module) or (kind is not None and kind.ids) or _is_hidden(ctx, name, s, t)
-        out.append(_Changed(name, axis, s // parts, t // parts, parts, known, anchor))
+        structural = is_norm_like(module) or (kind is not None and kind.ids)
+        anchor = structural or _is_hidden(ctx, name, s, t)
+        out.append(_Changed(name, axis, s // parts, t // parts, parts, known, anchor, structural, structural))
     anchored = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.shared}
+    by_structure = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.structural}
     for e in out:
-        e.shared = e.shared or (not block_of(e.tensor, ctx.blocks)
-                                and (ctx.scope(e.tensor), e.source, e.target) in anchored)
+        outside = not block_of(e.tensor, ctx.blocks)
+        e.shared = e.shared or (outside and (ctx.scope(e.tensor), e.source, e.target) in anchored)
+        e.structural = e.structural or (outside and (ctx.scope(e.tensor), e.source, e.target) in by_structure)
+    _traced(ctx, out)
     # an axis of parts counts as parts only when its part size is a plain global dimension's size
     plain = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.parts == 1 and e.known and e.shared}
     for e in out:
         if e.parts > 1 and (ctx.scope(e.tensor), e.source, e.target) not in plain:
             e.source, e.target, e.parts = e.source * e.parts, e.target * e.parts, 1
     return out
+
+
+def _traced(ctx: Context, entries: list[_Changed]) -> None:
+    """Where a meta-device trace links the axes of two or more layers, computation decides, not sizes: the
+    class is global when one of its axes is a norm's or an embedding's, else it is one layer's own (an FFN of the residual's width stays an FFN). Axes the trace links to no
+    other layer (a chain it cannot follow: views, convolutions) are grouped by sizes as before."""
+    links = ctx.links()
+    if links is None:
+        return  # the model cannot run on the meta device: sizes decide, as before
+    classes: dict[object, list[_Changed]] = {}
+    for e in entries:
+        root = links.get((real_name(e.tensor), e.axis))  # the parts of a fused tensor share its trace
+        if root is not None:
+            classes.setdefault(root, []).append(e)
+    for root, members in classes.items():
+        if len({owner(m.tensor)[0] for m in members}) > 1:
+            shared = any(m.meets for m in members)
+            for m in members:
+                m.trace, m.shared = root, shared
 
 
 def _grouped_input(module: nn.Module | None, axis: int) -> bool:
@@ -295,20 +321,21 @@ def sizes(ctx: Context) -> None:
         info = keys[(scope, e.source, e.target)]
         if not info["known"]:  # only tensors of unknown modules have this size change: say so
             continue
-        if info["shared"]:
+        shared = e.shared if e.trace is not None else info["shared"]
+        if shared:
             label, kind = _global_label(ctx, scope, e.source, e.target)
             key = (scope, e.source, e.target)
         else:
             block = block_of(e.tensor, ctx.blocks) or owner(owner(e.tensor)[0])[0]  # else the layer's container
             conv = isinstance(ctx.src_mods.get(owner(e.tensor)[0]), nn.modules.conv._ConvNd)
             kind = Kind.CHANNELS if conv else Kind.FFN
-            label, key = f"{block}.{kind.value}", (block, e.source, e.target)
+            label, key = f"{block}.{kind.value}", (block, e.source, e.target, e.trace)
             if label in {d.name for d in made.values()} and key not in made:
                 label = f"{label}.{e.source}"
         dim = made.get(key)
         if dim is None:
             dim = made[key] = ctx.add(Dimension(label, kind, e.source, e.target))
-            if info["shared"]:
+            if shared:
                 dim.aligned = sine_alignment(ctx.source, e.source, e.target)
         ctx.claim(dim, Axis(e.tensor, e.axis, e.parts))
 
