@@ -210,3 +210,15 @@ def test_calibrated_scores_each_expert_on_its_routed_tokens(family):
     assert max_error(outputs(small, inputs), outputs(reference, inputs)) < 1e-5
     chosen = {name: report.choices[name] for name in experts}
     assert len({tuple(v) for v in chosen.values()}) > 1  # experts keep their own units, not one shared choice
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fewer_experts_keep_whole_experts_and_their_router_rows(method):
+    model = source("mixtral")
+    small, report = shrink(model, {"num_local_experts": 2, "num_experts_per_tok": 1}, method)
+    src, dst = model.state_dict(), small.state_dict()
+    for layer in range(2):
+        kept = torch.tensor(report.choices[f"layers.{layer}.mlp.experts"])
+        for name in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate.weight"):
+            key = f"layers.{layer}.{name}"
+            assert torch.equal(dst[key], src[key][kept]), (key, method)
