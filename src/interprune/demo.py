@@ -19,7 +19,8 @@ from .data import open_dataset
 from .data.domains import write_domain
 from .sources import SHIPPED, shipped
 from .sweep.config import SweepConfig, load_sweep, preset_path
-from .sweep.report import Result, collect, mean_std, table_rows, write_report
+from .sweep.report import table_rows, write_report
+from .sweep.results import Result, collect, mean_std
 from .sweep.run import run_sweep
 from .train.run import evaluate
 
