@@ -192,3 +192,24 @@ def test_the_refused_families_say_why(tmp_path):
                    ).save_pretrained(tmp_path / "w")
     with pytest.raises(InterpruneError, match="reads audio"):
         check_pair(tmp_path / "w", tmp_path / "w")
+
+
+def test_two_processes_over_gloo_recover_and_write_one_model(tmp_path, text):
+    import os
+    import subprocess
+    import sys
+
+    source = text_model(tmp_path / "bert", bert())
+    small = shrunk(tmp_path, source, {"hidden_size": 16}, text, compensate=False)
+    out = tmp_path / "ddp"
+    run = subprocess.run(
+        [sys.executable, "-m", "interprune", "recover", str(small), "--teacher", str(source), "--data", str(text),
+         "--out", str(out), "--steps", "4", "--val-every", "2", "--batch-size", "4", "--held-out", "4",
+         "--devices", "2", "--accelerator", "cpu"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in run.stderr and run.stdout.count("recovered for 4 steps") == 1
+    from interprune.train.metrics import read_metrics
+
+    assert [int(r["step"]) for r in read_metrics(out / "recover") if "val_loss" in r] == [0, 2, 4]
+    T.AutoModel.from_pretrained(out)

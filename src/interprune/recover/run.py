@@ -173,10 +173,13 @@ def _trainer(settings: RecoverSettings, run: Path, ckpt: Path, sampler: Any, lea
                 (run / name).unlink(missing_ok=True)
     table = MetricsTable(run / METRICS)
     state = RunState(ckpt, sampler, table)
+    strategy = settings.strategy
+    if strategy == "auto" and (settings.num_nodes > 1 or str(settings.devices).isdigit() and int(settings.devices) > 1):
+        strategy = "ddp_find_unused_parameters_true"  # parts outside the loss (a pooler) get no gradient
     trainer = L.Trainer(
         max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
-        num_nodes=settings.num_nodes, strategy=settings.strategy, precision=settings.precision,
+        num_nodes=settings.num_nodes, strategy=strategy, precision=settings.precision,
         logger=[TensorBoardLogger(run, name="tensorboard", version=""), table], log_every_n_steps=settings.log_every,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, deterministic="warn",
         enable_checkpointing=False, use_distributed_sampler=False,
