@@ -179,8 +179,8 @@ def recovered(model, report, work: Path, steps: int, data, base: dict, name: str
     """Distil the shrunk model from the source on unlabelled shapes images, then score it as above."""
     from interprune.data.domains import write_domain
     from interprune.demo import DEMO_SOURCE
+    from interprune import save
     from interprune.recover import RecoverSettings, recover
-    from interprune.shrink import save
     from interprune.train.run import evaluate
 
     pool = work / "shapes-unlabelled"

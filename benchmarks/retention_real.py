@@ -64,8 +64,12 @@ def correlation(student: torch.Tensor, teacher: torch.Tensor) -> float:
 def shrink_variant(source: Path, cut: dict, options: dict, calibration: Path):
     import functools
 
-    import interprune.preserve as preserve
-    from interprune.shrink import shrink
+    from interprune import shrink
+
+    try:  # where the recipe that calls compensate lives (the house layout, or the flat one)
+        from interprune.preserve import recipe as preserve
+    except ImportError:
+        import interprune.preserve as preserve
 
     options = dict(options)
     fixed = options.pop("fixed", None)
@@ -92,7 +96,7 @@ def main() -> None:
     from transformers import AutoModel, AutoTokenizer
 
     from interprune.recover import RecoverSettings, recover
-    from interprune.shrink import save
+    from interprune import save
 
     torch.manual_seed(0)
     source = source_folder()

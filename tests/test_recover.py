@@ -13,7 +13,7 @@ from interprune.cli import main
 from interprune.errors import InterpruneError
 from interprune.recover import RecoverSettings, recover
 from interprune.recover.loss import layer_pairs, logits_kl, state_error
-from interprune.shrink import save, shrink
+from interprune import save, shrink
 
 from .families import DETR
 
