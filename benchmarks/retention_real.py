@@ -88,6 +88,8 @@ def shrink_variant(source: Path, cut: dict, options: dict, calibration: Path):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=300, help="recover steps (0: zero-shot only)")
+    parser.add_argument("--batch-size", type=int, default=8, help="recover batch (a step of batch 32 x 64 tokens "
+                        "took about 5 CPU seconds here, so 300 of them would not fit in 10 CPU minutes)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     parser.add_argument("--cuts", nargs="*", default=list(CUTS))
     parser.add_argument("--recover-from", default="+ compensate", help="the variant that recovery starts from")
@@ -131,7 +133,8 @@ def main() -> None:
                       f"other domain {ceiling['out']:.3f}", flush=True)
             if variant == args.recover_from and args.steps > 0:
                 folder = save(model, work / f"small-{cut_name[:2]}", report=report, source=source)
-                settings = RecoverSettings(steps=args.steps, batch_size=32, max_length=64, val_every=max(50, args.steps // 4))
+                settings = RecoverSettings(steps=args.steps, batch_size=args.batch_size, max_length=48,
+                                           val_every=max(50, args.steps // 4))
                 started = time.process_time()
                 wall = time.perf_counter()
                 summary = recover(folder, source, work / "pool.txt", work / f"rec-{cut_name[:2]}", settings,
