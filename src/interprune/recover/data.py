@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import InterpruneError
-from ..models import first_line
+from ..errors import InterpruneError, first_line
 
 __all__ = ["Unlabelled", "open_unlabelled", "model_inputs"]
 
@@ -58,7 +57,7 @@ def open_unlabelled(data: str | os.PathLike, processor: Any, *, held_out: int, s
                     max_length: int = 128) -> tuple[Unlabelled, Unlabelled, Collate]:
     """Training and held-out examples of ``data`` and the collator, after preparing one example (so a
     file the processor cannot read fails here, before any model is loaded)."""
-    from ..calibration import _image_files
+    from ..preserve.calibration import _image_files
 
     path = Path(data)
     if not path.exists():

@@ -19,8 +19,10 @@ import torch
 
 from ..atomic import clean_stale, temporary_name, write_text
 from ..errors import InterpruneError
-from ..models import check_writable, copy_processor_files, load_config, load_model, model_class
-from ..train.distill import hidden_size, kept_channels
+from ..hf.config import hidden_size
+from ..hf.models import check_writable, load_config, load_model, model_class
+from ..hf.processors import copy_processor_files
+from ..train.distill import kept_channels
 from .module import STATES, Matching, RecoverModule
 from .settings import RecoverSettings
 
@@ -94,7 +96,7 @@ def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os
     the run summary (other processes of a multi-process run return None)."""
     import lightning as L
 
-    from ..calibration import model_processor
+    from ..hf.processors import model_processor
     from ..train.resume import check_checkpoint
     from ..train.run import _launching_process, _quiet, check_trainer
     from ..train.settings import TrainSettings

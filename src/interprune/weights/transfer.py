@@ -17,9 +17,10 @@ from torch import nn
 
 from torch import Tensor
 
-from .models import count_parameters
-from .plan import STRUCTURED, Plan, axis_index, default_choices, make_plan
-from .resample import METHODS, resample
+from ..hf.models import count_parameters
+from ..methods import Kind, names
+from ..plan import Grid, Plan, axis_index, default_choices, make_plan
+from .resample import RESAMPLERS, resample
 
 __all__ = ["TensorRecord", "TransferReport", "transfer", "count_parameters"]
 
@@ -93,23 +94,14 @@ def transfer(
     same-rank counterpart, those whose name matches the ``reinit`` regex, and integer buffers the target
     computes from its config keep the target's own initial values (the target must be freshly initialised).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method not in RESAMPLERS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(RESAMPLERS)}")
     pattern = re.compile(reinit) if reinit else None
     generator = torch.Generator().manual_seed(seed)
     plan = plan if plan is not None else make_plan(source, target)
-    structured = method in STRUCTURED or choices is not None
-    picked = default_choices(plan, method if method in STRUCTURED else "select")
-    if choices:
-        unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
-        if unknown:
-            raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
-        for name, value in choices.items():
-            dim, value = plan[name], torch.as_tensor(value, dtype=torch.long)
-            if value.shape != (dim.target,) or value.min() < -1 or value.max() >= dim.source:
-                raise ValueError(f"choices[{name!r}] must hold {dim.target} source indices in 0..{dim.source - 1} "
-                                 f"(-1: the target's own value); got {value.tolist()}")
-            picked[name] = value
+    structured = method in names(Kind.STRUCTURED) or choices is not None
+    picked = default_choices(plan, method if method in names(Kind.STRUCTURED) else "select")
+    picked.update(_checked_choices(plan, choices or {}))
     state = source.state_dict()
     src = _renamed(state, plan, picked)
     params = {name for name, _ in target.named_parameters(remove_duplicate=False)}
@@ -127,7 +119,7 @@ def transfer(
         elif value.shape == slot.shape:
             slot.data.copy_(value)
             action = COPIED
-        elif METHODS[method].axis_fn is None:  # ``random``: the target's own initial values
+        elif RESAMPLERS[method] is None:  # ``random``: the target's own initial values
             action = INITIALISED
         else:
             slot.data.copy_(_fill(name, value, slot.data, method, plan, picked, structured, generator))
@@ -137,6 +129,21 @@ def transfer(
     used = {id(src[name]) for name in tgt if name in src}
     report.dropped = [name for name, value in state.items() if id(value) not in used]
     return report
+
+
+def _checked_choices(plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A caller's choices (dimension name -> source indices kept, -1 for the target's own value), checked."""
+    unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
+    if unknown:
+        raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
+    out = {}
+    for name, value in choices.items():
+        dim, value = plan[name], torch.as_tensor(value, dtype=torch.long)
+        if value.shape != (dim.target,) or value.min() < -1 or value.max() >= dim.source:
+            raise ValueError(f"choices[{name!r}] must hold {dim.target} source indices in 0..{dim.source - 1} "
+                             f"(-1: the target's own value); got {value.tolist()}")
+        out[name] = value
+    return out
 
 
 def _renamed(state: dict[str, Tensor], plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -163,6 +170,14 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
     """One resized tensor: planned axes by their dimension's choice, the others resampled with ``method``."""
     if fresh.numel() == 0:
         return fresh.clone()
+    fused = plan.fused.get(name)
+    if fused is not None and structured:  # fused q|k|v or gate|up: fill each part as planned, then join
+        out = fresh.clone()
+        for part in fused.parts:
+            piece = _fill(fused.part_name(part), value.index_select(fused.axis, part.source),
+                          fresh.index_select(fused.axis, part.target), method, plan, choices, structured, generator)
+            out.index_copy_(fused.axis, part.target, piece.to(out.dtype))
+        return out
     by_axis: dict[int, list] = {}
     for axis, dim, ax in plan.entries(name):
         by_axis.setdefault(axis, []).append((dim, ax))
@@ -170,8 +185,8 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
     for axis, entries in sorted(by_axis.items()):
         if work.shape[axis] == fresh.shape[axis]:
             continue
-        ids = all(d.kind in ("vocab", "positions") or (d.kind == "grid" and d.grid["relative"]) for d, _ in entries)
-        grid = [d for d, _ in entries if d.kind == "grid" and not d.grid["relative"]]
+        ids = all(d.kind in ("vocab", "positions") or (d.kind == "grid" and d.grid.relative) for d, _ in entries)
+        grid = [d for d, _ in entries if d.kind == "grid" and not d.grid.relative]
         if not structured and grid and len(entries) == 1:
             work = _resample_grid(work, axis, grid[0].grid, method)
             continue
@@ -190,10 +205,10 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
     return work
 
 
-def _resample_grid(value: Tensor, axis: int, grid: dict, method: str) -> Tensor:
+def _resample_grid(value: Tensor, axis: int, grid: Grid, method: str) -> Tensor:
     """Resize a position grid as a 2-D image with ``method``, keeping its extra tokens (CLS, detection)."""
-    (hs, ws), (ht, wt) = grid["source"], grid["target"]
-    before, after = grid["before"], grid["after"]
+    (hs, ws), (ht, wt) = grid.source, grid.target
+    before, after = grid.before, grid.after
     moved = value.movedim(axis, -1)
     head, cells, tail = moved[..., :before], moved[..., before:before + hs * ws], moved[..., before + hs * ws:]
     cells = cells.reshape(*cells.shape[:-1], hs, ws)
