@@ -32,6 +32,7 @@ def run_shrink(args: argparse.Namespace) -> None:
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
     check_writable(out)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    recovery = _shrink_recovery(args)
     model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype,
                            calibration=args.calibration, calibration_size=args.calibration_size,
                            compensate=args.compensate, layers=args.layers, rotate=args.rotate)
@@ -45,6 +46,28 @@ def run_shrink(args: argparse.Namespace) -> None:
               f"rotated, {len(kept['compensated'])} layers refit on {kept['calibration_examples']} calibration "
               f"examples" + (f"; {layers}" if layers else ""))
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
+    if recovery is not None:
+        from .recover import recover
+
+        data, settings = recovery
+        _print_recovery(recover(out, args.source, data, out, settings), out)
+
+
+def _shrink_recovery(args: argparse.Namespace):
+    """``shrink --recover N``: its data and settings, checked before the shrink does any work."""
+    if args.recover is None:
+        if args.recover_data:
+            raise InterpruneError("--recover-data is read only with --recover N; add it or drop --recover-data")
+        return None
+    from .hf.processors import model_processor
+    from .recover.data import open_unlabelled
+
+    data = args.recover_data or args.calibration
+    if not data:
+        raise InterpruneError("--recover needs unlabelled inputs: pass --recover-data DATA (or --calibration DATA)")
+    settings = _recover_settings(args, steps=args.recover)
+    open_unlabelled(data, model_processor(args.source), held_out=settings.held_out, seed=settings.seed)
+    return data, settings
 
 
 def run_plan(args: argparse.Namespace) -> None:
@@ -236,6 +259,9 @@ def add_shrink_parser(sub: Any) -> None:
                    "directions (same function) before cutting it")
     p.add_argument("--layers", default="first", choices=list(LAYER_CHOICES),
                    help="which source layers a shallower target keeps (default first)")
+    p.add_argument("--recover", type=int, metavar="N", help="then distil the result from the source for N steps "
+                   "on unlabelled inputs (see 'interprune recover'); OUT gets the recovered model")
+    p.add_argument("--recover-data", metavar="DATA", help="unlabelled inputs for --recover (default: --calibration)")
     p.set_defaults(func=run_shrink)
 
 
@@ -349,9 +375,55 @@ def add_demo_parser(sub: Any) -> None:
 
 
 # one entry per command, in the order 'interprune --help' lists them
+def add_recover_parser(sub: Any) -> None:
+    """``interprune recover SMALL --teacher SOURCE --data UNLABELLED --steps N --out OUT``."""
+    from .recover.settings import RecoverSettings
+
+    p = sub.add_parser("recover", help="distil a shrunk model from its source on unlabelled images or text")
+    p.add_argument("small", help="the shrunk model folder (its interprune.json says what it kept)")
+    p.add_argument("--teacher", required=True, help="the model it was shrunk from (folder or Hub id)")
+    p.add_argument("--data", required=True, help="unlabelled inputs: a text file (one example per line) for text "
+                   "models, an image folder or COCO/Roboflow dataset for vision models")
+    p.add_argument("--out", required=True, help="folder for the recovered model (its run goes into OUT/recover/)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/recover/checkpoints/last.ckpt")
+    for name, field in RecoverSettings.model_fields.items():
+        kinds = [a for a in (get_args(field.annotation) or (field.annotation,)) if a is not type(None)]
+        convert = kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else str
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=convert, default=None, choices=choices,
+                       help=f"{field.description or ''} (default {field.default})".strip())
+    p.set_defaults(func=run_recover)
+
+
+def _recover_settings(args: argparse.Namespace, **fixed):
+    from .recover.settings import RecoverSettings
+
+    fields = {k: getattr(args, k) for k in RecoverSettings.model_fields if getattr(args, k, None) is not None}
+    try:
+        return RecoverSettings(**{**fields, **fixed})
+    except ValueError as err:
+        raise InterpruneError("--" + _first_pydantic_error(err).replace("_", "-", 1)) from None
+
+
+def run_recover(args: argparse.Namespace) -> None:
+    from .recover import recover
+
+    summary = recover(args.small, args.teacher, args.data, args.out, _recover_settings(args), resume=args.resume)
+    _print_recovery(summary, args.out)
+
+
+def _print_recovery(summary, out) -> None:
+    if summary is None:  # another process of a multi-process run
+        return
+    print(f"recovered for {summary['steps']} steps in {summary['seconds']:.0f} s: held-out distillation loss "
+          f"{summary['val_loss_start']:.4f} -> {summary['val_loss_end']:.4f} ({summary['states_matched']} block "
+          f"outputs matched)")
+    print(f"wrote {out}/ (config.json, model.safetensors, interprune.json; the run in {out}/recover/)")
+
+
 COMMANDS = (add_methods_parser, add_shrink_parser, add_plan_parser, add_data_parser, add_train_parser,
             add_pretrain_parser, add_predict_parser, add_sweep_parser, add_report_parser, add_bench_parser,
-            add_demo_parser)
+            add_demo_parser, add_recover_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
