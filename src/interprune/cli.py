@@ -33,10 +33,24 @@ def cmd_shrink(args: argparse.Namespace) -> None:
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
     check_writable(out)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype,
-                           calibration=args.calibration, calibration_size=args.calibration_size,
-                           compensate=args.compensate, layers=args.layers, rotate=args.rotate)
+    budgets = _budgets(args)
+    if budgets:
+        from .budget.apply import shrink_to_budget
+        from .budget.output import describe, write_outputs
+
+        model, report, result = shrink_to_budget(
+            args.source, budgets, parse_overrides(args.set), args.method, calibration=args.calibration,
+            calibration_size=args.calibration_size, seed=args.seed, compensate=args.compensate, rotate=args.rotate,
+            layers=args.layers, dtype=dtype, cache=_latency_cache(args), **_search_options(args))
+        print(describe(result))
+    else:
+        model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype,
+                               calibration=args.calibration, calibration_size=args.calibration_size,
+                               compensate=args.compensate, layers=args.layers, rotate=args.rotate)
     save(model, out, report=report, source=args.source, overwrite=args.overwrite)
+    if budgets:
+        write_outputs(result, out)
+        print(f"wrote {out}/budget.csv (every candidate), budget.json, budget.png (quality against cost)")
     print(report.summary())
     print(plan_summary(report.plan))
     kept = report.preserved
@@ -51,7 +65,56 @@ def cmd_shrink(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     from .shrink import parse_overrides, plan_for
 
-    print(plan_for(args.source, parse_overrides(args.set)).describe())
+    budgets = _budgets(args)
+    overrides = parse_overrides(args.set)
+    if budgets:
+        from .budget import search
+        from .budget.output import describe
+
+        result = search(args.source, budgets, fixed=overrides, cache=_latency_cache(args), **_search_options(args))
+        print(describe(result))
+        overrides = result.best.overrides
+    print(plan_for(args.source, overrides).describe())
+
+
+def _budgets(args: argparse.Namespace) -> list:
+    """The parsed ``--budget`` values, checked (kind, value, device) before any work."""
+    from .budget import check_device, parse_budget
+
+    budgets = [parse_budget(text) for text in args.budget]
+    if any(b.kind == "latency" for b in budgets):
+        check_device(args.device)
+    if args.multiple < 1 or args.top_k < 1 or args.candidates < 1:
+        raise InterpruneError("--multiple, --top-k and --candidates must be at least 1")
+    return budgets
+
+
+def _search_options(args: argparse.Namespace) -> dict:
+    return dict(multiple=args.multiple, top_k=args.top_k, device=args.device, threads=args.threads,
+                clock=args.clock, image_size=args.image_size, max_candidates=args.candidates)
+
+
+def _latency_cache(args: argparse.Namespace):
+    from .budget import LatencyCache, default_cache
+
+    return LatencyCache(None if args.no_cache else default_cache())
+
+
+def add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    """``--budget`` and the search's options, shared by ``shrink`` and ``plan``."""
+    p.add_argument("--budget", action="append", default=[], metavar="KIND=VALUE",
+                   help="search the target that fits: params=0.5 (a fraction of the source), params=20M, "
+                   "flops=0.5, flops=30G, latency=0.5, latency=15ms; repeatable; --set values stay fixed")
+    p.add_argument("--multiple", type=int, default=8, help="round searched widths to this multiple (default 8; "
+                   "64 suits tensor cores)")
+    p.add_argument("--top-k", type=int, default=3, help="candidates that fit scored on --calibration (default 3)")
+    p.add_argument("--candidates", type=int, default=96, help="at most this many candidates (default 96)")
+    p.add_argument("--device", default="cpu", help="where latency is measured (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads for the latency runs (default: torch's)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall time or the process's CPU time "
+                   "for latency (cpu: robust on a shared machine, with --threads 1)")
+    p.add_argument("--image-size", type=int, help="image side for costs (default: the processor's)")
+    p.add_argument("--no-cache", action="store_true", help="measure every latency again (no cache file)")
 
 
 def cmd_data_generate(args: argparse.Namespace) -> None:
@@ -203,12 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "directions (same function) before cutting it")
     p.add_argument("--layers", default="first", choices=["first", "uniform", "importance"],
                    help="which source layers a shallower target keeps (default first)")
+    add_budget_arguments(p)
     p.set_defaults(func=cmd_shrink)
 
     p = sub.add_parser("plan", help="show which dimensions a shrink changes and every tensor axis of each")
     p.add_argument("source", help="Hugging Face Hub id or local model folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a config field (JSON values), e.g. --set d_model=128; repeatable")
+    add_budget_arguments(p)
     p.set_defaults(func=cmd_plan)
 
     data = sub.add_parser("data", help="synthetic datasets and dataset pictures").add_subparsers(
