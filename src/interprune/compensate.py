@@ -41,13 +41,35 @@ class Compensation:
         return {"layers": self.layers, "skipped": self.skipped, "ridge": self.ridge, "rows": self.rows}
 
 
+MAX_ROWS = 65536  # convolution outputs are sampled to at most this many positions per call (memory)
+
+
 def refittable(module: nn.Module) -> bool:
-    """Layers with a closed-form refit: linear maps over the last axis (or channels) and layer norms."""
+    """Layers with a closed-form refit: linear maps over the last axis (or channels), convolutions of any
+    kernel and stride (a linear map of their input patches) and layer norms."""
     if isinstance(module, nn.Linear):
         return True
     if isinstance(module, nn.Conv2d):
-        return module.kernel_size == (1, 1) and module.groups == 1 and module.stride == (1, 1)
+        return module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
     return isinstance(module, nn.LayerNorm) and module.elementwise_affine
+
+
+def conv_patches(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """A k x k convolution's input as rows of patches, (examples x positions, channels x k x k), in the order
+    of its weight's flattened axes: the convolution is then ``patches @ weight.reshape(out, -1).T``, and its
+    refit is least squares over these rows (one ridge solve, as for a linear layer)."""
+    if conv.kernel_size == (1, 1) and conv.stride == (1, 1):
+        return _rows(x, True)
+    cols = nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
+
+
+def sample_rows(count: int, limit: int = MAX_ROWS) -> Tensor | None:
+    """Which of ``count`` output positions a refit uses (None: all): an evenly spread, deterministic subset, so
+    the source's recorded outputs and the small model's inputs are sampled at the same positions."""
+    if count <= limit:
+        return None
+    return torch.linspace(0, count - 1, limit).round().long()
 
 
 def _rows(x: Tensor, conv: bool) -> Tensor:
@@ -55,6 +77,11 @@ def _rows(x: Tensor, conv: bool) -> Tensor:
     if conv:
         x = x.movedim(1, -1)
     return x.reshape(-1, x.shape[-1]).double()
+
+
+def _sampled(rows: Tensor) -> Tensor:
+    index = sample_rows(rows.shape[0])
+    return rows if index is None else rows[index]
 
 
 def _resized(name: str, module: nn.Module, source: dict[str, Tensor]) -> bool:
@@ -98,6 +125,8 @@ def compensate(
             out = output.detach()  # only the kept outputs are stored: a fraction of the memory when cutting
             if index is not None:
                 out = out.index_select(1 if isinstance(module, nn.Conv2d) else -1, index.to(out.device))
+            if isinstance(module, nn.Conv2d):  # positions sampled: a backbone's maps are large
+                out = _sampled(_rows(out, True)).float()
             recorded[name].append(out)
         return hook
 
@@ -130,8 +159,9 @@ def compensate(
                 report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
                 return
             conv = isinstance(module, nn.Conv2d)
-            x = _rows(args[0], conv)
-            y = _rows(outputs[min(k, len(outputs) - 1)], conv) * scale(name)  # call k of the source's calls
+            x = _sampled(conv_patches(args[0], module)) if conv else _rows(args[0], False)
+            y = outputs[min(k, len(outputs) - 1)].double() if conv else _rows(outputs[min(k, len(outputs) - 1)], False)
+            y = y * scale(name)  # call k of the source's calls
             width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
             if x.shape[0] != y.shape[0] or y.shape[1] != width:
                 report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"

@@ -31,7 +31,7 @@ __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "
            "layer_name_map", "DEPTH_CHOICES", "SCORED_KINDS"]
 
 Batch = dict[str, Any]
-SCORED_KINDS = ("residual", "ffn", "heads", "head_dim", "kv_heads", "channels")
+SCORED_KINDS = ("residual", "ffn", "heads", "head_dim", "kv_heads", "channels", "stage")
 DEPTH_CHOICES = ("first", "uniform", "importance")
 
 

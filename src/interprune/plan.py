@@ -59,6 +59,11 @@ RULES: dict[str, Any] = {
     "hidden_fields": ("hidden_size", "d_model", "n_embd", "dim", "embed_dim"),
     # parameter-free sine position embeddings: the attribute that gives their width -> channel layout
     "sine_layouts": {"pairs": "num_position_features", "blocks": "embed_dim"},
+    # backbone stages (Hugging Face ResNet, ConvNeXt, Swin): the config fields that give each stage's width,
+    # so channel dimensions are named by stage, and the Sequential containers whose children are a stage's
+    # layers (ModuleLists, as Swin's blocks, are layers already)
+    "backbone_widths": {"embedding_size": "stem", "hidden_sizes": "stage{i}", "embed_dim": "embed"},
+    "stage_layers": r"(^|\.)stages\.\d+\.layers$",
 }
 
 
@@ -75,7 +80,7 @@ class Axis:
 @dataclass
 class Dimension:
     name: str
-    kind: str  # residual | ffn | heads | head_dim | kv_heads | positions | grid | vocab | queries | channels | layers
+    kind: str  # residual | ffn | heads | head_dim | kv_heads | positions | grid | vocab | queries | channels | stage | layers
     source: int
     target: int
     axes: list[Axis] = field(default_factory=list)
@@ -256,6 +261,11 @@ class _Builder:
     # rules
     def layers(self) -> None:
         src_lists = {n: len(m) for n, m in self.src_mods.items() if isinstance(m, nn.ModuleList)}
+        stages = re.compile(RULES["stage_layers"])
+        for name, module in self.tgt_mods.items():  # backbone stages: their layers sit in a Sequential
+            if isinstance(module, nn.Sequential) and stages.search(name) and name in self.src_mods:
+                self.lists.add(name)
+                src_lists[name] = len(self.src_mods[name])
         for name in sorted(self.lists):
             n_t, n_s = len(self.tgt_mods[name]), src_lists.get(name)
             if n_s is not None and n_s != n_t:
@@ -433,7 +443,38 @@ class _Builder:
             a, b = getattr(config, field_name, None), getattr(tconfig, field_name, None)
             if isinstance(a, int) and (a, b) == (s, t):
                 return (f"{scope}.residual" if scope else "residual"), "residual"
+        stages = _stage_widths(config, tconfig, s, t)
+        if stages and scope:
+            return f"{scope}.{'+'.join(stages)}.width", "stage"
         return (f"{scope}.channels.{s}" if scope else f"channels.{s}"), "channels"
+
+
+def _join_backbone_outputs(dims: list[Dimension]) -> list[Dimension]:
+    """A layer outside the backbone that reads its features (DETR's input projection) shares the last
+    stage's width: a root-level channel dimension with the sizes of exactly one backbone stage joins it."""
+    stages = [d for d in dims if d.kind == "stage"]
+    out = []
+    for dim in dims:
+        same = [d for d in stages if (d.source, d.target) == (dim.source, dim.target)]
+        if dim.kind == "channels" and "." not in dim.name.removeprefix("channels.") and len(same) == 1:
+            same[0].axes.extend(dim.axes)
+            continue
+        out.append(dim)
+    return out
+
+
+def _stage_widths(config: Any, tconfig: Any, s: int, t: int) -> list[str]:
+    """The backbone stages whose width changes from ``s`` to ``t`` (``RULES['backbone_widths']``): channel
+    dimensions of a backbone are named by stage (several when stages share both sizes; they then share a
+    choice, as their tensors cannot be told apart by size)."""
+    found = []
+    for field_name, label in RULES["backbone_widths"].items():
+        a, b = getattr(config, field_name, None), getattr(tconfig, field_name, None)
+        pairs = list(zip(a, b)) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else [(a, b)]
+        for i, pair in enumerate(pairs):
+            if pair == (s, t):
+                found.append(label.format(i=i + 1))
+    return found
 
 
 def _grid_key(grid: dict) -> str:
@@ -570,7 +611,7 @@ def make_plan(source: nn.Module, target: nn.Module) -> Plan:
     frozen = {n for n, p in target.named_parameters() if not p.requires_grad}
     computed = [n for n, t in builder.tgt.items() if n in builder.src and builder.src[n].shape != t.shape
                 and (not t.is_floating_point() or n in frozen)]
-    dims = [d for d in builder.dims if d.axes or d.kind == "layers"]
+    dims = _join_backbone_outputs([d for d in builder.dims if d.axes or d.kind == "layers"])
     covered = {(a.tensor, a.axis) for d in dims for a in d.axes}
     unplanned = {n for n, axis, *_ in builder.changed() if (n, axis) not in covered and n not in computed}
     return Plan(dims, sorted(unplanned), computed)
