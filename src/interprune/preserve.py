@@ -19,6 +19,7 @@ Everything the recipe chose is returned in a ``Preservation`` record that ``inte
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -29,7 +30,7 @@ from .compensate import compensate
 from .errors import InterpruneError
 from .importance import (DEPTH_CHOICES, activation_scores, choose, choose_layers, layer_influence, layer_name_map,
                          magnitude_scores)
-from .plan import STRUCTURED, Plan, axis_index, make_plan
+from .plan import RULES, STRUCTURED, Plan, axis_index, make_plan
 from .rotate import query_key_axes, rotate_heads
 from .transfer import transfer
 
@@ -103,8 +104,10 @@ def fill(
     kept_layers = {}
     for dim in plan.dimensions:
         if dim.kind == "layers" and dim.target < dim.source:
-            influence = layer_influence(source, dim.name, inputs) if layers == "importance" else None
-            kept_layers[dim.name] = choose_layers(layers, dim.source, dim.target, influence)
+            # a backbone stage's first layer changes width and stride (its shortcut too): stages keep the first
+            how = "first" if re.search(RULES["stage_layers"], dim.name) else layers
+            influence = layer_influence(source, dim.name, inputs) if how == "importance" else None
+            kept_layers[dim.name] = choose_layers(how, dim.source, dim.target, influence)
             record.layers[dim.name] = kept_layers[dim.name].tolist()
     rename = layer_name_map(kept_layers)  # target name -> source name
     full, rotated = source, {}
