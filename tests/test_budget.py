@@ -150,3 +150,48 @@ def test_bad_budget_input_is_one_line_and_exit_2(resnet_detr, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_timm_resnet_backbone_becomes_its_hugging_face_equivalent(rocks_dir, tmp_path):
+    """The demo's ResNet-10-T: same stages as a Hugging Face ResNet, tensors copied, the deep stem and the
+    average-pool shortcuts refit on data; stock from_pretrained loads the result."""
+    from interprune.backbones import convert, hf_equivalent
+    from interprune.budget import output_error
+    from interprune.calibration import calibration_inputs, model_processor
+    from interprune.models import load_model
+    from interprune.sources import shipped
+
+    source = load_model(shipped("demo")).float().eval()
+    config = hf_equivalent(source.config)
+    resnet = config.backbone_config
+    assert (resnet.model_type, resnet.layer_type, resnet.hidden_sizes, resnet.depths, resnet.embedding_size) == (
+        "resnet", "basic", [64, 128, 256], [1, 1, 1], 64)
+    inputs = calibration_inputs(rocks_dir, model_processor(shipped("demo")), count=6)
+    plain, _ = convert(source, inputs, config, refit=False)
+    model, done = convert(source, inputs, config)
+    assert len(done["refit"]) == 9 and not done["skipped"]  # stem, 2 shortcuts, 6 block convolutions
+    assert output_error(source, model, inputs) < 0.5 * output_error(source, plain, inputs)
+    model.save_pretrained(tmp_path / "converted")
+    loaded = AutoModelForObjectDetection.from_pretrained(tmp_path / "converted").eval()
+    assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+    knobs = [k.name for k, _ in knobs_for(config, {})]
+    assert "backbone.width" in knobs and "backbone.width" not in [k.name for k, _ in knobs_for(source.config, {})]
+
+
+def test_a_timm_backbone_under_a_budget_needs_calibration(tmp_path, capsys):
+    from interprune.sources import shipped
+
+    assert main(["shrink", str(shipped("demo")), "--budget", "params=0.5", "--out", str(tmp_path / "x")]) == 2
+    assert "give --calibration" in capsys.readouterr().err
+
+
+def test_a_sweep_experiment_takes_a_budget_checked_with_its_line(tmp_path):
+    from interprune.sweep.config import load_sweep, preset_path
+
+    demo = load_sweep(preset_path("demo"))
+    assert demo.experiment("small-budget-latency").budget == "latency=0.5"
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("source: demo\ntarget: {d_model: 64}\ndata: x\nexperiments:\n"
+                   "  - {name: a, size: small, init: calibrated, budget: speed=2}\n")
+    with pytest.raises(InterpruneError, match=r"sweep.yaml:5: .*unknown budget kind 'speed'"):
+        load_sweep(bad)

@@ -68,12 +68,14 @@ def cmd_plan(args: argparse.Namespace) -> None:
     budgets = _budgets(args)
     overrides = parse_overrides(args.set)
     if budgets:
-        from .budget import search
+        from .budget.apply import search_plan
         from .budget.output import describe
 
-        result = search(args.source, budgets, fixed=overrides, cache=_latency_cache(args), **_search_options(args))
-        print(describe(result))
-        overrides = result.best.overrides
+        result, plan, note = search_plan(args.source, budgets, overrides, cache=_latency_cache(args),
+                                         **_search_options(args))
+        print(describe(result) + (f"\n{note}" if note else ""))
+        print(plan.describe())
+        return
     print(plan_for(args.source, overrides).describe())
 
 

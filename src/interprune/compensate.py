@@ -120,12 +120,13 @@ def compensate(
 
     def record(name: str) -> Callable:
         index = kept(name)
+        conv = isinstance(modules.get(name), nn.Conv2d)  # the target's layer says (its source may be a block)
 
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             out = output.detach()  # only the kept outputs are stored: a fraction of the memory when cutting
             if index is not None:
-                out = out.index_select(1 if isinstance(module, nn.Conv2d) else -1, index.to(out.device))
-            if isinstance(module, nn.Conv2d):  # positions sampled: a backbone's maps are large
+                out = out.index_select(1 if conv else -1, index.to(out.device))
+            if conv:  # positions sampled: a backbone's maps are large
                 out = _sampled(_rows(out, True)).float()
             recorded[name].append(out)
         return hook

@@ -106,9 +106,10 @@ def latency_key(config: PretrainedConfig, inputs: dict[str, torch.Tensor], devic
 
 @torch.inference_mode()
 def measure_latency(config: PretrainedConfig, inputs: dict[str, torch.Tensor], *, device: str = "cpu",
-                    threads: int | None = None, clock: str = "wall", warmup: int = 1, repeat: int = 3,
-                    cache: LatencyCache | None = None) -> float:
-    """Median milliseconds of one forward pass at batch 1 (random weights), from the cache when known."""
+                    threads: int | None = None, clock: str = "wall", warmup: int = 2, repeat: int = 15,
+                    seconds: float = 0.5, cache: LatencyCache | None = None) -> float:
+    """Median milliseconds of one forward pass at batch 1 (random weights), from the cache when known: up to
+    ``repeat`` runs within about ``seconds`` (at least 3), so small models get enough runs to be stable."""
     threads = threads or torch.get_num_threads()
     key = latency_key(config, inputs, device, threads, clock)
     known = cache.get(key) if cache is not None else None
@@ -123,8 +124,9 @@ def measure_latency(config: PretrainedConfig, inputs: dict[str, torch.Tensor], *
         tick = time.process_time if clock == "cpu" else time.perf_counter
         for _ in range(warmup):
             model(**feed)
-        times = []
-        for _ in range(repeat):
+        times: list[float] = []
+        spent = time.perf_counter()
+        while len(times) < repeat and (len(times) < 3 or time.perf_counter() - spent < seconds):
             sync()
             start = tick()
             model(**feed)

@@ -83,20 +83,24 @@ def _enumerate(config: PretrainedConfig, fixed: dict[str, Any], inputs: dict, mu
     return out, refused
 
 
-def _measure(candidates: list[Candidate], source: Candidate, limit: float, measure: int,
+def _measure(candidates: list[Candidate], source: Candidate, limit: float, measure: int, want: int,
              latency: Callable[[dict], float]) -> int:
-    """Measure the candidates that could fit, the largest first (latency estimated from FLOPs only to choose
-    which to measure), until ``measure`` were measured; then the smallest, so the least reachable is known."""
+    """Measure the candidates that could fit, the largest first (latency estimated from FLOPs only to order
+    them), until ``want`` fit or ``measure`` were measured; then the smallest, when nothing fit, so the least
+    reachable latency is known."""
     def estimate(c: Candidate) -> float:
         return source.latency_ms * c.flops / max(source.flops, 1)
     order = sorted((c for c in candidates if c.fits is not False and estimate(c) <= 1.3 * limit),
                    key=lambda c: -c.flops)
-    done = 0
-    for c in order[:measure]:
+    done = fit = 0
+    for c in order:
+        if done >= measure or fit >= want:
+            break
         c.latency_ms = latency(c.overrides)
         done += 1
+        fit += c.latency_ms <= limit
     smallest = min(candidates, key=lambda c: c.flops)
-    if not any(c.latency_ms is not None and c.latency_ms <= limit for c in candidates) and smallest.latency_ms is None:
+    if not fit and smallest.latency_ms is None:
         smallest.latency_ms = latency(smallest.overrides)
         done += 1
     return done
@@ -104,20 +108,22 @@ def _measure(candidates: list[Candidate], source: Candidate, limit: float, measu
 
 def search(source: str | os.PathLike, budgets: list[Budget], *, fixed: dict[str, Any] | None = None,
            multiple: int = 8, top_k: int = 3, device: str = "cpu", threads: int | None = None, clock: str = "wall",
-           image_size: int | None = None, max_candidates: int = 96, measure: int = 8,
-           score: Callable[[dict[str, Any]], float] | None = None, cache: LatencyCache | None = None) -> SearchResult:
+           image_size: int | None = None, max_candidates: int = 96, measure: int = 16,
+           score: Callable[[dict[str, Any]], float] | None = None, cache: LatencyCache | None = None,
+           config: PretrainedConfig | None = None) -> SearchResult:
     """The candidate that fits every budget and keeps the most of ``source`` (see the module docstring).
 
     ``fixed`` are ``--set`` overrides: kept in every candidate, their knobs not searched. ``score(overrides)``
     shrinks the source to a candidate with the data-aware method and returns its output error; without it the
-    largest fitting candidate wins. Raises ``InterpruneError`` when no candidate fits, naming what is reachable.
+    largest fitting candidate wins. ``config`` replaces the source's own (its Hugging Face backbone equivalent,
+    see ``backbones``). Raises ``InterpruneError`` when no candidate fits, naming what is reachable.
     """
     from ..bench import dummy_inputs
     from ..models import load_config
 
     start = time.perf_counter()
     fixed = dict(fixed or {})
-    config = load_config(source)
+    config = config if config is not None else load_config(source)
     inputs, _ = dummy_inputs(config, str(source), 1, image_size=image_size)
     params, flops = static_costs(config, inputs)
     origin = Candidate({}, {}, params, flops)
@@ -139,7 +145,7 @@ def search(source: str | os.PathLike, budgets: list[Budget], *, fixed: dict[str,
                                    clock=clock, cache=cache)
         origin.latency_ms = latency({})
         limits["latency"] = min(b.limit(origin.latency_ms) for b in budgets if b.kind == "latency")
-        measured = _measure(candidates, origin, limits["latency"], measure, latency)
+        measured = _measure(candidates, origin, limits["latency"], measure, max(1, top_k), latency)
         for c in candidates:
             if c.fits is None and c.latency_ms is not None:
                 c.fits = c.latency_ms <= limits["latency"]

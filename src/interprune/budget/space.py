@@ -27,14 +27,15 @@ class Knob:
     kind: str  # width | heads | depth
     keys: tuple[str, ...]
     options: tuple[float, ...]
+    keeps: int = 0  # options it keeps beyond the others when the grid is trimmed (the backbone: most of the time)
 
 
 WIDTHS, DEPTHS, HEADS = (1.0, 0.5, 0.75, 0.25, 0.375), (1.0, 0.5, 0.75), (1.0, 0.5)
 KNOBS: tuple[Knob, ...] = (
     # backbone stages of a detector's (or any model's) backbone_config: Hugging Face ResNet, ConvNeXt, Swin
     Knob("backbone.width", "width", ("backbone_config.hidden_sizes", "backbone_config.embedding_size",
-                                     "backbone_config.embed_dim"), WIDTHS),
-    Knob("backbone.depth", "depth", ("backbone_config.depths",), DEPTHS),
+                                     "backbone_config.embed_dim"), WIDTHS, keeps=1),
+    Knob("backbone.depth", "depth", ("backbone_config.depths",), DEPTHS, keeps=1),
     Knob("residual", "width", ("d_model", "hidden_size", "n_embd", "dim"), WIDTHS),
     Knob("ffn", "width", ("encoder_ffn_dim", "decoder_ffn_dim", "intermediate_size", "d_ff", "hidden_dim",
                           "n_inner"), WIDTHS),
@@ -75,6 +76,8 @@ def knobs_for(config: PretrainedConfig, fixed: dict[str, Any]) -> list[tuple[Kno
         if knob.kind == "heads" and "num_key_value_heads" in values:
             if values["num_key_value_heads"] == values.get("num_attention_heads"):
                 del values["num_key_value_heads"]  # no grouping: heads alone
+        if knob.kind == "depth" and all(v == 1 for x in values.values() for v in (x if isinstance(x, list) else [x])):
+            continue  # one layer per stack or stage: nothing to cut
         if values and not any(k in fixed for k in values):
             found.append((knob, values))
     return found
@@ -118,10 +121,11 @@ def candidate_overrides(knobs: list[tuple[Knob, dict[str, Any]]], fractions: tup
 
 def grid(knobs: list[tuple[Knob, dict[str, Any]]], max_candidates: int) -> list[tuple[float, ...]]:
     """Every combination of the knobs' options, trimmed to at most ``max_candidates``: the knob with the most
-    options left gives up its last one (the latest knob in the table first, on a tie) until the grid fits."""
+    options left (less what it ``keeps``) gives up its last one (the latest in the table first, on a tie) until
+    the grid fits."""
     options = [list(knob.options) for knob, _ in knobs]
     while math.prod(len(o) for o in options) > max(1, max_candidates):
-        most = max(range(len(options)), key=lambda i: (len(options[i]), i))
+        most = max(range(len(options)), key=lambda i: (len(options[i]) - knobs[i][0].keeps, i))
         if len(options[most]) == 1:
             break
         options[most].pop()
