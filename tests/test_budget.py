@@ -195,3 +195,23 @@ def test_a_sweep_experiment_takes_a_budget_checked_with_its_line(tmp_path):
                    "  - {name: a, size: small, init: calibrated, budget: speed=2}\n")
     with pytest.raises(InterpruneError, match=r"sweep.yaml:5: .*unknown budget kind 'speed'"):
         load_sweep(bad)
+
+
+@pytest.mark.parametrize("backbone", [
+    dict(model_type="convnext", hidden_sizes=[16, 16, 32, 32], depths=[2, 1, 1, 2], out_features=["stage4"]),
+    dict(model_type="swin", embed_dim=16, depths=[2, 1, 1, 2], num_heads=[2, 2, 4, 4], out_features=["stage4"],
+         image_size=64, window_size=2),
+])
+def test_convnext_and_swin_backbones_are_searched_and_shrunk(backbone):
+    from interprune.shrink import shrink
+
+    config = DetrConfig(**{**DETR, "backbone_config": backbone})
+    torch.manual_seed(0)
+    source = DetrForObjectDetection(config).eval()
+    knobs = knobs_for(config, {})
+    assert [k.name for k, _ in knobs][:2] == ["backbone.width", "backbone.depth"]
+    overrides = candidate_overrides(knobs, (0.5, 0.5, 1.0, 1.0, 1.0, 1.0), multiple=8)
+    small, report = shrink(source, overrides, "select")
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in source.parameters())
+    kinds = {d["kind"] for d in report.plan["dimensions"]}
+    assert "layers" in kinds and not report.plan["unplanned"]
