@@ -31,31 +31,35 @@ def table_csv(result: SearchResult) -> str:
 
 
 def draw(result: SearchResult, path: Path) -> Path:
-    """Quality (1 - output error, when scored; else parameters kept) against the first budget's cost."""
+    """Left: every candidate whose cost is known, parameters kept against the first budget's cost, coloured by
+    whether it fits. Right (when scored): quality (1 - output error after the shrink) of the top-k against cost."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     kind = result.budgets[0].kind
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    shown = [c for c in result.candidates if c.cost(kind) is not None]
-    quality = (lambda c: 1 - c.error) if result.scored else (lambda c: c.params / result.source.params)
-    for fits, colour, label in ((True, "#55A868", "fits"), (False, "#C44E52", "over budget"),
-                                (None, "#999999", "not measured")):
-        group = [c for c in shown if c.fits is fits and (not result.scored or c.error is not None)]
-        if group and not result.scored:
-            ax.scatter([c.cost(kind) for c in group], [quality(c) for c in group], s=14, c=colour, label=label)
-    if result.scored:
-        scored = [c for c in shown if c.error is not None]
-        ax.scatter([c.cost(kind) for c in scored], [quality(c) for c in scored], c="#4C72B0", label="top-k, scored")
-    ax.scatter([result.best.cost(kind)], [quality(result.best)], marker="*", s=180, c="#DD8452", label="chosen",
-               zorder=3)
+    label = {"params": "parameters", "flops": "FLOPs per input", "latency": "latency (ms)"}[kind]
+    scored = [c for c in result.candidates if c.error is not None]
+    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(11 if scored else 6.4, 4.2), squeeze=False)
+    ax = axes[0][0]
+    for fits, colour, name in ((True, "#55A868", "fits"), (False, "#C44E52", "over budget")):
+        group = [c for c in result.candidates if bool(c.fits) == fits and c.cost(kind) is not None]
+        ax.scatter([c.cost(kind) for c in group], [c.params / result.source.params for c in group], s=16, c=colour,
+                   label=name)
+    ax.scatter([result.best.cost(kind)], [result.best.params / result.source.params], marker="*", s=200,
+               c="#DD8452", label="chosen", zorder=3)
     ax.axvline(result.limits[kind], color="k", linestyle="--", linewidth=1, label=f"budget {result.budgets[0].text}")
-    ax.set_xlabel({"params": "parameters", "flops": "FLOPs per input", "latency": "latency (ms)"}[kind])
-    ax.set_ylabel("1 - output error after the shrink" if result.scored else "parameters kept (fraction)")
-    ax.set_title("budget search: quality against cost")
+    ax.set(xlabel=label, ylabel="parameters kept (fraction of the source)", title="candidates")
     ax.legend(fontsize=8)
+    if scored:
+        ax = axes[0][1]
+        ax.scatter([c.cost(kind) for c in scored], [1 - c.error for c in scored], c="#4C72B0", label="top-k, scored")
+        ax.scatter([result.best.cost(kind)], [1 - result.best.error], marker="*", s=200, c="#DD8452",
+                   label="chosen", zorder=3)
+        ax.axvline(result.limits[kind], color="k", linestyle="--", linewidth=1)
+        ax.set(xlabel=label, ylabel="1 - output error after the shrink", title="quality against cost")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

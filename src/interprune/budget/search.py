@@ -83,32 +83,42 @@ def _enumerate(config: PretrainedConfig, fixed: dict[str, Any], inputs: dict, mu
     return out, refused
 
 
-def _measure(candidates: list[Candidate], source: Candidate, limit: float, measure: int, want: int,
+def _measure(candidates: list[Candidate], limit: float, measure: int, want: int,
              latency: Callable[[dict], float]) -> int:
-    """Measure the candidates that could fit, the largest first (latency estimated from FLOPs only to order
-    them), until ``want`` fit or ``measure`` were measured; then the smallest, when nothing fit, so the least
-    reachable latency is known."""
-    def estimate(c: Candidate) -> float:
-        return source.latency_ms * c.flops / max(source.flops, 1)
-    order = sorted((c for c in candidates if c.fits is not False and estimate(c) <= 1.3 * limit),
-                   key=lambda c: -c.flops)
-    done = fit = 0
-    for c in order:
-        if done >= measure or fit >= want:
+    """Measure enough candidates to find the largest that fit. Latency is nearly monotone in FLOPs but far from
+    proportional (small models pay fixed costs), so: order by FLOPs, bisect for the first that fits, then
+    measure onwards until ``want`` fit (and the two just before, in case the order is not exact), at most
+    ``measure`` in all besides the bisection."""
+    order = sorted((c for c in candidates if c.fits is not False), key=lambda c: -c.flops)
+    done = 0
+
+    def timed(c: Candidate) -> bool:
+        nonlocal done
+        if c.latency_ms is None:
+            c.latency_ms = latency(c.overrides)
+            done += 1
+        return c.latency_ms <= limit
+    if not order or not timed(order[-1]):
+        return done  # not even the smallest fits
+    lo, hi = 0, len(order) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if timed(order[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    extra, fit = 0, 0
+    for c in order[max(0, lo - 2):]:
+        if extra >= measure or fit >= want:
             break
-        c.latency_ms = latency(c.overrides)
-        done += 1
-        fit += c.latency_ms <= limit
-    smallest = min(candidates, key=lambda c: c.flops)
-    if not fit and smallest.latency_ms is None:
-        smallest.latency_ms = latency(smallest.overrides)
-        done += 1
+        extra += c.latency_ms is None
+        fit += timed(c)
     return done
 
 
 def search(source: str | os.PathLike, budgets: list[Budget], *, fixed: dict[str, Any] | None = None,
            multiple: int = 8, top_k: int = 3, device: str = "cpu", threads: int | None = None, clock: str = "wall",
-           image_size: int | None = None, max_candidates: int = 96, measure: int = 16,
+           image_size: int | None = None, max_candidates: int = 96, measure: int = 8,
            score: Callable[[dict[str, Any]], float] | None = None, cache: LatencyCache | None = None,
            config: PretrainedConfig | None = None) -> SearchResult:
     """The candidate that fits every budget and keeps the most of ``source`` (see the module docstring).
@@ -145,7 +155,7 @@ def search(source: str | os.PathLike, budgets: list[Budget], *, fixed: dict[str,
                                    clock=clock, cache=cache)
         origin.latency_ms = latency({})
         limits["latency"] = min(b.limit(origin.latency_ms) for b in budgets if b.kind == "latency")
-        measured = _measure(candidates, origin, limits["latency"], measure, max(1, top_k), latency)
+        measured = _measure(candidates, limits["latency"], measure, max(1, top_k), latency)
         for c in candidates:
             if c.fits is None and c.latency_ms is not None:
                 c.fits = c.latency_ms <= limits["latency"]
