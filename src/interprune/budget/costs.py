@@ -107,7 +107,7 @@ def latency_key(config: PretrainedConfig, inputs: dict[str, torch.Tensor], devic
 @torch.inference_mode()
 def measure_latency(config: PretrainedConfig, inputs: dict[str, torch.Tensor], *, device: str = "cpu",
                     threads: int | None = None, clock: str = "wall", warmup: int = 2, repeat: int = 15,
-                    seconds: float = 0.5, cache: LatencyCache | None = None) -> float:
+                    seconds: float = 0.3, cache: LatencyCache | None = None) -> float:
     """Median milliseconds of one forward pass at batch 1 (random weights), from the cache when known: up to
     ``repeat`` runs within about ``seconds`` (at least 3), so small models get enough runs to be stable."""
     threads = threads or torch.get_num_threads()

@@ -85,6 +85,10 @@ def describe(result: SearchResult) -> str:
                          f"({b.cost(kind) / s.cost(kind):.2f}x)")
     if b.error is not None:
         lines.append(f"  output error after the shrink {b.error:.4f}")
+    converted = result.settings.get("converted_backbone")
+    if converted:
+        lines.append(f"  the timm backbone was converted to its Hugging Face ResNet equivalent first "
+                     f"({converted['copied']} tensors copied, {len(converted['refit'])} convolutions refit)")
     lines.append("chosen: " + (" ".join(f"--set {k}={v}" for k, v in b.overrides.items()) or "the source as it is"))
     return "\n".join(lines)
 
