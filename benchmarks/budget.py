@@ -6,8 +6,9 @@ and what does the k x k convolution refit keep when the backbone is cut?
   ``--budget latency=0.5`` (CPU time, a fresh cache) is timed; the chosen target and the full model are
   then measured again, interleaved (CPU time, median of ``--repeat`` rounds), independently of the search's
   own short runs, with their parameters and FLOPs.
-* ``--part demo``: the search's cost on the demo's source (160 px), for ``params=0.5`` and ``latency=0.5``;
-  its timm ResNet-10-T backbone has no width a config can set, so what is reachable is printed.
+* ``--part demo``: the search's cost on the demo's source (160 px), for ``params=0.5`` and ``latency=0.5``, with
+  its timm ResNet-10-T backbone as it is (no width a config can set: what is reachable is printed) and as its
+  Hugging Face ResNet equivalent (the search ``shrink --budget`` runs after converting it).
 * ``--part refit``: DETR-R50 at 320 px, backbone widths cut to 3/4 (stem, stages), 8 random images: the
   relative output error (class logits and boxes) after ``select``, after ``calibrated --compensate`` refitting
   only linear layers and 1x1 convolutions (as before), and with the k x k refit (least squares over the
@@ -88,15 +89,20 @@ def part_detr(tmp: Path, repeat: int) -> None:
 def part_demo(tmp: Path) -> None:
     from interprune.errors import InterpruneError
 
-    for text in ("params=0.5", "latency=0.5"):
+    from interprune.backbones import hf_equivalent
+
+    equivalent = hf_equivalent(load_config(shipped("demo")))  # its timm backbone as a Hugging Face ResNet
+    for text, config in (("params=0.5", None), ("latency=0.5", None), ("params=0.5", equivalent),
+                         ("latency=0.5", equivalent)):
         start = time.perf_counter()
         try:
-            result = search(shipped("demo"), [parse_budget(text)], threads=1, clock="cpu",
+            result = search(shipped("demo"), [parse_budget(text)], threads=1, clock="cpu", config=config,
                             cache=LatencyCache(tmp / "demo-latency.json"))
             said = describe(result)
         except InterpruneError as err:
             said = f"refused: {err}"
-        print(f"demo source, --budget {text}: {time.perf_counter() - start:.1f} s wall\n  {said}")
+        what = "its Hugging Face ResNet equivalent" if config is not None else "timm backbone as it is"
+        print(f"demo source ({what}), --budget {text}: {time.perf_counter() - start:.1f} s wall\n  {said}")
 
 
 def part_refit(tmp: Path) -> None:

@@ -100,7 +100,8 @@ def test_latency_budget_measures_once_then_reads_the_cache(resnet_detr, tmp_path
     again = search(resnet_detr, [parse_budget("latency=0.9")], cache=LatencyCache(tmp_path / "latency.json"),
                    threads=1, max_candidates=8)
     assert again.cache_hits == again.measured + 1  # the source and every candidate came from the cache
-    assert again.best.overrides == first.best.overrides
+    for result in (first, again):  # the choice was measured again, interleaved with the source, and still fits
+        assert result.best.checked is not None and result.best.checked <= 0.9
 
 
 def test_unreachable_and_contradicting_budgets_name_what_is_reachable(resnet_detr):

@@ -28,7 +28,7 @@ from transformers import PretrainedConfig
 from ..errors import InterpruneError
 from ..models import build_model, count_parameters
 
-__all__ = ["static_costs", "LatencyCache", "measure_latency", "check_device", "default_cache"]
+__all__ = ["static_costs", "LatencyCache", "measure_latency", "interleaved_latency", "check_device", "default_cache"]
 
 
 class _MetaScalars(TorchDispatchMode):
@@ -138,3 +138,30 @@ def measure_latency(config: PretrainedConfig, inputs: dict[str, torch.Tensor], *
     if cache is not None:
         cache.put(key, value)
     return value
+
+
+@torch.inference_mode()
+def interleaved_latency(configs: list[PretrainedConfig], inputs: dict[str, torch.Tensor], *, device: str = "cpu",
+                        threads: int | None = None, clock: str = "wall", rounds: int = 3) -> list[float]:
+    """Median milliseconds of each model, measured in alternating rounds (after one untimed round), so that a
+    slow moment of a shared machine hits all of them alike: the check of a search's choice against its source."""
+    threads = threads or torch.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        models = [build_model(c).to(device).eval() for c in configs]
+        feed = {k: v.to(device) for k, v in inputs.items()}
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        tick = time.process_time if clock == "cpu" else time.perf_counter
+        times: list[list[float]] = [[] for _ in models]
+        for round_ in range(rounds + 1):
+            for model, kept in zip(models, times):
+                sync()
+                start = tick()
+                model(**feed)
+                sync()
+                if round_:
+                    kept.append(tick() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return [sorted(t)[len(t) // 2] * 1e3 for t in times]

@@ -83,6 +83,8 @@ def describe(result: SearchResult) -> str:
         if b.cost(kind) is not None and s.cost(kind):
             lines.append(f"  {kind:<8} {format_value(kind, s.cost(kind))} -> {format_value(kind, b.cost(kind))} "
                          f"({b.cost(kind) / s.cost(kind):.2f}x)")
+    if b.checked is not None:
+        lines.append(f"  checked against the source, interleaved: {b.checked:.2f}x its latency")
     if b.error is not None:
         lines.append(f"  output error after the shrink {b.error:.4f}")
     converted = result.settings.get("converted_backbone")
