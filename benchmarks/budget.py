@@ -9,10 +9,11 @@ and what does the k x k convolution refit keep when the backbone is cut?
 * ``--part demo``: the search's cost on the demo's source (160 px), for ``params=0.5`` and ``latency=0.5``, with
   its timm ResNet-10-T backbone as it is (no width a config can set: what is reachable is printed) and as its
   Hugging Face ResNet equivalent (the search ``shrink --budget`` runs after converting it).
-* ``--part refit``: DETR-R50 at 320 px, backbone widths cut to 3/4 (stem, stages), 8 random images: the
-  relative output error (class logits and boxes) after ``select``, after ``calibrated --compensate`` refitting
-  only linear layers and 1x1 convolutions (as before), and with the k x k refit (least squares over the
-  input patches of every resized convolution).
+* ``--part refit``: the demo's source (trained weights), its timm backbone converted to the Hugging Face
+  equivalent (output error with tensors copied only, and after the refit), then its backbone widths halved: the
+  relative output error (class logits and boxes) on 60 held-out images after ``select``, after ``calibrated
+  --compensate`` refitting only linear layers and 1x1 convolutions (as before), and with the k x k refit (least
+  squares over the input patches of every resized convolution).
 
     PYTHONPATH=src python benchmarks/budget.py [--part detr,demo,refit] [--repeat 3]
 """
@@ -106,32 +107,45 @@ def part_demo(tmp: Path) -> None:
 
 
 def part_refit(tmp: Path) -> None:
+    """What the k x k refit keeps, on trained weights: the demo's source (its timm backbone converted to the
+    Hugging Face equivalent), 32 calibration and 60 held-out shapes images (its own domain), 160 px."""
     import interprune.compensate as comp
+    from interprune.backbones import convert, hf_equivalent
+    from interprune.calibration import calibration_inputs, model_processor
+    from interprune.data.domains import write_domain
+    from interprune.models import load_model
     from interprune.shrink import shrink
 
-    folder = detr_r50(tmp / "detr-r50-320", size=320)
-    source = DetrForObjectDetection.from_pretrained(folder).eval()
-    gen = torch.Generator().manual_seed(0)
-    inputs = {"pixel_values": torch.randn(8, 3, 320, 320, generator=gen), "pixel_mask": torch.ones(8, 320, 320,
-                                                                                                    dtype=torch.long)}
-    cut = {"backbone_config.hidden_sizes": [192, 384, 768, 1536], "backbone_config.embedding_size": 48}
-    one_by_one = comp.refittable
+    for name, count, seed in (("calib", 32, 777), ("held", 60, 12345)):
+        write_domain("shapes", tmp / name, train=count, valid=1, copies=1, size=160, seed=seed)
+    processor = model_processor(shipped("demo"))
+    calib = calibration_inputs(tmp / "calib", processor, count=32)
+    held = calibration_inputs(tmp / "held", processor, count=60)
+    source = load_model(shipped("demo")).float().eval()
+    config = hf_equivalent(source.config)
+    plain, _ = convert(source, calib, config, refit=False)
+    converted, done = convert(source, calib, config)
+    print(f"timm ResNet-10-T -> Hugging Face ResNet: output error on held-out images {output_error(source, plain, held):.3f} "
+          f"with the tensors copied, {output_error(source, converted, held):.3f} after refitting {len(done['refit'])} "
+          f"convolutions (stem 7x7, 3x3 blocks, strided 1x1 shortcuts)", flush=True)
+    cut = {"backbone_config.hidden_sizes": [32, 64, 128], "backbone_config.embedding_size": 32}
+    every = comp.refittable
 
     def only_1x1(module: torch.nn.Module) -> bool:
         if isinstance(module, torch.nn.Conv2d):
             return module.kernel_size == (1, 1) and module.stride == (1, 1) and module.groups == 1
-        return one_by_one(module)
+        return every(module)
 
-    for label, method, options, rule in (("select", "select", {}, one_by_one),
+    for label, method, options, rule in (("select", "select", {}, every),
                                          ("calibrated + compensate, 1x1 only", "calibrated", {"compensate": True}, only_1x1),
-                                         ("calibrated + compensate, k x k too", "calibrated", {"compensate": True}, one_by_one)):
+                                         ("calibrated + compensate, k x k too", "calibrated", {"compensate": True}, every)):
         comp.refittable = rule
         start = time.perf_counter()
-        kwargs = {"calibration": inputs, **options} if method != "select" else {}
-        small, _ = shrink(copy.deepcopy(source), cut, method, **kwargs)
-        print(f"backbone widths x3/4, {label}: output error {output_error(source, small, inputs):.3f} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
-    comp.refittable = one_by_one
+        kwargs = {"calibration": calib, **options} if method != "select" else {}
+        small, _ = shrink(copy.deepcopy(converted), cut, method, **kwargs)
+        print(f"backbone widths halved, {label}: output error on held-out images "
+              f"{output_error(converted, small, held):.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    comp.refittable = every
 
 
 def main() -> None:
