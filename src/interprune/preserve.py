@@ -19,7 +19,6 @@ Everything the recipe chose is returned in a ``Preservation`` record that ``inte
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ from .compensate import compensate
 from .errors import InterpruneError
 from .importance import (DEPTH_CHOICES, activation_scores, choose, choose_layers, layer_influence, layer_name_map,
                          magnitude_scores)
-from .plan import RULES, STRUCTURED, Plan, axis_index, make_plan
+from .plan import RULES, STRUCTURED, Plan, make_plan, output_index
 from .rotate import query_key_axes, rotate_heads
 from .transfer import transfer
 
@@ -104,7 +103,7 @@ def fill(
     for dim in plan.dimensions:
         if dim.kind == "layers" and dim.target < dim.source:
             # a backbone stage's first layer changes width and stride (its shortcut too): stages keep the first
-            how = "first" if re.search(RULES["stage_layers"], dim.name) else layers
+            how = "first" if RULES.stage_layers.search(dim.name) else layers
             influence = layer_influence(source, dim.name, inputs) if how == "importance" else None
             kept_layers[dim.name] = choose_layers(how, dim.source, dim.target, influence)
             record.layers[dim.name] = kept_layers[dim.name].tolist()
@@ -139,11 +138,10 @@ def _kept(plan: Plan, choices: dict[str, Tensor], state: dict[str, Tensor], rena
     filled it), or None when that axis kept every unit."""
     def kept(name: str) -> Tensor | None:
         tensor = f"{name}.weight"
-        entries = [(dim, ax) for axis, dim, ax in plan.entries(tensor) if axis == 0 and dim.kind != "layers"]
         source = state.get(rename(tensor))
-        if not entries or source is None:
+        if source is None:
             return None
-        return axis_index(source.shape[0], entries, choices)  # -1 marks a grown unit: compensate skips it
+        return output_index(plan, tensor, source.shape[0], choices)  # -1 marks a grown unit: compensate skips it
 
     return kept
 
