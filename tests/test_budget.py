@@ -95,10 +95,10 @@ def test_search_chooses_the_largest_fitting_candidate_with_set_fixed(resnet_detr
 
 def test_latency_budget_measures_once_then_reads_the_cache(resnet_detr, tmp_path):
     cache = LatencyCache(tmp_path / "latency.json")
-    first = search(resnet_detr, [parse_budget("latency=0.9")], cache=cache, threads=1, max_candidates=8)
+    first = search(resnet_detr, [parse_budget("latency=0.9")], cache=cache, threads=1, clock="cpu", max_candidates=8)
     assert first.measured >= 2 and first.best.latency_ms <= first.limits["latency"]
     again = search(resnet_detr, [parse_budget("latency=0.9")], cache=LatencyCache(tmp_path / "latency.json"),
-                   threads=1, max_candidates=8)
+                   threads=1, clock="cpu", max_candidates=8)
     assert again.cache_hits == again.measured + 1  # the source and every candidate came from the cache
     for result in (first, again):  # the choice was measured again, interleaved with the source, and still fits
         assert result.best.checked is not None and result.best.checked <= 0.9

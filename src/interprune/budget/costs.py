@@ -142,9 +142,11 @@ def measure_latency(config: PretrainedConfig, inputs: dict[str, torch.Tensor], *
 
 @torch.inference_mode()
 def interleaved_latency(configs: list[PretrainedConfig], inputs: dict[str, torch.Tensor], *, device: str = "cpu",
-                        threads: int | None = None, clock: str = "wall", rounds: int = 3) -> list[float]:
+                        threads: int | None = None, clock: str = "wall", rounds: int = 3, most: int = 15,
+                        seconds: float = 0.5) -> list[float]:
     """Median milliseconds of each model, measured in alternating rounds (after one untimed round), so that a
-    slow moment of a shared machine hits all of them alike: the check of a search's choice against its source."""
+    slow moment of a shared machine hits all of them alike: the check of a search's choice against its source.
+    At least ``rounds`` rounds, more (up to ``most``) while they take less than ``seconds`` in all."""
     threads = threads or torch.get_num_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -154,13 +156,15 @@ def interleaved_latency(configs: list[PretrainedConfig], inputs: dict[str, torch
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         tick = time.process_time if clock == "cpu" else time.perf_counter
         times: list[list[float]] = [[] for _ in models]
-        for round_ in range(rounds + 1):
+        spent, round_ = time.perf_counter(), 0
+        while round_ <= rounds or (round_ <= most and time.perf_counter() - spent < seconds):
+            round_ += 1
             for model, kept in zip(models, times):
                 sync()
                 start = tick()
                 model(**feed)
                 sync()
-                if round_:
+                if round_ > 1:
                     kept.append(tick() - start)
     finally:
         torch.set_num_threads(previous)
