@@ -32,8 +32,8 @@ from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor,
 
 from interprune.budget import LatencyCache, output_error, parse_budget, search, static_costs
 from interprune.budget.output import describe
-from interprune.models import build_model, load_config
-from interprune.shrink import target_config
+from interprune.hf.models import build_model, load_config
+from interprune.hf.config import target_config
 from interprune.sources import shipped
 
 RESNET50 = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
@@ -109,12 +109,13 @@ def part_demo(tmp: Path) -> None:
 def part_refit(tmp: Path) -> None:
     """What the k x k refit keeps, on trained weights: the demo's source (its timm backbone converted to the
     Hugging Face equivalent), 32 calibration and 60 held-out shapes images (its own domain), 160 px."""
-    import interprune.compensate as comp
+    import interprune.preserve.compensate as comp
     from interprune.backbones import convert, hf_equivalent
-    from interprune.calibration import calibration_inputs, model_processor
+    from interprune.preserve.calibration import calibration_inputs
+    from interprune.hf.processors import model_processor
     from interprune.data.domains import write_domain
-    from interprune.models import load_model
-    from interprune.shrink import shrink
+    from interprune.hf.models import load_model
+    from interprune.weights.shrink import shrink
 
     for name, count, seed in (("calib", 32, 777), ("held", 60, 12345)):
         write_domain("shapes", tmp / name, train=count, valid=1, copies=1, size=160, seed=seed)

@@ -14,8 +14,8 @@ from interprune.budget import LatencyCache, parse_budget, search, static_costs
 from interprune.budget.space import candidate_overrides, knobs_for
 from interprune.cli import main
 from interprune.errors import InterpruneError
-from interprune.models import load_config
-from interprune.shrink import target_config
+from interprune.hf.models import load_config
+from interprune.hf.config import target_config
 
 from .families import DETR, RESNET
 
@@ -184,8 +184,9 @@ def test_a_timm_resnet_backbone_becomes_its_hugging_face_equivalent(rocks_dir, t
     average-pool shortcuts refit on data; stock from_pretrained loads the result."""
     from interprune.backbones import convert, hf_equivalent
     from interprune.budget import output_error
-    from interprune.calibration import calibration_inputs, model_processor
-    from interprune.models import load_model
+    from interprune.preserve.calibration import calibration_inputs
+    from interprune.hf.processors import model_processor
+    from interprune.hf.models import load_model
     from interprune.sources import shipped
 
     source = load_model(shipped("demo")).float().eval()
@@ -230,7 +231,7 @@ def test_a_sweep_experiment_takes_a_budget_checked_with_its_line(tmp_path):
          image_size=64, window_size=2),
 ])
 def test_convnext_and_swin_backbones_are_searched_and_shrunk(backbone):
-    from interprune.shrink import shrink
+    from interprune.weights.shrink import shrink
 
     config = DetrConfig(**{**DETR, "backbone_config": backbone})
     torch.manual_seed(0)

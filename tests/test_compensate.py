@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from interprune.compensate import compensate, layer_errors
-from interprune.resample import select_indices
-from interprune.transfer import transfer
+from interprune.preserve.compensate import compensate, layer_errors
+from interprune.weights.resample import select_indices
+from interprune.weights.transfer import transfer
 
 from .conftest import tiny_bert
 
@@ -93,7 +93,7 @@ def test_layer_norm_refit_corrects_statistics_of_fewer_channels():
 
 
 def test_conv_patches_make_a_kxk_convolution_one_matrix_product():
-    from interprune.compensate import conv_patches
+    from interprune.preserve.compensate import conv_patches
 
     conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=False).double()
     x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
@@ -103,7 +103,7 @@ def test_conv_patches_make_a_kxk_convolution_one_matrix_product():
 
 def test_a_kxk_strided_convolution_is_refit_to_its_source():
     """A 3x3 stride-2 convolution whose weights were lost is recovered by least squares over input patches."""
-    from interprune.compensate import compensate
+    from interprune.preserve.compensate import compensate
 
     class Net(torch.nn.Module):
         def __init__(self):

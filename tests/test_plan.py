@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from interprune.plan import Grid, default_choices, make_plan
-from interprune.resample import select_indices
-from interprune.transfer import transfer
+from interprune.weights.resample import select_indices
+from interprune.weights.transfer import transfer
 
 from .families import FAMILIES
 
@@ -185,8 +185,8 @@ def test_backbone_stages_are_dimensions_of_the_plan():
     projection that reads the last stage joins it) and each stage's depth a layers dimension."""
     from transformers import DetrConfig
 
-    from interprune.models import build_model
-    from interprune.shrink import target_config
+    from interprune.hf.models import build_model
+    from interprune.hf.config import target_config
 
     from .families import DETR, RESNET
 

@@ -95,8 +95,8 @@ def convert(source: nn.Module, inputs: dict[str, Any], config: PretrainedConfig,
     (``config`` from :func:`hf_equivalent`): tensors copied by name, then every backbone convolution refit
     in forward order on ``inputs`` to the output of the timm layer it stands for. Returns the model and
     what was done (tensors copied, layers refit; ``refit=False``: copies only, to measure what the refit adds)."""
-    from .compensate import compensate
-    from .models import build_model
+    from .preserve.compensate import compensate
+    from .hf.models import build_model
 
     target = build_model(config)
     (s_prefix, s_net), (t_prefix, _) = _backbone(source), _backbone(target)

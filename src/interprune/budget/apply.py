@@ -23,8 +23,8 @@ def shrink_to_budget(source: str | os.PathLike, budgets: list[Budget], fixed: di
     with ``method`` and its options and scored by their output error on the calibration examples (the best
     of them is the result, not shrunk again); without it the largest fitting candidate is shrunk."""
     from ..backbones import convert, hf_equivalent
-    from ..models import load_config, load_model
-    from ..shrink import shrink
+    from ..hf.models import load_config, load_model
+    from ..weights.shrink import shrink
 
     options = dict(seed=seed, compensate=compensate, rotate=rotate, layers=layers)
     config = load_config(source)
@@ -36,7 +36,8 @@ def shrink_to_budget(source: str | os.PathLike, budgets: list[Budget], fixed: di
     made: dict[str, tuple[Any, Any]] = {}
     score, model, converted = None, None, None
     if calibration is not None:
-        from ..calibration import calibration_inputs, model_processor
+        from ..preserve.calibration import calibration_inputs
+        from ..hf.processors import model_processor
 
         model = load_model(source).float()
         inputs = calibration_inputs(calibration, model_processor(source), count=calibration_size, seed=seed)
@@ -70,9 +71,9 @@ def search_plan(source: str | os.PathLike, budgets: list[Budget], fixed: dict[st
     """``interprune plan --budget``: the search (costs only, no weights read), the chosen target's plan, and
     a note when a timm backbone was searched as its Hugging Face equivalent."""
     from ..backbones import hf_equivalent
-    from ..models import build_model, load_config
+    from ..hf.models import build_model, load_config
     from ..plan import make_plan
-    from ..shrink import target_config
+    from ..hf.config import target_config
 
     config = load_config(source)
     equivalent = hf_equivalent(config)

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import PretrainedConfig
 
 from ..errors import InterpruneError
-from ..models import build_model, count_parameters
+from ..hf.models import build_model, count_parameters
 
 __all__ = ["static_costs", "LatencyCache", "measure_latency", "interleaved_latency", "check_device", "default_cache"]
 

@@ -17,7 +17,7 @@ import torch
 from transformers import PretrainedConfig
 
 from ..errors import InterpruneError
-from ..models import first_line
+from ..errors import first_line
 from .costs import LatencyCache, interleaved_latency, measure_latency, static_costs
 from .space import candidate_overrides, grid, knobs_for
 from .spec import Budget, format_value
@@ -65,7 +65,7 @@ class SearchResult:
 def _enumerate(config: PretrainedConfig, fixed: dict[str, Any], inputs: dict, multiple: int,
                max_candidates: int) -> tuple[list[Candidate], list[str]]:
     """Every distinct buildable candidate with its exact parameters and FLOPs."""
-    from ..shrink import target_config
+    from ..hf.config import target_config
 
     knobs = knobs_for(config, fixed)
     seen, out, refused = set(), [], []
@@ -130,7 +130,7 @@ def search(source: str | os.PathLike, budgets: list[Budget], *, fixed: dict[str,
     see ``backbones``). Raises ``InterpruneError`` when no candidate fits, naming what is reachable.
     """
     from ..bench import dummy_inputs
-    from ..models import load_config
+    from ..hf.models import load_config
 
     start = time.perf_counter()
     fixed = dict(fixed or {})
@@ -149,7 +149,7 @@ def search(source: str | os.PathLike, budgets: list[Budget], *, fixed: dict[str,
     measured = 0
     cache = cache if cache is not None else LatencyCache(None)
     if len(static) < len(budgets):
-        from ..shrink import target_config
+        from ..hf.config import target_config
 
         def latency(overrides: dict[str, Any]) -> float:
             return measure_latency(target_config(config, overrides), inputs, device=device, threads=threads,
@@ -165,7 +165,7 @@ def search(source: str | os.PathLike, budgets: list[Budget], *, fixed: dict[str,
         raise InterpruneError(_unreachable(config, budgets, limits, origin, candidates, fixed, inputs, multiple))
     check = None
     if len(static) < len(budgets):
-        from ..shrink import target_config
+        from ..hf.config import target_config
 
         def check(c: Candidate) -> bool:
             """The choice, measured again interleaved with the source: it must still fit."""
@@ -210,7 +210,7 @@ def _unreachable(config, budgets, limits, origin, candidates, fixed, inputs, mul
         what = (f"the smallest reachable is {format_value(b.kind, least)} ({least / base:.2f}x the source's "
                 f"{format_value(b.kind, base)})")
         if fixed and b.kind != "latency":
-            from ..shrink import target_config
+            from ..hf.config import target_config
 
             knobs = knobs_for(config, {})
             smallest = candidate_overrides(knobs, tuple(min(k.options) for k, _ in knobs), multiple)
