@@ -90,3 +90,33 @@ def test_layer_norm_refit_corrects_statistics_of_fewer_channels():
     compensate(source, target, {"x": x}, lambda n: keep)
     after = float((target(x) - source(x)[:, keep]).norm() / source(x)[:, keep].norm())
     assert before > 0.25 and after < 0.75 * before, (before, after)  # measured 0.31 -> 0.21
+
+
+def test_conv_patches_make_a_kxk_convolution_one_matrix_product():
+    from interprune.preserve.compensate import conv_patches
+
+    conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=False).double()
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    rows = conv_patches(x, conv) @ conv.weight.reshape(5, -1).T
+    assert torch.allclose(rows, conv(x).movedim(1, -1).reshape(-1, 5))
+
+
+def test_a_kxk_strided_convolution_is_refit_to_its_source():
+    """A 3x3 stride-2 convolution whose weights were lost is recovered by least squares over input patches."""
+    from interprune.preserve.compensate import compensate
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1)
+
+        def forward(self, pixel_values):
+            return self.conv(pixel_values)
+
+    torch.manual_seed(0)
+    source, target = Net().eval(), Net().eval()
+    inputs = {"pixel_values": torch.randn(8, 4, 12, 12)}
+    done = compensate(source, target, inputs, lambda name: None, layers=["conv"], ridge=1e-9)
+    assert done.layers == ["conv"]
+    assert torch.allclose(target.conv.weight, source.conv.weight, atol=1e-4)
+    assert torch.allclose(target(**inputs), source(**inputs), atol=1e-4)

@@ -178,3 +178,25 @@ def test_yolos_detection_tokens_and_clip_class_token_are_kept_around_their_grids
     plan = make_plan(clip, small)
     grid = plan["vision_model.position_grid"]
     assert grid.grid.before == 1 and [a.tensor for a in grid.axes] == ["vision_model.embeddings.position_embedding.weight"]
+
+
+def test_backbone_stages_are_dimensions_of_the_plan():
+    """A detector's Hugging Face ResNet backbone: each stage's width is a named dimension (the input
+    projection that reads the last stage joins it) and each stage's depth a layers dimension."""
+    from transformers import DetrConfig
+
+    from interprune.hf.models import build_model
+    from interprune.hf.config import target_config
+
+    from .families import DETR, RESNET
+
+    config = DetrConfig(**{**DETR, "backbone_config": {**RESNET, "hidden_sizes": [8, 16, 24, 32], "depths": [2, 1, 1, 2]}})
+    target = target_config(config, {"backbone_config.hidden_sizes": [8, 16, 24, 16], "backbone_config.depths": [1, 1, 1, 2]})
+    plan = make_plan(build_model(config, meta=True), build_model(target, meta=True))
+    by_name = {d.name: d for d in plan.dimensions}
+    stage = by_name["model.backbone.model.stage4.width"]
+    assert (stage.kind, stage.source, stage.target) == ("stage", 32, 16)
+    assert ("model.input_projection.weight", 1) in {(a.tensor, a.axis) for a in stage.axes}
+    depth = by_name["model.backbone.model.encoder.stages.0.layers"]
+    assert (depth.kind, depth.source, depth.target) == ("layers", 2, 1)
+    assert not plan.unplanned

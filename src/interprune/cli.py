@@ -22,10 +22,8 @@ def run_methods(args: argparse.Namespace) -> None:
 def run_shrink(args: argparse.Namespace) -> None:
     import torch
 
-    from .hf.config import parse_overrides
     from .hf.models import check_writable, save
     from .plan import plan_summary
-    from .weights.shrink import shrink
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -33,10 +31,14 @@ def run_shrink(args: argparse.Namespace) -> None:
     check_writable(out)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     recovery = _shrink_recovery(args)
-    model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype,
-                           calibration=args.calibration, calibration_size=args.calibration_size,
-                           compensate=args.compensate, layers=args.layers, rotate=args.rotate)
+    budgets = _budgets(args)
+    model, report, result = _shrink_for(args, budgets, dtype)
     save(model, out, report=report, source=args.source, overwrite=args.overwrite)
+    if result is not None:
+        from .budget.output import write_outputs
+
+        write_outputs(result, out)
+        print(f"wrote {out}/budget.csv (every candidate), budget.json, budget.png (quality against cost)")
     print(report.summary())
     print(plan_summary(report.plan))
     kept = report.preserved
@@ -51,6 +53,25 @@ def run_shrink(args: argparse.Namespace) -> None:
 
         data, settings = recovery
         _print_recovery(recover(out, args.source, data, out, settings), out)
+
+
+def _shrink_for(args: argparse.Namespace, budgets, dtype):
+    """The shrink itself: to the budgets when given (the search chooses what ``--set`` leaves open), else to
+    the config ``--set`` describes. Returns the model, its report and the search's result (or None)."""
+    from .hf.config import parse_overrides
+    from .weights.shrink import shrink
+
+    options = dict(calibration=args.calibration, calibration_size=args.calibration_size, seed=args.seed,
+                   compensate=args.compensate, rotate=args.rotate, layers=args.layers, dtype=dtype)
+    if not budgets:
+        return (*shrink(args.source, parse_overrides(args.set), args.method, **options), None)
+    from .budget.apply import shrink_to_budget
+    from .budget.output import describe
+
+    model, report, result = shrink_to_budget(args.source, budgets, parse_overrides(args.set), args.method,
+                                             cache=_latency_cache(args), **options, **_search_options(args))
+    print(describe(result))
+    return model, report, result
 
 
 def _shrink_recovery(args: argparse.Namespace):
@@ -74,7 +95,58 @@ def run_plan(args: argparse.Namespace) -> None:
     from .hf.config import parse_overrides
     from .weights.shrink import plan_for
 
-    print(plan_for(args.source, parse_overrides(args.set)).describe())
+    budgets = _budgets(args)
+    overrides = parse_overrides(args.set)
+    if budgets:
+        from .budget.apply import search_plan
+        from .budget.output import describe
+
+        result, plan, note = search_plan(args.source, budgets, overrides, cache=_latency_cache(args),
+                                         **_search_options(args))
+        print(describe(result) + (f"\n{note}" if note else ""))
+        print(plan.describe())
+        return
+    print(plan_for(args.source, overrides).describe())
+
+
+def _budgets(args: argparse.Namespace) -> list:
+    """The parsed ``--budget`` values, checked (kind, value, device) before any work."""
+    from .budget import check_device, parse_budget
+
+    budgets = [parse_budget(text) for text in args.budget]
+    if any(b.kind == "latency" for b in budgets):
+        check_device(args.device)
+    if args.multiple < 1 or args.top_k < 1 or args.candidates < 1:
+        raise InterpruneError("--multiple, --top-k and --candidates must be at least 1")
+    return budgets
+
+
+def _search_options(args: argparse.Namespace) -> dict:
+    return dict(multiple=args.multiple, top_k=args.top_k, device=args.device, threads=args.threads,
+                clock=args.clock, image_size=args.image_size, max_candidates=args.candidates)
+
+
+def _latency_cache(args: argparse.Namespace):
+    from .budget import LatencyCache, default_cache
+
+    return LatencyCache(None if args.no_cache else default_cache())
+
+
+def add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    """``--budget`` and the search's options, shared by ``shrink`` and ``plan``."""
+    p.add_argument("--budget", action="append", default=[], metavar="KIND=VALUE",
+                   help="search the target that fits: params=0.5 (a fraction of the source), params=20M, "
+                   "flops=0.5, flops=30G, latency=0.5, latency=15ms; repeatable; --set values stay fixed")
+    p.add_argument("--multiple", type=int, default=8, help="round searched widths to this multiple (default 8; "
+                   "64 suits tensor cores)")
+    p.add_argument("--top-k", type=int, default=3, help="candidates that fit scored on --calibration (default 3)")
+    p.add_argument("--candidates", type=int, default=96, help="at most this many candidates (default 96)")
+    p.add_argument("--device", default="cpu", help="where latency is measured (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads for the latency runs (default: torch's)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall time or the process's CPU time "
+                   "for latency (cpu: robust on a shared machine, with --threads 1)")
+    p.add_argument("--image-size", type=int, help="image side for costs (default: the processor's)")
+    p.add_argument("--no-cache", action="store_true", help="measure every latency again (no cache file)")
 
 
 def run_data_generate(args: argparse.Namespace) -> None:
@@ -262,6 +334,7 @@ def add_shrink_parser(sub: Any) -> None:
     p.add_argument("--recover", type=int, metavar="N", help="then distil the result from the source for N steps "
                    "on unlabelled inputs (see 'interprune recover'); OUT gets the recovered model")
     p.add_argument("--recover-data", metavar="DATA", help="unlabelled inputs for --recover (default: --calibration)")
+    add_budget_arguments(p)
     p.set_defaults(func=run_shrink)
 
 
@@ -269,6 +342,7 @@ def add_plan_parser(sub: Any) -> None:
     p = sub.add_parser("plan", help="show which dimensions a shrink changes and every tensor axis of each")
     p.add_argument("source", help="Hugging Face Hub id or local model folder")
     _add_set_flag(p)
+    add_budget_arguments(p)
     p.set_defaults(func=run_plan)
 
 

@@ -39,6 +39,16 @@ def layers(ctx: Context) -> None:
             ctx.add(Dimension(name, Kind.LAYERS, n_s, n_t))
 
 
+def stage_depths(ctx: Context) -> None:
+    """Backbone stages whose layers sit in a ``Sequential`` (Hugging Face ResNet, ConvNeXt: ``RULES.stage_layers``)
+    with another number of layers: a layer stack like any other."""
+    for name, module in ctx.tgt_mods.items():
+        source = ctx.src_mods.get(name)
+        if (isinstance(module, nn.Sequential) and isinstance(source, nn.Sequential) and len(source) != len(module)
+                and RULES.stage_layers.search(name)):
+            ctx.add(Dimension(name, Kind.LAYERS, len(source), len(module)))
+
+
 def attention(ctx: Context) -> None:
     """Heads, head width and key/value heads of every attention module, from the module's own layout."""
     for prefix, module in ctx.src_mods.items():
@@ -352,11 +362,41 @@ def _global_label(ctx: Context, scope: str, s: int, t: int) -> tuple[str, Kind]:
     """A global dimension is the residual stream when a hidden-size field of the config says so."""
     if _is_hidden(ctx, scope + ".x", s, t):
         return (f"{scope}.residual" if scope else "residual"), Kind.RESIDUAL
+    stages = _stage_widths(ctx.config_of(scope + ".x"), ctx.target_config_of(scope + ".x"), s, t)
+    if stages and scope:
+        return f"{scope}.{'+'.join(stages)}.width", Kind.STAGE
     return (f"{scope}.channels.{s}" if scope else f"channels.{s}"), Kind.CHANNELS
+
+
+def _stage_widths(config, tconfig, s: int, t: int) -> list[str]:
+    """The backbone stages whose width changes from ``s`` to ``t`` (``RULES.backbone_widths``); several when
+    stages share both sizes (they then share a choice: their tensors cannot be told apart by size)."""
+    found = []
+    for field_name, label in RULES.backbone_widths.items():
+        a, b = getattr(config, field_name, None), getattr(tconfig, field_name, None)
+        pairs = list(zip(a, b)) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else [(a, b)]
+        found += [label.format(i=i + 1) for i, pair in enumerate(pairs) if pair == (s, t)]
+    return found
+
+
+def backbone_outputs(ctx: Context) -> None:
+    """A layer outside the backbone that reads its features (DETR's input projection) shares the last
+    stage's width: a channel dimension outside every stage's sub-model, with the sizes of exactly one
+    stage, joins that stage (so one choice covers both)."""
+    stages = [d for d in ctx.dims if d.kind == Kind.STAGE]
+    for dim in ctx.dims:
+        same = [d for d in stages if (d.source, d.target) == (dim.source, dim.target)]
+        if dim.kind != Kind.CHANNELS or len(same) != 1 or not dim.axes:
+            continue
+        scope = same[0].name.rsplit(".", 2)[0]
+        if all(not a.tensor.startswith(scope + ".") for a in dim.axes):
+            same[0].axes.extend(dim.axes)
+            dim.axes = []
 
 
 STEPS: tuple[Step, ...] = (
     Step(layers, "layer counts come first: they name whole stacks and claim no tensor axis"),
+    Step(stage_depths, "with the layer counts: a backbone stage's layers are a stack kept in a Sequential"),
     Step(attention, "attention modules know their own heads and widths; their q/k/v axes must be claimed "
                     "before the size rule could merge a head axis into a residual or FFN of equal size"),
     Step(shared_heads, "right after attention: it merges the heads dimensions attention found"),
@@ -364,7 +404,9 @@ STEPS: tuple[Step, ...] = (
                   "claimed before the size rule could merge them into a stream of equal size"),
     Step(ids, "id tables and position grids keep their meaning (ids are truncated, grids resized as "
               "grids); claimed before the size rule, which would treat their rows as features"),
-    Step(sizes, "last: what no structure explains is grouped by the sizes where layers meet"),
+    Step(sizes, "what no structure explains is grouped by the sizes where layers meet"),
+    Step(backbone_outputs, "after the sizes: it joins a channel dimension the size rule made outside a "
+                           "backbone to the backbone stage it reads"),
 )
 
 

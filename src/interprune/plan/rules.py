@@ -103,6 +103,13 @@ class Rules:
     sine_suffix: str = "SinePositionEmbedding"
     sine_layouts: dict[str, str] = field(default_factory=lambda: {"pairs": "num_position_features",
                                                                   "blocks": "embed_dim"})
+    # backbone stages (Hugging Face ResNet, ConvNeXt, Swin): the config fields that give each stage's width,
+    # so a backbone's channel dimensions are named by stage; and the Sequential containers whose children
+    # are a stage's layers (ModuleLists, as Swin's blocks, are layer stacks already)
+    backbone_widths: dict[str, str] = field(default_factory=lambda: {"embedding_size": "stem",
+                                                                     "hidden_sizes": "stage{i}",
+                                                                     "embed_dim": "embed"})
+    stage_layers: re.Pattern = re.compile(r"(^|\.)stages\.\d+\.layers$")
 
     def is_query_or_key(self, module_name: str) -> bool:
         return bool(self.query_names.search(module_name) or self.key_names.search(module_name))

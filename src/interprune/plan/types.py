@@ -31,6 +31,7 @@ class Kind(StrEnum):
     VOCAB = "vocab"  # token ids
     QUERIES = "queries"  # object queries (DETR family)
     CHANNELS = "channels"  # conv channels (global per stage, or one layer's)
+    STAGE = "stage"  # a backbone stage's width (conv channels named by the config field that sets them)
     LAYERS = "layers"  # the number of layers of a stack
     EXPERTS = "experts"  # the number of experts of a mixture-of-experts layer (router rows, whole experts)
 

@@ -2,7 +2,8 @@
 
 Keeping a subset of units throws away what the dropped units contributed; every layer that reads a
 resized dimension then sees inputs the source never produced. Least squares repairs most of that
-without training: for each resized ``nn.Linear`` (and 1x1 convolution) of the small model, find the
+without training: for each resized ``nn.Linear`` (and convolution: k x k ones as a linear map of their
+input patches, ``conv_patches``) of the small model, find the
 weights that best map *its own* inputs on calibration data to the source layer's outputs at the kept
 output units (ridge regression, one solve per layer); for each resized ``nn.LayerNorm``, refit its
 per-channel gain and shift the same way, which corrects the statistics the cut changed (a mean and a
@@ -32,10 +33,11 @@ from torch import Tensor, nn
 
 from .refit import GRID, Choice, channel_moments, choose_strength, moments
 
-__all__ = ["Compensation", "compensate", "refittable", "layer_errors", "held_out_rows"]
+__all__ = ["Compensation", "compensate", "refittable", "layer_errors", "held_out_rows", "conv_patches", "sample_rows"]
 
 Batch = dict[str, Any]
 HOLD_OUT_EVERY = 4  # every fourth calibration example is held out to choose each refit's strength
+MAX_ROWS = 65536  # convolution outputs are sampled to at most this many positions per call (memory)
 
 
 @dataclass
@@ -56,12 +58,35 @@ class Compensation:
 
 
 def refittable(module: nn.Module) -> bool:
-    """Layers with a closed-form refit: linear maps over the last axis (or channels) and layer norms."""
+    """Layers with a closed-form refit: linear maps over the last axis (or channels), convolutions of any
+    kernel and stride (a linear map of their input patches) and layer norms."""
     if isinstance(module, nn.Linear):
         return True
     if isinstance(module, nn.Conv2d):
-        return module.kernel_size == (1, 1) and module.groups == 1 and module.stride == (1, 1)
+        return module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
     return isinstance(module, nn.LayerNorm) and module.elementwise_affine
+
+
+def conv_patches(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """A k x k convolution's input as rows of patches, (examples x positions, channels x k x k), in the order
+    of its weight's flattened axes: the convolution is then ``patches @ weight.reshape(out, -1).T``, and its
+    refit is least squares over these rows, as for a linear layer."""
+    if conv.kernel_size == (1, 1) and conv.stride == (1, 1):
+        return _rows(x, True)
+    cols = nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
+
+
+def sample_rows(count: int, limit: int = MAX_ROWS) -> Tensor | None:
+    """Which of ``count`` output positions a convolution's refit uses (None: all): an evenly spread,
+    deterministic subset, so the source's recorded outputs and the small model's inputs are sampled alike."""
+    if count <= limit:
+        return None
+    return torch.linspace(0, count - 1, limit).round().long()
+
+
+def _sampled(rows: Tensor, index: Tensor | None) -> Tensor:
+    return rows if index is None else rows[index]
 
 
 def _rows(x: Tensor, conv: bool) -> Tensor:
@@ -125,7 +150,8 @@ def compensate(
     names = layers if layers is not None else [
         n for n, m in modules.items() if refittable(m) and _resized(n, m, src_state)]
     report = Compensation()
-    recorded = _record_source(source, inputs, names, kept, source_name, report)
+    convs = {n for n in names if isinstance(modules.get(n), nn.Conv2d)}
+    recorded = _record_source(source, inputs, names, kept, source_name, report, convs)
     examples = _batch_size(inputs)
     fixed = None if ridge is None else (ridge,)
     if fixed is None and examples >= HOLD_OUT_EVERY:
@@ -143,14 +169,19 @@ def compensate(
                 report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
                 return
             conv = isinstance(module, nn.Conv2d)
-            raw = args[0].movedim(1, -1) if conv else args[0]
-            x = _rows(args[0], conv)
-            y = _rows(outputs[min(k, len(outputs) - 1)], conv) * scale(name)  # call k of the source's calls
+            x = conv_patches(args[0], module) if conv else _rows(args[0], False)
+            # conv: rows are (example, output position); the source's outputs were sampled at the same rows
+            raw = torch.Size([args[0].shape[0], x.shape[0] // max(args[0].shape[0], 1), 1]) if conv else args[0].shape
+            index = sample_rows(x.shape[0]) if conv else None
+            x = _sampled(x, index)
+            y = outputs[min(k, len(outputs) - 1)]
+            y = (y.double() if conv else _rows(y, False)) * scale(name)  # call k of the source's calls
             width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
             if x.shape[0] != y.shape[0] or y.shape[1] != width:
                 report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
                 return
-            held = held_out_rows(raw.shape, examples) if fixed is None else torch.zeros(x.shape[0], dtype=torch.bool)
+            held = _sampled(held_out_rows(raw, examples), index) if fixed is None else torch.zeros(
+                x.shape[0], dtype=torch.bool)
             choice = _refit(module, x, y, held, sums.setdefault(name, []), fixed or grid)
             report.strengths[name] = "inf" if math.isinf(choice.strength) else choice.strength
             if choice.errors:
@@ -171,16 +202,23 @@ def compensate(
 
 
 def _record_source(source: nn.Module, inputs: Batch, names: list[str], kept: Callable[[str], Tensor | None],
-                   source_name: Callable[[str], str], report: Compensation) -> dict[str, list[Tensor]]:
-    """One forward pass of the source, keeping each refit layer's outputs at the units its target keeps."""
+                   source_name: Callable[[str], str], report: Compensation,
+                   convs: set[str] = frozenset()) -> dict[str, list[Tensor]]:
+    """One forward pass of the source, keeping each refit layer's outputs at the units its target keeps
+    (for a convolution of the target, ``convs``: as rows, sampled positions only; its source may be a block)."""
     src_modules = dict(source.named_modules())
     recorded: dict[str, list[Tensor]] = {n: [] for n in names}
 
     def record(name: str, index: Tensor | None) -> Callable:
+        conv = name in convs
+
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             out = output.detach()  # only the kept outputs are stored: a fraction of the memory when cutting
             if index is not None:
-                out = out.index_select(1 if isinstance(module, nn.Conv2d) else -1, index.to(out.device))
+                out = out.index_select(1 if conv else -1, index.to(out.device))
+            if conv:  # positions sampled: a backbone's maps are large
+                rows = _rows(out, True)
+                out = _sampled(rows, sample_rows(rows.shape[0])).float()
             recorded[name].append(out)
         return hook
 

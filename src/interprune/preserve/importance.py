@@ -34,7 +34,7 @@ __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "
            "layer_name_map", "SCORED_KINDS"]
 
 Batch = dict[str, Any]
-SCORED_KINDS = ("residual", "ffn", "heads", "head_dim", "kv_heads", "channels", "experts")
+SCORED_KINDS = ("residual", "ffn", "heads", "head_dim", "kv_heads", "channels", "stage", "experts")
 
 
 def _units(value: Tensor, axis: Any, units: int) -> Tensor:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..methods import Kind, check_recipe, names
-from ..plan import Plan, make_plan, output_index
+from ..plan import RULES, Plan, make_plan, output_index
 from ..weights.transfer import transfer
 from .compensate import compensate
 from .importance import (activation_scores, choose, choose_layers, layer_influence, layer_name_map,
@@ -82,8 +82,10 @@ def fill(
     kept_layers = {}
     for dim in plan.dimensions:
         if dim.kind == "layers" and dim.target < dim.source:
-            influence = layer_influence(source, dim.name, inputs) if layers == "importance" else None
-            kept_layers[dim.name] = choose_layers(layers, dim.source, dim.target, influence)
+            # a backbone stage's first layer changes width and stride (its shortcut too): stages keep the first
+            how = "first" if RULES.stage_layers.search(dim.name) else layers
+            influence = layer_influence(source, dim.name, inputs) if how == "importance" else None
+            kept_layers[dim.name] = choose_layers(how, dim.source, dim.target, influence)
             record.layers[dim.name] = kept_layers[dim.name].tolist()
     rename = layer_name_map(kept_layers)  # target name -> source name
     full, rotated = source, {}

@@ -78,6 +78,20 @@ class Experiment(BaseModel):
     compensate: bool = False
     rotate: bool = False
     layers: Literal["first", "uniform", "importance"] = "first"
+    budget: str | None = Field(None, description="instead of the sweep's target, the target the budget search "
+                               "finds (e.g. latency=0.5: half the source's latency, one thread, CPU time)")
+
+    @field_validator("budget")
+    @classmethod
+    def known_budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            from ..budget.spec import parse_budget
+
+            try:
+                parse_budget(value)
+            except InterpruneError as err:
+                raise ValueError(str(err)) from None
+        return value
 
     @field_validator("init")
     @classmethod
@@ -105,6 +119,9 @@ class Experiment(BaseModel):
     def full_only(self) -> "Experiment":
         if self.init in ("pretrained", "transfer") and self.size != "full":
             raise ValueError(f"init {self.init!r} keeps the source's shape, so it needs size: full")
+        if self.budget is not None and (self.size != "small" or self.init in INITS):
+            raise ValueError(f"budget: the search makes a small model from a method, not with size {self.size!r} "
+                             f"and init {self.init!r}")
         return self
 
     @property

@@ -93,6 +93,17 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
     options = experiment.shrink_options()
     if options["calibration"] == "data" and data is not None:
         options["calibration"] = data.train.root
+    if experiment.budget is not None:  # the target is what the search finds, timed as one thread's CPU time
+        from ..budget import LatencyCache, parse_budget
+        from ..budget.apply import shrink_to_budget
+        from ..budget.output import write_outputs
+
+        model, report, found = shrink_to_budget(origin, [parse_budget(experiment.budget)], {}, method, seed=seed,
+                                                cache=LatencyCache(folder.parent / "latency.json"), threads=1,
+                                                clock="cpu", **options)
+        save(model, folder, report=report, source=origin)
+        write_outputs(found, folder)
+        return folder
     model, report = shrink(source, overrides, method, seed=seed, reinit=reinit, **options)
     report.source = origin
     save(model, folder, report=report, source=origin)
