@@ -166,3 +166,14 @@ def test_the_picture_shows_the_best_models_and_random_init():
                                                               for r in results])
     assert [(t, r.name) for t, r in telling_models(config, results)] == [
         ("best full size", "full-pretrained"), ("best smaller", "small-select"), ("smaller, random init", "small-random")]
+
+
+def test_the_html_report_escapes_names_sources_and_overrides():
+    from interprune.sweep.report import _html
+
+    config = SimpleNamespace(name="<script>alert(1)</script>", source="models/a&b", target={"note": "</code><i>"},
+                             train=SimpleNamespace(steps=2), seeds=[0])
+    page = _html(config, [{"experiment": "small<1>", "mAP": "0.5"}], [], [])
+    assert "<script>" not in page and "<i>" not in page and "small<1>" not in page
+    assert "<h1>&lt;script&gt;alert(1)&lt;/script&gt;</h1>" in page and "<code>models/a&amp;b</code>" in page
+    assert "&lt;/code&gt;&lt;i&gt;" in page and "<td>small&lt;1&gt;</td>" in page

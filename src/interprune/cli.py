@@ -65,13 +65,15 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
 
 def cmd_data_show(args: argparse.Namespace) -> None:
     from .data.coco import open_dataset
-    from .data.show import dataset_grid
+    from .data.show import dataset_grid, split_counts
 
     data = open_dataset(args.data, images=args.images)
     out = dataset_grid(data, args.out, split=args.split, count=args.count, augment=args.augment, seed=args.seed)
     for note in data.notes:
         print(note)
-    print(f"{len(data.train)} train / {len(data.valid)} valid images, classes: {', '.join(data.names)}")
+    shown = getattr(data, args.split)
+    print(f"showing {min(args.count, len(shown))} of {len(shown)} {args.split} images; {split_counts(data)}; "
+          f"{len(data.names)} classes: {', '.join(data.names)}")
     print(f"wrote {out}")
 
 
@@ -88,7 +90,8 @@ def _settings(args: argparse.Namespace, **defaults):
 def cmd_train(args: argparse.Namespace) -> None:
     from .train.run import train
 
-    summary = train(args.model, args.data, args.out, _settings(args), resume=args.resume, images=args.images)
+    summary = train(args.model, args.data, args.out, _settings(args), resume=args.resume, images=args.images,
+                    progress=args.progress)
     _print_run(summary, args.out)
 
 
@@ -98,7 +101,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     settings = _settings(args, lr_backbone=1e-4, from_scratch=True)  # a bare config: everything learns
     from .atomic import write_text
 
-    summary = pretrain(args.config, args.data, args.out, settings, resume=args.resume)
+    summary = pretrain(args.config, args.data, args.out, settings, resume=args.resume, progress=args.progress)
     if summary is None:  # another process of a multi-process run: the first one writes and reports
         return
     recipe = {"command": "interprune " + " ".join(args.argv), "summary": summary.model_dump(mode="json")}
@@ -142,7 +145,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         raise InterpruneError("give a sweep YAML file or --preset NAME (e.g. --preset paper), not both")
     source = str(Path(args.source).resolve()) if args.source and Path(args.source).exists() else args.source
     config = load_sweep(args.file or preset_path(args.preset), {"data": args.data, "source": source})
-    run_sweep(config, args.out, only=args.only)
+    run_sweep(config, args.out, only=args.only, progress=args.progress)
     _print_report(write_report(args.out))
 
 
@@ -159,8 +162,12 @@ def _print_report(report: Path) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import bench
 
+    size = args.image_size
+    if size is not None and (len(size) > 2 or min(size) < 16):
+        raise InterpruneError(f"--image-size {' '.join(map(str, size))}: give one shortest edge or HEIGHT WIDTH, "
+                              f"each at least 16 pixels")
     result = bench(args.model, device=args.device, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
-                   image_size=args.image_size, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
+                   image_size=(size[0] if len(size) == 1 else tuple(size)) if size else None, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
                    memory=not args.no_memory, clock=args.clock)
     print(result.summary())
     if args.json:
@@ -171,7 +178,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, steps=args.steps, seeds=args.seeds)
+    run_demo(args.out, steps=args.steps, seeds=args.seeds, progress=args.progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. a local copy of facebook/detr-resnet-50 for --preset paper")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--only", help="run only this experiment (spread a sweep over machines)")
+    _add_progress_flag(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="join a results folder's runs into a report")
@@ -280,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--repeat", type=int, default=20, help="timed runs at batch 1 (default 20; at least 3, fewer "
                    "after 10 s)")
-    p.add_argument("--image-size", type=int, help="image side (default: the processor's or the config's)")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="PIXELS", help="HEIGHT WIDTH of your photos, "
+                   "which the model's processor then resizes as in use (e.g. 1371 2048), or one shortest edge for "
+                   "a square image (default: square at the processor's shortest edge, or the config's image_size)")
     p.add_argument("--tokens", type=int, default=128, help="tokens per input for text models (default 128)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -294,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-results", help="results folder (default: demo-results)")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default: the demo preset's)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the demo preset's)")
+    _add_progress_flag(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -304,6 +315,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.ckpt")
+    _add_progress_flag(p)
     for name, field in TrainSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
@@ -313,6 +325,12 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
             choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
             p.add_argument(flag, dest=name, type=convert, default=None, choices=choices,
                            help=f"{field.description or ''} (default {field.default})".strip())
+
+
+def _add_progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show training progress (default): a bar on a terminal; in a file or pipe a line every "
+                   "--log-every steps and one per validation, without carriage returns or escape codes")
 
 
 def main(argv: list[str] | None = None) -> int:

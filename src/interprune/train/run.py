@@ -21,7 +21,9 @@ from . import batchnorm
 from .distill import make_distillation, teacher_summary
 from .metrics import METRICS, MetricsTable, read_metrics
 from .module import DetectionModule, NonFiniteLoss
-from .progress import StepProgressBar
+from .progress import progress_callbacks
+from .queries import queries_warning, with_queries
+from .announce import start_lines
 from .resume import AtomicCheckpointIO, RunState, check_checkpoint
 from .settings import TrainSettings
 from .summary import SUMMARY, RunSummary
@@ -40,6 +42,9 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
     # The StepSampler makes the loader resumable from the step alone; Lightning cannot see that.
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+    # Lightning 2.6 flattens batches with torch's deprecated LeafSpec: printed by every run, nothing we can change
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+                            category=FutureWarning)
 
 
 def check_trainer(settings: TrainSettings) -> None:
@@ -76,7 +81,7 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     Other processes of a multi-process run return ``None``; the first writes the run folder.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
     settings = settings or TrainSettings()
@@ -94,6 +99,10 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     dataset = data if isinstance(data, DetectionData) else open_dataset(data, images=images, seed=settings.seed)
     config = load_config(model)
     check_detector(config, str(model))
+    if settings.num_queries is not None:  # grown by a shrink into out/start, once; resumed runs reuse it
+        model = with_queries(model, config, settings.num_queries, out, settings.seed)
+        config = load_config(model)
+    recreated = [config.id2label.get(i) for i in range(config.num_labels)] != dataset.names
     processor = load_processor(model, config, settings.image_size)
     _quiet()
     L.seed_everything(settings.seed, workers=True, verbose=False)
@@ -126,17 +135,27 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
             for name in (METRICS, SUMMARY):
                 (out / name).unlink(missing_ok=True)
     table = MetricsTable(out / METRICS)
+    shown = progress_callbacks(progress and lead, settings.log_every)
     state = RunState(ckpt, sampler, table)
     trainer = L.Trainer(
         max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
         num_nodes=settings.num_nodes, strategy=settings.strategy, precision=settings.precision,
         logger=[TensorBoardLogger(out, name="tensorboard", version=""), table],
-        log_every_n_steps=settings.log_every, enable_progress_bar=progress, enable_model_summary=False,
+        log_every_n_steps=settings.log_every, enable_progress_bar=any(isinstance(c, ProgressBar) for c in shown),
+        enable_model_summary=False,
         num_sanity_val_steps=0, deterministic="warn", enable_checkpointing=False, use_distributed_sampler=False,
-        callbacks=[state, LearningRateMonitor("step")] + ([StepProgressBar()] if progress else []),
+        callbacks=[state, LearningRateMonitor("step"), *shown],
         plugins=[AtomicCheckpointIO()],
     )
+    if lead:  # before any training: what was read, what will happen, and what cannot work
+        device = f"{type(trainer.accelerator).__name__.removesuffix('Accelerator').lower()} x {trainer.num_devices}"
+        for line in start_lines(dataset, config, str(model), settings, recreated=recreated, resuming=resuming,
+                                device=device):
+            print(line, flush=True)
+        warning = queries_warning(dataset, config)
+        if warning:
+            print(warning, flush=True)
     if not resuming:  # validate at step 0: every curve starts from what the initialisation inherited
         trainer.validate(module, valid_loader, verbose=False)
     try:
