@@ -119,7 +119,7 @@ def test_cli_train_then_predict(detector_dir, rocks_dir, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["settings"]["augment"] is False
     assert main(["predict", "--model", str(out / "model"), "--images", str(rocks_dir / "valid"),
                  "--out", str(tmp_path / "pred"), "--threshold", "0.0"]) == 0
-    assert sorted(p.suffix for p in (tmp_path / "pred").iterdir()) == [".png"] * 3
+    assert sorted(p.suffix for p in (tmp_path / "pred").iterdir()) == [".jpg"] * 3
     assert "30 detections on 3 images" in capsys.readouterr().out  # threshold 0: every one of 10 queries x 3 images
 
 

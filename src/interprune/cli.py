@@ -129,11 +129,15 @@ def _first_pydantic_error(err: Exception) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .predict import predict
+    from .predict import describe, predict
 
-    found = predict(args.model, args.images, args.out, args.threshold, args.limit)
-    print(f"{sum(f['detections'] for f in found)} detections on {len(found)} images above score {args.threshold}")
-    print(f"wrote {args.out}/")
+    found = predict(args.model, args.images, args.out, args.threshold, args.limit, top=args.top, kind=args.format,
+                    max_side=args.max_side or None)
+    for one in found:
+        print(f"{one.image}: {one.detections} detections" + (f" (the best {one.detections} of {one.found}: --top "
+                                                               f"{args.top})" if one.capped else ""))
+    print(describe(found, args.threshold, args.top))
+    print(f"wrote {args.out}/ ({len(found)} {args.format.upper()} pictures)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -260,9 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="draw a detector's boxes on images")
     p.add_argument("--model", required=True)
     p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--out", required=True, help="folder for the pictures")
+    p.add_argument("--threshold", type=float, default=0.5, help="draw detections scoring at least this (default 0.5)")
     p.add_argument("--limit", type=int, help="at most this many images")
+    p.add_argument("--top", type=int, default=100, help="draw at most the N best detections per image (default 100; "
+                   "each image's line says when it cut some)")
+    p.add_argument("--format", default="jpg", choices=["jpg", "png"], help="picture format (default jpg)")
+    p.add_argument("--max-side", type=int, default=1280, help="longest side of the pictures in pixels (default "
+                   "1280; 0 keeps the images' size)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("sweep", help="run a set of experiments (YAML or preset), then write the report")
