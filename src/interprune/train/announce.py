@@ -11,7 +11,7 @@ from typing import Any
 from ..data.coco import DetectionData
 from .settings import TrainSettings
 
-__all__ = ["start_lines"]
+__all__ = ["start_lines", "unmeasured_classes"]
 
 def start_lines(data: DetectionData, config: Any, model: str, settings: TrainSettings, *, recreated: bool,
                 resuming: bool, device: str) -> list[str]:
@@ -21,6 +21,10 @@ def start_lines(data: DetectionData, config: Any, model: str, settings: TrainSet
     lines += [f"data: {note}" for note in data.notes]
     classes = ", ".join(data.names)
     lines.append(f"classes: {len(data.names)} ({classes if len(classes) <= 200 else classes[:197] + '...'})")
+    unmeasured = unmeasured_classes(data)
+    if unmeasured:
+        lines.append(f"data: {len(unmeasured)} classes have no validation boxes, so their AP cannot be measured "
+                     f"(the summary lists them as unmeasured_classes): {', '.join(unmeasured)}")
     old = [config.id2label.get(i) for i in range(config.num_labels)]
     if recreated:
         lines.append(f"model: {model}: classification head re-created for the dataset's classes "
@@ -31,3 +35,9 @@ def start_lines(data: DetectionData, config: Any, model: str, settings: TrainSet
     lines.append(f"{'resuming' if resuming else 'training'} {settings.steps} steps at batch {settings.batch_size}"
                  f"{every} on {device}")
     return lines
+
+
+def unmeasured_classes(data: DetectionData) -> list[str]:
+    """Classes without a box in the validation split: COCO AP is undefined for them."""
+    seen = {label for boxes in data.valid.boxes.values() for label, _ in boxes}
+    return [name for label, name in enumerate(data.names) if label not in seen]

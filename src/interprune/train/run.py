@@ -23,7 +23,7 @@ from .metrics import METRICS, MetricsTable, read_metrics
 from .module import DetectionModule, NonFiniteLoss
 from .progress import progress_callbacks
 from .queries import queries_warning, with_queries
-from .announce import start_lines
+from .announce import start_lines, unmeasured_classes
 from .resume import AtomicCheckpointIO, RunState, check_checkpoint
 from .settings import TrainSettings
 from .summary import SUMMARY, RunSummary
@@ -170,13 +170,15 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     if not trainer.is_global_zero:
         return None
     val = [r["val_loss"] for r in table.state() if "val_loss" in r]
+    unmeasured = unmeasured_classes(dataset)
     summary = RunSummary(
         model=str(model), data=dataset.source, steps=int(trainer.global_step), seconds=round(state.seconds, 2),
         segments=state.segments, final_val_loss=float(final["val_loss"]),
         best_val_loss=min(val + [float(final["val_loss"])]),
         map=float(final["map"]), map_50=float(final["map_50"]), map_75=float(final["map_75"]),
         map_per_class={dataset.names[c]: v for c, v in getattr(module, "last_per_class", {}).items()
-                       if 0 <= c < len(dataset.names)},
+                       if 0 <= c < len(dataset.names) and dataset.names[c] not in unmeasured},
+        unmeasured_classes=unmeasured,
         parameters=count_parameters(detector),
         trainable_parameters=sum(p.numel() for p in detector.parameters() if p.requires_grad),
         seed=settings.seed, settings=settings,
