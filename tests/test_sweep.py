@@ -131,7 +131,8 @@ def test_demo_preset_finds_the_shipped_source_and_source_overrides(tmp_path, det
 
     assert load_sweep(preset_path("demo")).source == str(DEMO_SOURCE)
     seen = {}
-    monkeypatch.setattr("interprune.sweep.run.run_sweep", lambda config, out, only=None, progress=True: seen.update(config=config))
+    monkeypatch.setattr("interprune.sweep.run.run_sweep",
+                        lambda config, out, only=None, progress=True: seen.update(config=config))
     monkeypatch.setattr("interprune.sweep.report.write_report", lambda out: tmp_path / "report.md")
     monkeypatch.chdir(detector_dir.parent)
     assert main(["sweep", "--preset", "paper", "--source", detector_dir.name, "--data", "x", "--out", "r"]) == 0

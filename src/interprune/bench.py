@@ -84,13 +84,15 @@ class BenchResult:
         return "\n".join(lines)
 
 
+ImageSize = int | tuple[int, int] | list[int] | None  # a shortest edge, or the (height, width) of photos
+
+
 def is_detector(config: PretrainedConfig) -> bool:
     return type(config) in AutoModelForObjectDetection._model_mapping
 
 
-def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *,
-                 image_size: int | tuple[int, int] | list[int] | None = None, tokens: int = 128,
-                 seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
+def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_size: ImageSize = None,
+                 tokens: int = 128, seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
     """Inputs of the kind the model takes and a description of one of them.
 
     A detector's image goes through its own processor (resize, normalise, pad), so the tensor has exactly
@@ -198,7 +200,7 @@ def _to(inputs: dict[str, torch.Tensor], device: str, dtype: torch.dtype) -> dic
 
 @torch.inference_mode()
 def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warmup: int = 3, repeat: int = 20,
-          budget_s: float = 10.0, image_size: int | tuple[int, int] | None = None, tokens: int = 128, threads: int | None = None,
+          budget_s: float = 10.0, image_size: ImageSize = None, tokens: int = 128, threads: int | None = None,
           dtype: str = "float32", memory: bool = True, clock: str = "wall") -> BenchResult:
     """Measure ``model`` (a folder, Hub id or ``demo``); see the module docstring for what and how.
 
@@ -231,7 +233,7 @@ def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warm
 
 
 def _measure(source: str, name: str, config: PretrainedConfig, one: dict, many: dict, described: str, *, device: str,
-             batch: int, warmup: int, repeat: int, budget_s: float, image_size: int | tuple[int, int] | None, tokens: int, dtype: str,
+             batch: int, warmup: int, repeat: int, budget_s: float, image_size: ImageSize, tokens: int, dtype: str,
              memory: bool, clock: str) -> BenchResult:
     timer = time.process_time if clock == "cpu" else time.perf_counter
     cuda = device.startswith("cuda")

@@ -170,8 +170,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if size is not None and (len(size) > 2 or min(size) < 16):
         raise InterpruneError(f"--image-size {' '.join(map(str, size))}: give one shortest edge or HEIGHT WIDTH, "
                               f"each at least 16 pixels")
+    size = (size[0] if len(size) == 1 else tuple(size)) if size else None
     result = bench(args.model, device=args.device, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
-                   image_size=(size[0] if len(size) == 1 else tuple(size)) if size else None, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
+                   image_size=size, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
                    memory=not args.no_memory, clock=args.clock)
     print(result.summary())
     if args.json:
