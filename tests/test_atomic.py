@@ -146,7 +146,7 @@ def test_temporary_names_carry_the_host_and_other_hosts_temporaries_are_left_alo
 def test_a_folder_honours_the_umask_even_for_files_a_library_made_private(tmp_path, mask, file_mode, folder_mode):
     from .conftest import tiny_detr
 
-    from interprune.models import save
+    from interprune.hf.models import save
 
     old = os.umask(mask)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 CONFIG = json.dumps({"model_type": "detr", "architectures": ["DetrForObjectDetection"], "d_model": 24}).encode()
-LOAD = "from interprune.models import load_config; print('d_model', load_config('someone/tiny').d_model)"
+LOAD = "from interprune.hf.models import load_config; print('d_model', load_config('someone/tiny').d_model)"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -97,7 +97,7 @@ def test_an_endpoint_nobody_answers_is_unreachable_at_once(monkeypatch):
 
     from huggingface_hub import constants
 
-    from interprune.models import _hub_reachable, _hub_where
+    from interprune.hf.models import _hub_reachable, _hub_where
 
     with socket.socket() as closed:  # a port that was just free: nothing listens there
         closed.bind(("127.0.0.1", 0))

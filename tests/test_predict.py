@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from interprune.cli import main
-from interprune.models import load_for_inference
+from interprune.hf.models import load_for_inference
 from interprune.predict import best_per_query, detect
 from interprune.sources import SHIPPED
 

@@ -26,7 +26,7 @@ from .data.images import image_files
 from .data.loader import load_image
 from .data.show import draw_boxes
 from .errors import InterpruneError
-from .models import load_for_inference
+from .hf.models import load_for_inference
 from .train.criterion import uses_no_object_class
 
 __all__ = ["predict", "describe", "detect", "detect_and_draw", "best_per_query", "Detections", "Found", "FORMATS"]
@@ -73,6 +73,7 @@ def best_per_query(logits: torch.Tensor, boxes: torch.Tensor, size: tuple[int, i
     cx, cy, w, h = boxes.unbind(-1)
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
     return scores, labels, xyxy * torch.tensor([width, height, width, height], dtype=xyxy.dtype)
+
 
 
 @torch.no_grad()

@@ -17,6 +17,8 @@ from typing import Any, TextIO
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, _update_n
 
+from .module import FINAL
+
 __all__ = ["StepProgressBar", "StepProgressLog", "progress_callbacks", "duration"]
 
 
@@ -99,13 +101,16 @@ class StepProgressLog(Callback):
         self._print(f"step {step}/{total if total > 0 else '?'}{rate}{_values(losses)}")
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        step = trainer.global_step
-        final = trainer.state.fn == "validate" and step > 0  # the evaluation after training
-        when = f"final validation at step {step}" if final else f"validation at step {step}"
-        names = {"val_loss": "val_loss", "map": "mAP", "map_50": "mAP@50"}
-        self._print(when + _values({names[k]: v for k, v in trainer.callback_metrics.items() if k in names}))
+        if not trainer.sanity_checking:
+            self._evaluated(trainer, f"validation at step {trainer.global_step}", "")
+
+    def on_test_end(self, trainer: Any, pl_module: Any) -> None:  # the final evaluation (train.module)
+        self._evaluated(trainer, f"final validation at step {trainer.global_step}", FINAL)
+
+    def _evaluated(self, trainer: Any, when: str, prefix: str) -> None:
+        if trainer.is_global_zero:
+            names = {f"{prefix}val_loss": "val_loss", f"{prefix}map": "mAP", f"{prefix}map_50": "mAP@50"}
+            self._print(when + _values({names[k]: v for k, v in trainer.callback_metrics.items() if k in names}))
 
 
 def _values(metrics: dict[str, Any]) -> str:

@@ -67,7 +67,8 @@ def with_queries(model: str | os.PathLike, config: Any, queries: int, out: Path,
         return model
     start = out / START
     if not (start / "config.json").is_file():
-        from ..shrink import save, shrink  # the whole shrink machinery: only when asked to
+        from ..hf.models import save
+        from ..weights.shrink import shrink  # the whole shrink machinery: only when asked to
 
         grown, report = shrink(model, {name: queries}, "first", seed=seed)  # kept as they were, new ones fresh
         save(grown, start, report=report, source=model, overwrite=True)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .plan import RULES
+from ..plan import RULES
 
 __all__ = ["rotate_heads", "query_key_axes"]
 
