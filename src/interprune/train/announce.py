@@ -13,6 +13,7 @@ from .settings import TrainSettings
 
 __all__ = ["start_lines", "unmeasured_classes"]
 
+
 def start_lines(data: DetectionData, config: Any, model: str, settings: TrainSettings, *, recreated: bool,
                 resuming: bool, device: str) -> list[str]:
     """The start summary: data, classes, head, steps (the warning about queries is separate)."""
@@ -25,10 +26,9 @@ def start_lines(data: DetectionData, config: Any, model: str, settings: TrainSet
     if unmeasured:
         lines.append(f"data: {len(unmeasured)} classes have no validation boxes, so their AP cannot be measured "
                      f"(the summary lists them as unmeasured_classes): {', '.join(unmeasured)}")
-    old = [config.id2label.get(i) for i in range(config.num_labels)]
     if recreated:
         lines.append(f"model: {model}: classification head re-created for the dataset's classes "
-                     f"({len(old)} -> {len(data.names)} classes); every other weight kept")
+                     f"({config.num_labels} -> {len(data.names)} classes); every other weight kept")
     else:
         lines.append(f"model: {model}: its classes are the dataset's; all weights kept")
     every = f", validation every {settings.val_every}" if settings.val_every < settings.steps else ""

@@ -4,7 +4,7 @@ On a terminal, :class:`StepProgressBar` counts optimiser steps over the whole ru
 second, time left): Lightning's own bar counts batches per epoch, which for a run of N steps over a small
 dataset reads ``Epoch 2/-2``. Anywhere else (a file, a pipe, a CI log) bars are wrong: Lightning passes
 ``disable=False`` to tqdm, which turns off tqdm's own terminal check, so every redraw of a validation bar lands
-in the file with carriage returns and cursor codes (16.5 KB for 40 steps). There :class:`StepProgressLog`
+in the file with carriage returns and cursor codes (7.5 KB in 128 redraws for 40 short steps). There :class:`StepProgressLog`
 writes one line every N steps and one per validation, and nothing else.
 """
 
