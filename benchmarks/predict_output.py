@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from interprune.data.rocks import draw_rocks
-from interprune.models import load_for_inference
+from interprune.hf.models import load_for_inference
 from interprune.predict import predict
 from interprune.sources import SHIPPED
 
