@@ -32,6 +32,8 @@ def dummy_inputs(model: PreTrainedModel) -> dict[str, torch.Tensor]:
         height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
         channels = getattr(vision, "num_channels", 3)
         inputs["pixel_values"] = torch.zeros(1, channels, height, width)
+    if "input_values" in params:  # raw audio (Wav2Vec2): 0.1 s at 16 kHz, a few frames after its strided convs
+        inputs["input_values"] = torch.zeros(1, 1600)
     if "input_features" in params:
         frames = 2 * getattr(config, "max_source_positions", 1500)
         inputs["input_features"] = torch.zeros(1, getattr(config, "num_mel_bins", 80), frames)
