@@ -355,6 +355,7 @@ def add_sweep_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--only", help="run only this experiment (spread a sweep over machines)")
     add_launcher_flags(p)
+    _add_progress_flag(p)
     p.set_defaults(func=run_sweep)
 
 
@@ -506,6 +507,12 @@ def add_launcher_flags(p: argparse.ArgumentParser) -> None:
                    "(default 64)")
     g.add_argument("--local", action="store_true", help="slurm: submitit's local executor on this machine "
                    "instead of a Slurm cluster (same code path)")
+
+
+def _add_progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show training progress (default): a bar on a terminal; in a file or pipe a line every "
+                   "--log-every steps and one per validation, without carriage returns or escape codes")
 
 
 def main(argv: list[str] | None = None) -> int:
