@@ -128,3 +128,40 @@ def test_a_version_moved_aside_by_a_killed_writer_is_put_back_not_deleted(tmp_pa
             (tmp / "weights").write_text("new")
     monkeypatch.setattr(os, "replace", real)
     assert (dest / "weights").read_text() == "old" and leftovers(tmp_path) == []
+
+
+def test_temporary_names_carry_the_host_and_other_hosts_temporaries_are_left_alone(tmp_path):
+    ours = temporary_name(tmp_path / "model.safetensors")
+    assert ours.name.startswith(f".model.safetensors.{os.getpid()}@{atomic.host()}.") and ours.name.endswith(".tmp")
+    dead = dead_pid()
+    here = tmp_path / f".run.{dead}@{atomic.host()}.0123abcd.tmp"  # this host, writer gone: stale
+    there = tmp_path / f".run.{dead}@another-machine.0123abcd.tmp"  # that pid may be alive on another machine
+    legacy = tmp_path / f".run.{dead}.89abcdef.tmp"  # written before hosts were recorded: counted as this host's
+    for path in (here, there, legacy):
+        path.mkdir()
+    assert sorted(clean_stale(tmp_path)) == sorted([here, legacy]) and there.exists()
+
+
+@pytest.mark.parametrize("mask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_a_folder_honours_the_umask_even_for_files_a_library_made_private(tmp_path, mask, file_mode, folder_mode):
+    from .conftest import tiny_detr
+
+    from interprune.hf.models import save
+
+    old = os.umask(mask)
+    try:
+        save(tiny_detr(), tmp_path / "model")  # save_pretrained: safetensors writes the weights with mode 0600
+        with atomic_folder(tmp_path / "other") as tmp:
+            os.close(os.open(tmp / "private", os.O_WRONLY | os.O_CREAT, 0o600))
+            (tmp / "tool").write_text("#!/bin/sh\n")
+            os.chmod(tmp / "tool", 0o700)
+            os.mkdir(tmp / "sub", 0o700)
+        write_text(tmp_path / "report.md", "# report\n")
+    finally:
+        os.umask(old)
+    mode = lambda path: path.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "model" / "model.safetensors") == file_mode
+    assert mode(tmp_path / "model" / "config.json") == file_mode and mode(tmp_path / "model") == folder_mode
+    assert mode(tmp_path / "other" / "private") == file_mode and mode(tmp_path / "report.md") == file_mode
+    assert mode(tmp_path / "other" / "tool") == folder_mode  # executable bits kept, under the umask
+    assert mode(tmp_path / "other" / "sub") == folder_mode

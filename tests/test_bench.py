@@ -56,3 +56,17 @@ def test_cli_bench_writes_json_and_rejects_bad_input(detector_dir, tmp_path, cap
     if not torch.cuda.is_available():
         assert main(["bench", str(detector_dir), "--device", "cuda"]) == 2
         assert "no CUDA GPU is visible here" in capsys.readouterr().err
+
+
+def test_photos_of_a_given_size_go_through_the_processors_real_resize(detector_dir, tmp_path, capsys):
+    """2048 x 1371 photos under a 64 px shortest edge (96 px longest) are 64 x 95 inputs (the processor
+    rounds down), not 64 x 64."""
+    result = bench(detector_dir, batch=1, warmup=0, repeat=3, memory=False, image_size=(1371, 2048))
+    assert result.inputs == "image 3x64x95"
+    assert main(["bench", str(detector_dir), "--repeat", "3", "--warmup", "0", "--batch", "1", "--no-memory",
+                 "--image-size", "1371", "2048", "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["inputs"] == "image 3x64x95"
+    assert main(["bench", str(detector_dir), "--repeat", "3", "--no-memory", "--image-size", "48"]) == 0
+    assert "image 3x48x48" in capsys.readouterr().out  # one number: a square at that shortest edge, as before
+    assert main(["bench", str(detector_dir), "--image-size", "1", "2", "3"]) == 2
+    assert "give one shortest edge or HEIGHT WIDTH" in capsys.readouterr().err

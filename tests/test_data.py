@@ -182,9 +182,29 @@ def test_cli_generates_and_shows(tmp_path, capsys):
     assert main(["data", "shapes", "--out", str(tmp_path / "s"), "--train", "3", "--valid", "2", "--size", "64"]) == 0
     assert main(["data", "show", str(tmp_path / "s"), "--out", str(tmp_path / "g.png"), "--count", "5", "--augment"]) == 0
     printed = capsys.readouterr().out
-    assert "10 classes" in printed and "3 train / 2 valid images" in printed
+    assert "showing 3 of 3 train images; train 3 images (" in printed and "valid 2 (" in printed
+    assert "10 classes: " in printed
     assert Image.open(tmp_path / "g.png").size == (3 * 260 + 4, 260 + 4)  # 3 tiles of 256 px + 4 px padding
     assert main(["data", "show", str(tmp_path / "s"), "--out", str(tmp_path / "t.png"), "--split", "test"]) == 2
+
+
+def test_data_show_keeps_the_aspect_ratio_and_counts_the_split_it_shows(tmp_path, capsys):
+    """2048 x 1371 photos (the chess boards of issue 23), drawn small: landscape tiles, boxes where they were."""
+    cats = [{"id": 1, "name": "pawn"}]
+    write_coco(tmp_path / "ds" / "train", cats, [(0, 1, [0, 0, 2048, 1371])], images=1, size=(2048, 1371))
+    write_coco(tmp_path / "ds" / "valid", cats, [], images=1, size=(2048, 1371))
+    write_coco(tmp_path / "ds" / "test", cats, [(0, 1, [100, 100, 50, 50]), (1, 1, [9, 9, 9, 9])], images=2,
+               size=(2048, 1371))
+    assert main(["data", "show", str(tmp_path / "ds"), "--out", str(tmp_path / "t.png"), "--split", "test"]) == 0
+    printed = capsys.readouterr().out
+    assert "showing 2 of 2 test images; train 1 images (1 boxes), valid 1 (0 boxes), test 2 (2 boxes)" in printed
+    grid = Image.open(tmp_path / "t.png")
+    assert grid.size == (2 * (382 + 4) + 4, 256 + 8)  # tiles 256 high, 256 * 2048 / 1371 = 382 wide
+    main(["data", "show", str(tmp_path / "ds"), "--out", str(tmp_path / "one.png"), "--count", "1"])
+    tile = torch.tensor(list(Image.open(tmp_path / "one.png").convert("RGB").getdata())).reshape(256, 382, 3)
+    box = (tile - torch.tensor([230, 25, 75])).abs().sum(-1) < 60  # the first class's colour, #e6194b
+    rows, cols = box.nonzero().T  # the box's outline spans the whole tile: nothing was cut or stretched off
+    assert rows.min() <= 1 and rows.max() >= 254 and cols.min() <= 1 and cols.max() >= 380
 
 
 def test_dataset_grid_draws_boxes(roboflow, tmp_path):

@@ -132,7 +132,8 @@ def test_demo_preset_finds_the_shipped_source_and_source_overrides(tmp_path, det
 
     assert load_sweep(preset_path("demo")).source == str(DEMO_SOURCE)
     seen = {}
-    monkeypatch.setattr("interprune.sweep.run.run_sweep", lambda config, out, only=None: seen.update(config=config))
+    monkeypatch.setattr("interprune.sweep.run.run_sweep",
+                        lambda config, out, only=None, progress=True: seen.update(config=config))
     monkeypatch.setattr("interprune.sweep.report.write_report", lambda out: tmp_path / "report.md")
     monkeypatch.chdir(detector_dir.parent)
     assert main(["sweep", "--preset", "paper", "--source", detector_dir.name, "--data", "x", "--out", "r"]) == 0
@@ -167,3 +168,14 @@ def test_the_picture_shows_the_best_models_and_random_init():
                                                               for r in results])
     assert [(t, r.name) for t, r in telling_models(config, results)] == [
         ("best full size", "full-pretrained"), ("best smaller", "small-select"), ("smaller, random init", "small-random")]
+
+
+def test_the_html_report_escapes_names_sources_and_overrides():
+    from interprune.sweep.report import _html
+
+    config = SimpleNamespace(name="<script>alert(1)</script>", source="models/a&b", target={"note": "</code><i>"},
+                             train=SimpleNamespace(steps=2), seeds=[0])
+    page = _html(config, [{"experiment": "small<1>", "mAP": "0.5"}], [], [])
+    assert "<script>" not in page and "<i>" not in page and "small<1>" not in page
+    assert "<h1>&lt;script&gt;alert(1)&lt;/script&gt;</h1>" in page and "<code>models/a&amp;b</code>" in page
+    assert "&lt;/code&gt;&lt;i&gt;" in page and "<td>small&lt;1&gt;</td>" in page

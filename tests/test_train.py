@@ -1,4 +1,5 @@
 import json
+import re
 import math
 import os
 import shutil
@@ -120,7 +121,7 @@ def test_cli_train_then_predict(detector_dir, rocks_dir, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["settings"]["augment"] is False
     assert main(["predict", "--model", str(out / "model"), "--images", str(rocks_dir / "valid"),
                  "--out", str(tmp_path / "pred"), "--threshold", "0.0"]) == 0
-    assert sorted(p.suffix for p in (tmp_path / "pred").iterdir()) == [".png"] * 3
+    assert sorted(p.suffix for p in (tmp_path / "pred").iterdir()) == [".jpg"] * 3
     assert "30 detections on 3 images" in capsys.readouterr().out  # threshold 0: every one of 10 queries x 3 images
 
 
@@ -273,3 +274,95 @@ def test_validation_at_step_0_progress_by_steps_and_schedule(detector_dir, rocks
     _, loader = make_loaders(data, processor, val_batch_size=FAST.get("val_batch_size", 2), augment=False, workers=0)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     assert trainer.validate(module, loader, verbose=False)[0]["val_loss"] == pytest.approx(first["val_loss"], rel=1e-5)
+
+
+def test_a_40_step_run_logged_to_a_file_writes_plain_lines(detector_dir, rocks_dir, tmp_path):
+    """Output redirected to a file: at most a line per 10 steps plus one per validation, no carriage returns,
+    no escape codes, no third-party deprecation noise; the start summary first."""
+    log = tmp_path / "train.log"
+    with log.open("w") as handle:
+        done = subprocess.run([sys.executable, "-m", "interprune", "train", "--model", str(detector_dir), "--data",
+                               str(rocks_dir), "--out", str(tmp_path / "run"), "--steps", "40", "--val-every", "20",
+                               "--workers", "0", "--batch-size", "2"], stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text and "\x1b" not in text and "deprecated" not in text.lower() and "Warning" not in text
+    lines = text.splitlines()
+    steps = [line for line in lines if line.startswith("step ")]
+    validations = [line for line in lines if "validation at step" in line]
+    assert [s.split()[1] for s in steps] == ["10/40", "20/40", "30/40", "40/40"]
+    assert all(re.search(r"\(\d+\.\d\d step/s, \d+ s left\): train_loss \d", s) for s in steps)
+    assert [v.split(":")[0] for v in validations] == [
+        "validation at step 0", "validation at step 20", "validation at step 40", "final validation at step 40"]
+    assert "mAP@50" in validations[-1] and "val_loss" in validations[0]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    start = lines[:lines.index("training 40 steps at batch 2, validation every 20 on cpu x 1") + 1]
+    assert start[0].startswith("data: ") and start[1].startswith("classes: 9 (copper, tin, iron")
+    assert "classification head re-created for the dataset's classes (3 -> 9 classes)" in start[-2]
+    if summary["unmeasured_classes"]:  # the 3 validation images hold rocks of some classes only
+        assert start[2].endswith("no validation boxes, so their AP cannot be measured (the summary lists them as "
+                                 "unmeasured_classes): " + ", ".join(summary["unmeasured_classes"]))
+    assert not set(summary["unmeasured_classes"]) & set(summary["map_per_class"])
+    assert len(lines) == len(start) + len(steps) + len(validations) + 2  # then progress, the result's two lines
+
+
+def test_progress_is_a_bar_on_a_terminal_lines_elsewhere_and_none_when_off(detector_dir, rocks_dir, tmp_path, capsys):
+    import io
+
+    from interprune.train.progress import StepProgressBar, StepProgressLog, progress_callbacks
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert [type(c) for c in progress_callbacks(True, 10, Terminal())] == [StepProgressBar]
+    assert [type(c) for c in progress_callbacks(True, 10, io.StringIO())] == [StepProgressLog]
+    assert progress_callbacks(False, 10, Terminal()) == []
+    assert main(["train", "--model", str(detector_dir), "--data", str(rocks_dir), "--out", str(tmp_path / "run"),
+                 "--steps", "2", "--val-every", "2", "--workers", "0", "--log-every", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "step 1/2" not in printed and "validation at step" not in printed and "training 2 steps" in printed
+
+
+def test_more_objects_than_queries_is_warned_with_the_count_and_the_fix():
+    from pathlib import Path
+
+    from interprune.data.coco import CocoSplit, DetectionData
+    from interprune.train.queries import queries_warning
+
+    def split(counts):
+        images = [{"id": i, "file": Path(f"{i}.jpg"), "width": 9, "height": 9} for i in range(len(counts))]
+        return CocoSplit(Path("."), images, {i: [(0, [0, 0, 1, 1])] * n for i, n in enumerate(counts)})
+
+    chess = DetectionData(split([32, 21, 20, 5]), split([25, 3]), ["pawn"])  # the chess boards of issue 23
+    warning = queries_warning(chess, SimpleNamespace(num_queries=20))
+    assert warning == (
+        "warning: 3 of 6 images hold more than 20 objects (up to 32), but the model has 20 object queries "
+        "(num_queries) and finds at most 20 objects per image; train with --num-queries 40 (in a sweep, "
+        "num_queries: 40 under train:) to grow the model to 40 queries first, or shrink with --set num_queries=40")
+    assert queries_warning(chess, SimpleNamespace(num_queries=32)) is None  # exactly as many: every one findable
+    assert "(num_detection_tokens)" in queries_warning(chess, SimpleNamespace(num_detection_tokens=10))
+    assert queries_warning(chess, SimpleNamespace()) is None  # no queries to speak of
+
+
+def test_num_queries_grows_the_model_before_training_and_a_resume_reuses_it(detector_dir, rocks_dir, tmp_path,
+                                                                            capsys):
+    out = tmp_path / "run"
+    settings = TrainSettings(**{**FAST, "steps": 2, "num_queries": 14})
+    train(detector_dir, rocks_dir, out, settings, progress=False)
+    assert "model: num_queries 10 -> 14: the model was resized by a shrink into" in capsys.readouterr().out
+    start = json.loads((out / "start" / "interprune.json").read_text())
+    assert start["overrides"] == {"num_queries": 14}
+    saved = AutoModelForObjectDetection.from_pretrained(out / "model")
+    assert saved.config.num_queries == 14 and saved.model.query_position_embeddings.weight.shape[0] == 14
+    source = AutoModelForObjectDetection.from_pretrained(detector_dir).model.query_position_embeddings.weight
+    grown = AutoModelForObjectDetection.from_pretrained(out / "start").model.query_position_embeddings.weight
+    assert torch.equal(grown[:10], source)  # the source's 10 queries are kept as they were, 4 fresh ones added
+    assert not any(torch.equal(new, old) for new in grown[10:] for old in source)
+    train(detector_dir, rocks_dir, out, settings.model_copy(update={"steps": 4}), resume=True, progress=False)
+    assert "resized by a shrink" not in capsys.readouterr().out  # the grown start is read back, not redone
+    with pytest.raises(InterpruneError, match="--num-queries: .* is a bert model"):
+        from interprune.train.queries import with_queries
+
+        with_queries("bert", BertConfig(), 5, tmp_path)

@@ -3,9 +3,13 @@
 Everything is first written to a hidden temporary sibling *in the destination's folder* (so the final
 ``os.replace`` is a rename on one filesystem, never a copy across ``$TMPDIR``), flushed to disk, then
 renamed over the destination. A process killed mid-write leaves only a temporary named
-``.<name>.<pid>.<random>.tmp``; the next write to the same destination (or :func:`clean_stale` on the
-folder) removes those whose process is gone. A full disk becomes one :class:`InterpruneError` line and
-leaves the destination as it was.
+``.<name>.<pid>@<host>.<random>.tmp``; the next write to the same destination (or :func:`clean_stale` on the
+folder) removes those whose process is gone. The host is in the name because folders are shared between
+machines (``sweep --only`` on a network drive): a pid says nothing about another machine's processes, so
+temporaries of other hosts are left alone. A full disk becomes one :class:`InterpruneError` line and
+leaves the destination as it was. Everything written honours the user's umask, as ``open()`` would: files
+that libraries create privately (safetensors writes weights with mode 0600) are opened up to the modes
+their siblings get, so another user or a serving container can load them.
 """
 
 from __future__ import annotations
@@ -15,21 +19,56 @@ import os
 import re
 import secrets
 import shutil
+import socket
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from .errors import InterpruneError
 
-__all__ = ["write_bytes", "write_text", "atomic_folder", "clean_stale", "is_disk_full", "temporary_name"]
+__all__ = ["write_bytes", "write_text", "atomic_folder", "clean_stale", "is_disk_full", "temporary_name", "host",
+           "umask", "honour_umask"]
 
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?:tmp|old)$")
+# ``@<host>`` is absent in names written before hosts were recorded: those count as this host's.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:@(?P<host>[A-Za-z0-9-]+))?\.[0-9a-f]{8}\.(?:tmp|old)$")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def host() -> str:
+    """This machine's name as it appears in temporary names: letters, digits and ``-`` only, at most 40."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "localhost"
+
+
 def temporary_name(dest: Path, kind: str = "tmp") -> Path:
-    """A hidden sibling of ``dest`` that names its writer's pid, so cleanup knows when it is stale."""
-    return dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
+    """A hidden sibling of ``dest`` that names its writer's pid and host, so cleanup knows when it is stale."""
+    return dest.parent / f".{dest.name}.{os.getpid()}@{host()}.{secrets.token_hex(4)}.{kind}"
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only be read by setting it, which
+    would race with other threads creating files); the set-and-restore is the fallback off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, mask: int | None = None) -> None:
+    """Give ``path`` the mode ``open()``/``mkdir()`` would have given it under the umask (an executable file
+    stays executable): a file a library created with a private mode becomes as readable as its siblings."""
+    mask = umask() if mask is None else mask
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        return
+    wanted = (0o777 if stat.S_ISDIR(mode) or mode & 0o111 else 0o666) & ~mask
+    if stat.S_IMODE(mode) != wanted:
+        os.chmod(path, wanted)
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -72,8 +111,10 @@ def clean_stale(folder: str | os.PathLike, name: str | None = None) -> list[Path
         return removed
     for path in folder.iterdir():
         match = _TEMPORARY.match(path.name)
-        if not match or (name is not None and match["name"] != name) or _alive(int(match["pid"])):
+        if not match or (name is not None and match["name"] != name):
             continue
+        if match["host"] not in (None, host()) or _alive(int(match["pid"])):
+            continue  # another machine's writer may still be running: only it can tell
         dest = folder / match["name"]
         if path.name.endswith(".old") and not os.path.lexists(dest):
             os.replace(path, dest)  # killed between moving the old version aside and putting the new one in
@@ -148,7 +189,10 @@ def atomic_folder(dest: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     try:
         tmp.mkdir()  # plain mkdir: the permissions a user expects (mkdtemp's are private)
         yield tmp
-        for root, _, files in os.walk(tmp):
+        mask = umask()
+        for root, folders, files in os.walk(tmp):
+            for entry in folders + files:
+                honour_umask(Path(root) / entry, mask)
             for file in files:
                 fd = os.open(Path(root) / file, os.O_RDONLY)
                 try:

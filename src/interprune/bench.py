@@ -83,32 +83,40 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_size: int | None = None,
+ImageSize = int | tuple[int, int] | list[int] | None  # a shortest edge, or the (height, width) of photos
+
+
+def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_size: ImageSize = None,
                  tokens: int = 128, seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
     """Inputs of the kind the model takes and a description of one of them.
 
     A detector's image goes through its own processor (resize, normalise, pad), so the tensor has exactly
-    the size the model sees in use; the image is square at the processor's shortest edge (the paper's data are
-    square 416 px photos resized to that edge).
+    the size the model sees in use. ``image_size`` (height, width) is the size of the user's photos, which the
+    processor then resizes as it does in use (2048 x 1371 photos become 256 x 382 under a 256 px shortest
+    edge: half as many pixels again as a square); one number is a square image at that shortest edge, and
+    without it the image is square at the processor's shortest edge (the paper's data are square 416 px photos).
     """
     gen = torch.Generator().manual_seed(seed)
+    photo = tuple(int(v) for v in image_size) if isinstance(image_size, (tuple, list)) else None
+    side = image_size if isinstance(image_size, int) else None
     if is_detector(config):
         from .hf.processors import load_processor
 
-        processor = load_processor(source, config, image_size)
+        processor = load_processor(source, config, side)
         size = processor.size
-        side = image_size or getattr(size, "shortest_edge", None) or getattr(size, "height", None) or (
+        edge = side or getattr(size, "shortest_edge", None) or getattr(size, "height", None) or (
             size.get("shortest_edge") or size.get("height"))
-        image = torch.randint(0, 256, (3, int(side), int(side)), dtype=torch.uint8, generator=gen)
+        height, width = photo or (int(edge), int(edge))
+        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=gen)
         inputs = processor(images=[image] * batch, return_tensors="pt")
         keep = {k: inputs[k] for k in ("pixel_values", "pixel_mask") if k in inputs}
         return keep, "image " + "x".join(map(str, keep["pixel_values"].shape[1:]))
     vision = getattr(config, "vision_config", None) or config
     if isinstance(getattr(vision, "image_size", None), int):
-        side = image_size or vision.image_size
+        height, width = photo or (side or vision.image_size,) * 2
         channels = getattr(vision, "num_channels", 3)
-        pixels = torch.randn(batch, channels, side, side, generator=gen)
-        return {"pixel_values": pixels}, f"image {channels}x{side}x{side}"
+        pixels = torch.randn(batch, channels, height, width, generator=gen)
+        return {"pixel_values": pixels}, f"image {channels}x{height}x{width}"
     if isinstance(getattr(config, "vocab_size", None), int):
         length = min(tokens, getattr(config, "max_position_embeddings", tokens) or tokens)
         ids = torch.randint(0, config.vocab_size, (batch, length), generator=gen)
@@ -187,7 +195,7 @@ def _to(inputs: dict[str, torch.Tensor], device: str, dtype: torch.dtype) -> dic
 
 @torch.inference_mode()
 def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warmup: int = 3, repeat: int = 20,
-          budget_s: float = 10.0, image_size: int | None = None, tokens: int = 128, threads: int | None = None,
+          budget_s: float = 10.0, image_size: ImageSize = None, tokens: int = 128, threads: int | None = None,
           dtype: str = "float32", memory: bool = True, clock: str = "wall") -> BenchResult:
     """Measure ``model`` (a folder, Hub id or ``demo``); see the module docstring for what and how.
 
@@ -220,7 +228,7 @@ def bench(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warm
 
 
 def _measure(source: str, name: str, config: PretrainedConfig, one: dict, many: dict, described: str, *, device: str,
-             batch: int, warmup: int, repeat: int, budget_s: float, image_size: int | None, tokens: int, dtype: str,
+             batch: int, warmup: int, repeat: int, budget_s: float, image_size: ImageSize, tokens: int, dtype: str,
              memory: bool, clock: str) -> BenchResult:
     timer = time.process_time if clock == "cpu" else time.perf_counter
     cuda = device.startswith("cuda")

@@ -160,13 +160,15 @@ def run_data_generate(args: argparse.Namespace) -> None:
 
 def run_data_show(args: argparse.Namespace) -> None:
     from .data.coco import open_dataset
-    from .data.show import dataset_grid
+    from .data.show import dataset_grid, split_counts
 
     data = open_dataset(args.data, images=args.images)
     out = dataset_grid(data, args.out, split=args.split, count=args.count, augment=args.augment, seed=args.seed)
     for note in data.notes:
         print(note)
-    print(f"{len(data.train)} train / {len(data.valid)} valid images, classes: {', '.join(data.names)}")
+    shown = getattr(data, args.split)
+    print(f"showing {min(args.count, len(shown))} of {len(shown)} {args.split} images; {split_counts(data)}; "
+          f"{len(data.names)} classes: {', '.join(data.names)}")
     print(f"wrote {out}")
 
 
@@ -183,7 +185,8 @@ def _settings(args: argparse.Namespace, **defaults):
 def run_train(args: argparse.Namespace) -> None:
     from .train.run import train
 
-    summary = train(args.model, args.data, args.out, _settings(args), resume=args.resume, images=args.images)
+    summary = train(args.model, args.data, args.out, _settings(args), resume=args.resume, images=args.images,
+                    progress=args.progress)
     _print_run(summary, args.out)
 
 
@@ -193,7 +196,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
     settings = _settings(args, lr_backbone=1e-4, from_scratch=True)  # a bare config: everything learns
     from .atomic import write_text
 
-    summary = pretrain(args.config, args.data, args.out, settings, resume=args.resume)
+    summary = pretrain(args.config, args.data, args.out, settings, resume=args.resume, progress=args.progress)
     if summary is None:  # another process of a multi-process run: the first one writes and reports
         return
     recipe = {"command": "interprune " + " ".join(args.argv), "summary": summary.model_dump(mode="json")}
@@ -221,11 +224,15 @@ def _first_pydantic_error(err: Exception) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    from .predict import predict
+    from .predict import describe, predict
 
-    found = predict(args.model, args.images, args.out, args.threshold, args.limit)
-    print(f"{sum(f['detections'] for f in found)} detections on {len(found)} images above score {args.threshold}")
-    print(f"wrote {args.out}/")
+    found = predict(args.model, args.images, args.out, args.threshold, args.limit, top=args.top, kind=args.format,
+                    max_side=args.max_side or None)
+    for one in found:
+        print(f"{one.image}: {one.detections} detections" + (f" (the best {one.detections} of {one.found}: --top "
+                                                               f"{args.top})" if one.capped else ""))
+    print(describe(found, args.threshold, args.top))
+    print(f"wrote {args.out}/ ({len(found)} {args.format.upper()} pictures)")
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -239,7 +246,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     check_launcher_flags(args)
     config = load_sweep(args.file or preset_path(args.preset), {"data": args.data, "source": source})
     if args.launcher == "serial":
-        run_sweep(config, args.out, only=args.only)
+        run_sweep(config, args.out, only=args.only, progress=args.progress)
         _print_report(write_report(args.out))
         return 0
     return run_launched_sweep(config, args)
@@ -284,8 +291,13 @@ def _print_report(report: Path) -> None:
 def run_bench(args: argparse.Namespace) -> None:
     from .bench import bench
 
+    size = args.image_size
+    if size is not None and (len(size) > 2 or min(size) < 16):
+        raise InterpruneError(f"--image-size {' '.join(map(str, size))}: give one shortest edge or HEIGHT WIDTH, "
+                              f"each at least 16 pixels")
+    size = (size[0] if len(size) == 1 else tuple(size)) if size else None
     result = bench(args.model, device=args.device, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
-                   image_size=args.image_size, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
+                   image_size=size, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
                    memory=not args.no_memory, clock=args.clock)
     print(result.summary())
     if args.json:
@@ -296,7 +308,7 @@ def run_bench(args: argparse.Namespace) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, steps=args.steps, seeds=args.seeds)
+    run_demo(args.out, steps=args.steps, seeds=args.seeds, progress=args.progress)
 
 
 def add_methods_parser(sub: Any) -> None:
@@ -395,9 +407,14 @@ def add_predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="draw a detector's boxes on images")
     p.add_argument("--model", required=True)
     p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--out", required=True, help="folder for the pictures")
+    p.add_argument("--threshold", type=float, default=0.5, help="draw detections scoring at least this (default 0.5)")
     p.add_argument("--limit", type=int, help="at most this many images")
+    p.add_argument("--top", type=int, default=100, help="draw at most the N best detections per image (default 100; "
+                   "each image's line says when it cut some)")
+    p.add_argument("--format", default="jpg", choices=["jpg", "png"], help="picture format (default jpg)")
+    p.add_argument("--max-side", type=int, default=1280, help="longest side of the pictures in pixels (default "
+                   "1280; 0 keeps the images' size)")
     p.set_defaults(func=run_predict)
 
 
@@ -412,6 +429,7 @@ def add_sweep_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--only", help="run only this experiment (spread a sweep over machines)")
     add_launcher_flags(p)
+    _add_progress_flag(p)
     p.set_defaults(func=run_sweep)
 
 
@@ -429,7 +447,9 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--repeat", type=int, default=20, help="timed runs at batch 1 (default 20; at least 3, fewer "
                    "after 10 s)")
-    p.add_argument("--image-size", type=int, help="image side (default: the processor's or the config's)")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="PIXELS", help="HEIGHT WIDTH of your photos, "
+                   "which the model's processor then resizes as in use (e.g. 1371 2048), or one shortest edge for "
+                   "a square image (default: square at the processor's shortest edge, or the config's image_size)")
     p.add_argument("--tokens", type=int, default=128, help="tokens per input for text models (default 128)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -445,6 +465,7 @@ def add_demo_parser(sub: Any) -> None:
     p.add_argument("--out", default="demo-results", help="results folder (default: demo-results)")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default: the demo preset's)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the demo preset's)")
+    _add_progress_flag(p)
     p.set_defaults(func=run_demo)
 
 
@@ -516,6 +537,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoints/last.ckpt")
+    _add_progress_flag(p)
     for name, field in TrainSettings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
@@ -559,6 +581,12 @@ def add_launcher_flags(p: argparse.ArgumentParser) -> None:
                    "(default 64)")
     g.add_argument("--local", action="store_true", help="slurm: submitit's local executor on this machine "
                    "instead of a Slurm cluster (same code path)")
+
+
+def _add_progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show training progress (default): a bar on a terminal; in a file or pipe a line every "
+                   "--log-every steps and one per validation, without carriage returns or escape codes")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,8 @@ def check_source(source: Path, out: Path) -> dict:
     return evaluate(source, open_dataset(folder))
 
 
-def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seeds: int | None = None) -> Path:
+def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seeds: int | None = None,
+             progress: bool = True) -> Path:
     out = Path(out)
     started = time.time()
     source = demo_source()
@@ -52,7 +53,7 @@ def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seed
     check = check_source(source, out)
     print(f"source detector: mAP@50 {check['map_50']:.3f} (mAP {check['map']:.3f}) on 60 unseen synthetic-shapes "
           f"images, its own domain (how it was made: {source / 'pretrain.json'})")
-    run_sweep(config, out)
+    run_sweep(config, out, progress=progress)
     report = write_report(out)
     write_text(out / "source_check.json", json.dumps({**check, "recipe": recipe}, indent=1))
     config, results = collect(out)

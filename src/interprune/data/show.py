@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
+from ..atomic import write_bytes
 from ..errors import InterpruneError
 from .augment import augmentation
 from .coco import DetectionData
@@ -60,6 +62,26 @@ def draw_boxes(image: torch.Tensor, boxes_xyxy: torch.Tensor, labels: list[int],
     return torch.from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
 
 
+def tile_shape(sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """(height, width) of the grid's tiles for images of these (height, width): ``TILE`` high and as wide as
+    the images' median aspect ratio (at most twice as wide or high), so photos keep their proportions."""
+    ratios = sorted(w / h for h, w in sizes) or [1.0]
+    ratio = min(2.0, max(0.5, ratios[len(ratios) // 2]))
+    return (TILE, round(TILE * ratio)) if ratio >= 1 else (round(TILE / ratio), TILE)
+
+
+def fit(image: torch.Tensor, xyxy: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` scaled to fit in ``shape`` without distortion, centred on white, with its boxes moved along."""
+    height, width = image.shape[-2:]
+    scale = min(shape[0] / height, shape[1] / width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (shape[0] - new_h) // 2, (shape[1] - new_w) // 2
+    tile = torch.full((image.shape[0], *shape), 255, dtype=image.dtype)
+    tile[:, top:top + new_h, left:left + new_w] = TF.resize(image, [new_h, new_w], antialias=True)
+    moved = xyxy * torch.tensor([new_w / width, new_h / height] * 2) + torch.tensor([left, top] * 2)
+    return tile, moved
+
+
 def dataset_grid(data: DetectionData, out: str | Path, *, split: str = "train", count: int = 16,
                  augment: bool = False, seed: int = 0) -> Path:
     """Save a grid of the first ``count`` images of ``split`` (augmented on the fly if asked)."""
@@ -67,17 +89,29 @@ def dataset_grid(data: DetectionData, out: str | Path, *, split: str = "train", 
         raise InterpruneError(f"{data.source} has no {split} split; pick --split train or valid")
     torch.manual_seed(seed)
     dataset = DetectionDataset(getattr(data, split), augmentation() if augment else None)
-    tiles = []
+    drawn = []
     for index in range(min(count, len(dataset))):
         image, target = dataset[index]
         xywh = torch.tensor([a["bbox"] for a in target["annotations"]], dtype=torch.float32).reshape(-1, 4)
-        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
-        height, width = image.shape[-2:]
-        xyxy = xyxy * torch.tensor([TILE / width, TILE / height] * 2)  # draw at the tile's size, so captions stay legible
-        tile = TF.resize(image, [TILE, TILE], antialias=True)
-        tiles.append(draw_boxes(tile, xyxy, [a["category_id"] for a in target["annotations"]], data.names))
+        drawn.append((image, torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1),
+                      [a["category_id"] for a in target["annotations"]]))
+    shape = tile_shape([tuple(image.shape[-2:]) for image, _, _ in drawn])
+    tiles = []
+    for image, xyxy, labels in drawn:
+        tile, moved = fit(image, xyxy, shape)  # drawn at the tile's size, so captions stay legible
+        tiles.append(draw_boxes(tile, moved, labels, data.names))
     grid = make_grid(tiles, nrow=min(4, len(tiles)), padding=4, pad_value=255)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out)
-    return out
+    encoded = io.BytesIO()
+    kind = Image.registered_extensions().get(Path(out).suffix.lower(), "PNG")  # grid.jpg is a JPEG
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(encoded, format=kind)
+    return write_bytes(out, encoded.getbuffer())
+
+
+def split_counts(data: DetectionData) -> str:
+    """``train 202 images (1,904 boxes), valid 58 (520), test 29 (270)``: every split the dataset has."""
+    parts = []
+    for name in ("train", "valid", "test"):
+        split = getattr(data, name)
+        if split is not None:
+            parts.append(f"{name} {len(split)}{' images' if not parts else ''} ({split.num_boxes():,} boxes)")
+    return ", ".join(parts)

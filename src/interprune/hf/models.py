@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,6 @@ __all__ = ["load_config", "fingerprint", "model_class", "build_model", "load_mod
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-HUB_HOST = ("huggingface.co", 443)
 HEAD_SEED_OFFSET = 7919
 
 
@@ -53,14 +51,42 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick look before asking the Hub: without network, transformers retries for ~30 s."""
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+    """A quick look before asking the Hub: without network, transformers retries for ~30 s.
+
+    It asks through ``huggingface_hub``'s own HTTP session, the one downloads will use, so what it sees is what
+    they will see: ``HF_ENDPOINT`` (a mirror), the ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` variables and
+    ``HF_HUB_OFFLINE`` all count. Any HTTP answer, even an error status, means the endpoint is there."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if _offline():
         return False
     try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
-            return True
-    except OSError:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+        return True
+    except Exception:  # httpx's connect, proxy and timeout errors, and OfflineModeIsEnabled: all say "not reachable"
         return False
+
+
+def _offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub read it at import, or as set since."""
+    from huggingface_hub import constants
+
+    later = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return constants.is_offline_mode() or later.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_where() -> str:
+    """Which Hub was tried, and why not, in words for an error line."""
+    from huggingface_hub import constants
+
+    if _offline():
+        return "the Hugging Face Hub (HF_HUB_OFFLINE is set)"
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                          "all_proxy") if os.environ.get(v)), None)
+    if proxy and "@" in proxy:  # never print a proxy's user name and password
+        proxy = proxy[:proxy.find("://") + 3] + proxy.rsplit("@", 1)[1] if "://" in proxy else proxy.rsplit("@", 1)[1]
+    return f"the Hugging Face Hub at {constants.ENDPOINT}" + (f" (through the proxy {proxy})" if proxy else "")
 
 
 def load_config(source: str | os.PathLike) -> PretrainedConfig:
@@ -80,8 +106,8 @@ def load_config(source: str | os.PathLike) -> PretrainedConfig:
         pass
     if not _hub_reachable():
         raise InterpruneError(
-            f"cannot load model {str(source)!r}: it is not a local folder and the Hugging Face Hub cannot be "
-            f"reached (no network); check the path, or download the model where there is network")
+            f"cannot load model {str(source)!r}: it is not a local folder and {_hub_where()} cannot be reached; "
+            f"check the path, or download the model where there is network")
     try:
         return AutoConfig.from_pretrained(str(source))
     except (OSError, ValueError):

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import time
 
+from ..train.progress import duration
+
 __all__ = ["SweepProgress", "duration"]
-
-
-def duration(seconds: float) -> str:
-    """``42 s``, ``7.5 min``, ``2.3 h``: precise enough for an estimate, short enough for a log line."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class SweepProgress:

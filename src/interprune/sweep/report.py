@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import statistics
+from html import escape
 from pathlib import Path
 
 from ..atomic import write_text
@@ -140,15 +141,19 @@ def _cost_note(results: list[Result]) -> str:
 
 def _html(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[str, Path]],
           results: list[Result]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r.values()) + "</tr>" for r in rows)
+    """The report as one self-contained page. Every text that comes from the user (the sweep's name, source,
+    overrides, experiment names) is escaped: a name with ``<`` or ``&`` must show as written, not as markup."""
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
     images = "".join(
-        f"<h3>{title}</h3><img alt='{title}' src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
+        f"<h3>{escape(title)}</h3><img alt='{escape(title)}' "
+        f"src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
         for title, path in figures)
-    return (f"<!doctype html><meta charset='utf-8'><title>{config.name}</title>"
+    name = escape(config.name)
+    return (f"<!doctype html><meta charset='utf-8'><title>{name}</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style>"
-            f"<h1>{config.name}</h1><p>Source <code>{config.source}</code>, small model "
-            f"<code>{json.dumps(config.target)}</code>, {config.train.steps} steps, seeds {config.seeds}. "
-            f"{_cost_note(results)}</p>"
+            f"<h1>{name}</h1><p>Source <code>{escape(str(config.source))}</code>, small model "
+            f"<code>{escape(json.dumps(config.target))}</code>, {config.train.steps} steps, seeds {config.seeds}. "
+            f"{escape(_cost_note(results))}</p>"
             f"<table><tr>{head}</tr>{body}</table>{images}")

@@ -22,7 +22,9 @@ from . import batchnorm
 from .distill import make_distillation, teacher_summary
 from .metrics import METRICS, MetricsTable
 from .module import FINAL, DetectionModule, NonFiniteLoss
-from .progress import StepProgressBar
+from .announce import start_lines, unmeasured_classes
+from .progress import progress_callbacks
+from .queries import queries_warning, with_queries
 from .resume import AtomicCheckpointIO, RunState, check_checkpoint
 from .settings import TrainSettings
 from .summary import SUMMARY, RunSummary
@@ -40,6 +42,9 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
     # The StepSampler makes the loader resumable from the step alone; Lightning cannot see that.
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+    # Lightning 2.6 flattens batches with torch's deprecated LeafSpec: printed by every run, nothing we can change
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+                            category=FutureWarning)
 
 
 def check_trainer(settings: TrainSettings) -> None:
@@ -81,6 +86,10 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     lead = _launching_process()
     resuming = _check_run(out, settings, resume=resume, lead=lead)
     dataset = data if isinstance(data, DetectionData) else open_dataset(data, images=images, seed=settings.seed)
+    if settings.num_queries is not None:  # grown by a shrink into out/start, once; resumed runs reuse it
+        config = load_config(model)
+        check_detector(config, str(model))
+        model = with_queries(model, config, settings.num_queries, out, settings.seed)
     detector, processor, criterion = _load(model, dataset, settings)
     module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
                              weight_decay=settings.weight_decay, map_every_val=settings.map_every_val,
@@ -92,7 +101,9 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         _prepare_folder(out, resuming)
     table = MetricsTable(out / METRICS)
     state = RunState(ckpt, sampler, table)  # the sampler's position is part of the run's state (exact resume)
-    trainer = _build_trainer(settings, out, table, state, progress)
+    trainer = _build_trainer(settings, out, table, state, progress and lead)
+    if lead:
+        _announce(model, dataset, settings, trainer, resuming)
     if not resuming:  # validate at step 0: every curve starts from what the initialisation inherited
         trainer.validate(module, valid_loader, verbose=False)
     try:
@@ -168,19 +179,32 @@ def _prepare_folder(out: Path, resuming: bool) -> None:
             (out / name).unlink(missing_ok=True)
 
 
+def _announce(model: str | os.PathLike, dataset: DetectionData, settings: TrainSettings, trainer: Any,
+              resuming: bool) -> None:
+    """Before any training: what was read, what will happen, and what cannot work (too few queries)."""
+    config = load_config(model)
+    recreated = [config.id2label.get(i) for i in range(config.num_labels)] != dataset.names
+    device = f"{type(trainer.accelerator).__name__.removesuffix('Accelerator').lower()} x {trainer.num_devices}"
+    lines = start_lines(dataset, config, str(model), settings, recreated=recreated, resuming=resuming, device=device)
+    warning = queries_warning(dataset, config)
+    print("\n".join(lines + ([warning] if warning else [])), flush=True)
+
+
 def _build_trainer(settings: TrainSettings, out: Path, table: MetricsTable, state: RunState, progress: bool) -> Any:
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    shown = progress_callbacks(progress, settings.log_every)  # a bar on a terminal, lines in a file, or none
     return L.Trainer(
         max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
         num_nodes=settings.num_nodes, strategy=settings.strategy, precision=settings.precision,
         logger=[TensorBoardLogger(out, name="tensorboard", version=""), table],
-        log_every_n_steps=settings.log_every, enable_progress_bar=progress, enable_model_summary=False,
+        log_every_n_steps=settings.log_every, enable_progress_bar=any(isinstance(c, ProgressBar) for c in shown),
+        enable_model_summary=False,
         num_sanity_val_steps=0, deterministic="warn", enable_checkpointing=False, use_distributed_sampler=False,
-        callbacks=[state, LearningRateMonitor("step")] + ([StepProgressBar()] if progress else []),
+        callbacks=[state, LearningRateMonitor("step"), *shown],
         plugins=[AtomicCheckpointIO()],
     )
 
@@ -191,11 +215,14 @@ def _summary(model: str, dataset: DetectionData, settings: TrainSettings, traine
     detector = module.model
     last = float(final[f"{FINAL}val_loss"])
     val = [r["val_loss"] for r in state.table.state() if "val_loss" in r]
+    unmeasured = unmeasured_classes(dataset)  # no validation boxes: no AP (torchmetrics says -1)
     return RunSummary(
         model=model, data=dataset.source, steps=int(trainer.global_step), seconds=round(state.seconds, 2),
         segments=state.segments, final_val_loss=last, best_val_loss=min(val + [last]),
         map=float(final[f"{FINAL}map"]), map_50=float(final[f"{FINAL}map_50"]), map_75=float(final[f"{FINAL}map_75"]),
-        map_per_class={dataset.names[c]: v for c, v in module.last_per_class.items() if 0 <= c < len(dataset.names)},
+        map_per_class={dataset.names[c]: v for c, v in module.last_per_class.items()
+                       if 0 <= c < len(dataset.names) and dataset.names[c] not in unmeasured},
+        unmeasured_classes=unmeasured,
         parameters=count_parameters(detector),
         trainable_parameters=sum(p.numel() for p in detector.parameters() if p.requires_grad),
         seed=settings.seed, settings=settings,

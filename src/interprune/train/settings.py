@@ -37,6 +37,9 @@ class TrainSettings(BaseModel):
     strategy: str = "auto"
     precision: str | None = None
     log_every: int = Field(10, gt=0)
+    num_queries: int | None = Field(None, gt=0, description="give the model N object queries before training "
+                                    "(a shrink with --set num_queries=N, written to the run's start/): for images "
+                                    "with more objects than the model has queries")
     from_scratch: bool = Field(False, description="the backbone trains from scratch: all its layers learn and "
                                "its batch norms are live (frozen again when saved)")
 

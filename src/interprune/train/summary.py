@@ -54,6 +54,7 @@ class RunSummary(BaseModel):
     map_50: float
     map_75: float
     map_per_class: dict[str, float] = {}
+    unmeasured_classes: list[str] = []  # no validation boxes: no AP can be measured, so none in map_per_class
     parameters: int
     trainable_parameters: int
     seed: int
