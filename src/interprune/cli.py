@@ -157,8 +157,12 @@ def _print_report(report: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import bench
+    if args.runtime == "torch":
+        from .bench import bench
+    else:
+        from .deploy.ortbench import bench_onnx as bench, check_runtime
 
+        check_runtime(args.runtime)
     result = bench(args.model, device=args.device, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
                    image_size=args.image_size, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
                    memory=not args.no_memory, clock=args.clock)
@@ -166,6 +170,34 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
         print(f"wrote {args.json}")
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write an ONNX model folder, checked against PyTorch (ONNX Runtime)")
+    p.add_argument("model", help="model folder (e.g. from 'interprune shrink' or 'train'), or 'demo'")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="folder to write (model.onnx, config.json, the "
+                   "processor or tokenizer files, export.json)")
+    p.add_argument("--quantize", choices=["dynamic"], help="also write model_quantized.onnx: ONNX Runtime's "
+                   "dynamic int8, checked on the task outputs")
+    p.add_argument("--input", help="also check on this real input: an image, or a .txt file for text models")
+    p.add_argument("--image-size", type=int, help="side of the dummy image (default: the processor's or config's)")
+    p.add_argument("--tokens", type=int, default=16, help="tokens of the dummy text input (default 16)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"],
+                   help="torch.onnx's TorchScript or dynamo exporter (default auto: TorchScript, dynamo where "
+                   "TorchScript cannot)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .deploy.export import export_onnx
+
+    report = export_onnx(args.model, args.onnx, quantize=args.quantize, real=args.input,
+                         image_size=args.image_size, tokens=args.tokens, overwrite=args.overwrite,
+                         exporter=args.exporter)
+    print(report.summary())
+    print(f"wrote {args.onnx}/ (model.onnx{', model_quantized.onnx' if args.quantize else ''}, config.json, "
+          "processor files, export.json)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -288,7 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall-clock time (default) or the "
                    "process's CPU time, robust on a CPU shared with other work (use with --threads 1)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--runtime", default="torch", help="torch (eager PyTorch, default) or onnxruntime (an .onnx "
+                   "file, an 'interprune export' folder, or a model folder exported first)")
     p.set_defaults(func=cmd_bench)
+
+    add_export_parser(sub)
 
     p = sub.add_parser("demo", help="the whole story offline on a CPU: data, source, every method, report")
     p.add_argument("--out", default="demo-results", help="results folder (default: demo-results)")
@@ -323,5 +359,5 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except InterpruneError as err:
         print(f"interprune: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # 2: bad input; a failed export check says 1
     return 0
