@@ -157,3 +157,41 @@ def test_auto_falls_back_to_dynamo_and_says_why(tmp_path, monkeypatch):
     assert report.exporter.startswith("torch.onnx.export (dynamo)") and "aten::diff" in report.exporter
     assert report.opset == 18 and all(check.passed for check in report.checks)
     assert report.inputs["input_ids"] == {0: "batch", 1: "sequence"}
+
+
+SWEEP = """\
+name: tiny
+source: {source}
+target: {{d_model: 16, encoder_ffn_dim: 32, decoder_ffn_dim: 32}}
+data: {data}
+seeds: [0]
+train: {{steps: 1, val_every: 1, workers: 0, log_every: 1}}
+bench: {{runtimes: [{runtimes}]}}
+experiments:
+  - {{name: full-pretrained, size: full, init: pretrained}}
+  - {{name: small-area, size: small, init: area}}
+"""
+
+
+def test_sweep_benches_both_runtimes_when_asked(tmp_path, detector_dir, rocks_dir, capsys):
+    from interprune.sweep.config import load_sweep
+    from interprune.sweep.report import write_report
+    from interprune.sweep.run import run_sweep
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SWEEP.format(source=detector_dir, data=rocks_dir, runtimes="torch, tensorrt"))
+    with pytest.raises(InterpruneError, match=r"bad.yaml:7: bench.*runtimes.1"):
+        load_sweep(bad)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.format(source=detector_dir, data=rocks_dir, runtimes="torch, onnxruntime"))
+    out = tmp_path / "results"
+    run_sweep(load_sweep(path), out, progress=False)
+    assert "[bench] small-area: measuring its model on cpu, ONNX Runtime" in capsys.readouterr().out
+    for name in ("full-pretrained", "small-area"):
+        torch_cost = json.loads((out / "bench" / f"{name}.json").read_text())
+        ort_cost = json.loads((out / "bench" / f"{name}.onnxruntime.json").read_text())
+        assert torch_cost["runtime"] == "torch" and ort_cost["runtime"] == "onnxruntime"
+        assert ort_cost["model"] == torch_cost["model"] and ort_cost["inputs"] == torch_cost["inputs"]
+    text = write_report(out).read_text()
+    assert "ONNX Runtime ms" in text and "quality_vs_latency_onnxruntime.png" in text
+    assert (out / "figures" / "quality_vs_latency_onnxruntime.png").is_file()

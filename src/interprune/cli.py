@@ -203,7 +203,8 @@ def run_export(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, steps=args.steps, seeds=args.seeds)
+    runtimes = [r.strip() for r in args.runtimes.split(",")] if args.runtimes else None
+    run_demo(args.out, steps=args.steps, seeds=args.seeds, runtimes=runtimes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-results", help="results folder (default: demo-results)")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default: the demo preset's)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the demo preset's)")
+    p.add_argument("--runtimes", help="bench every experiment in these runtimes, e.g. torch,onnxruntime (default: "
+                   "the preset's, torch)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -19,6 +19,7 @@ from ..errors import InterpruneError
 from ..train.metrics import read_metrics
 from ..train.summary import RunSummary, UnreadableSummary
 from .config import SweepConfig
+from .costs import RUNTIMES, bench_file
 
 __all__ = ["collect", "write_report", "steps_to_reach"]
 
@@ -35,6 +36,7 @@ class Result:
     summaries: list[RunSummary] = field(default_factory=list)
     curves: list[list[tuple[int, float]]] = field(default_factory=list)  # (step, validation loss) per seed
     bench: dict | None = None  # its model's deployment costs ('interprune bench'), when measured
+    runtimes: dict[str, dict] = field(default_factory=dict)  # runtime -> costs (bench is the torch one)
 
     def values(self, key: str) -> list[float]:
         return [float(getattr(s, key)) for s in self.summaries if getattr(s, key) is not None]
@@ -79,8 +81,11 @@ def collect(out: str | Path) -> tuple[SweepConfig, list[Result]]:
             if summary is not None:
                 result.summaries.append(summary)
                 result.curves.append(_curve(run))
-        cost = out / "bench" / f"{experiment.name}.json"
-        result.bench = json.loads(cost.read_text()) if cost.is_file() else None
+        for runtime in RUNTIMES:
+            cost = bench_file(out, experiment.name, runtime)
+            if cost.is_file():
+                result.runtimes[runtime] = json.loads(cost.read_text())
+        result.bench = result.runtimes.get("torch")
         if result.summaries:
             results.append(result)
     if not results:
@@ -114,6 +119,9 @@ def table_rows(config: SweepConfig, results: list[Result]) -> list[dict[str, str
         row["train seconds"] = _fmt(*mean_std(r.values("seconds")), digits=0)
         row["latency ms"] = f"{r.bench['latency_ms']:.1f}" if r.bench else "-"
         row["file MB"] = f"{r.bench['file_mb']:.1f}" if r.bench and r.bench.get("file_mb") is not None else "-"
+        if any("onnxruntime" in other.runtimes for other in results):
+            ort = r.runtimes.get("onnxruntime")
+            row["ONNX Runtime ms"] = f"{ort['latency_ms']:.1f}" if ort else "-"
         row.update(pipeline_cost(config, r, by_name))
         row["steps to baseline's final loss"] = to_base
         rows.append(row)
@@ -196,8 +204,11 @@ def _cost_note(results: list[Result]) -> str:
     if measured is None:
         return ""
     kind = "CPU time" if measured.get("clock") == "cpu" else "time"
+    ort = next((r.runtimes["onnxruntime"] for r in results if "onnxruntime" in r.runtimes), None)
+    also = (f" *ONNX Runtime ms*: the same in ONNX Runtime on {ort['device']}, after `interprune export` (checked "
+            "against PyTorch).") if ort else ""
     return (f"*Latency*: median {kind} for one input ({measured['inputs']}) at batch 1 on {measured['device']}, "
-            "`interprune bench` on the fine-tuned model; *file MB*: its weights on disk.")
+            "`interprune bench` on the fine-tuned model; *file MB*: its weights on disk." + also)
 
 
 def _html(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[str, Path]],

@@ -159,7 +159,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                 twins.setdefault(key, run)
             counter.done()
             done.append(run)
-    if config.bench:
+    if config.runtimes:
         bench_experiments(config, out, only=only)
     return done
 
