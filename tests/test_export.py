@@ -63,11 +63,17 @@ def test_every_family_exports_and_matches_pytorch(name, tmp_path):
 
 
 def test_demo_source_exports_quantizes_and_keeps_its_detections(tmp_path, capsys):
+    from interprune.data.shapes import draw_shapes
+
+    photo = tmp_path / "shapes.png"
+    draw_shapes(np.random.default_rng(0), 160)[0].save(photo)  # the source's own domain: confident detections
     out = tmp_path / "demo-onnx"
-    assert main(["export", "demo", "--onnx", str(out), "--quantize", "dynamic"]) == 0
+    assert main(["export", "demo", "--onnx", str(out), "--quantize", "dynamic", "--input", str(photo)]) == 0
     printed = capsys.readouterr().out
+    assert "check passed: real input shapes.png" in printed
     saved = json.loads((out / "export.json").read_text())
     assert saved["quantized"]["failed"] is None and (out / "model_quantized.onnx").is_file()
+    assert saved["quantized"]["label"].endswith("shapes.png") and saved["quantized"]["detail"] != "0 confident detections"
     assert "check passed" in printed and "largest differences: logits" in printed
     assert (out / "preprocessor_config.json").is_file()
     result = bench_onnx(out, batch=2, warmup=0, repeat=3, memory=False)

@@ -93,8 +93,12 @@ class _Flat(nn.Module):
 def output_names(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
     """The tensor outputs of one eager forward: the loss, caches and nested sub-model outputs are not kept."""
     flat = _Flat(model, list(inputs), [])
-    with torch.inference_mode():
-        found = model(**inputs, **flat.extra)
+    try:
+        with torch.inference_mode():
+            found = model(**inputs, **flat.extra)
+    except Exception as err:
+        raise InterpruneError(f"the model does not run on its dummy inputs ({_shape_words(inputs)}): "
+                              f"{first_line(err)}; give an --image-size or --tokens it accepts") from None
     return [k for k, v in found.items() if isinstance(v, torch.Tensor) and k != "loss"]
 
 
@@ -222,7 +226,7 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, *, quantize: 
         report = _export_and_check(model, source, tmp / ONNX_FILE, inputs, outputs, axes, cases, exporter)
         report.out = str(out)
         if quantize:
-            report.quantized = _quantize(model, config, tmp, cases[0][1], outputs)
+            report.quantized = _quantize(model, config, tmp, cases[-1], outputs)  # the real input, if given
             if not report.quantized.passed:
                 raise _failure(report.quantized)
         _write_beside(source, config, tmp, report)
@@ -294,7 +298,7 @@ def _run_checks(model: nn.Module, path: Path, cases: list, outputs: list[str]) -
 
 
 
-def _quantize(model: nn.Module, config: Any, folder: Path, inputs: dict[str, torch.Tensor],
+def _quantize(model: nn.Module, config: Any, folder: Path, case: tuple[str, dict[str, torch.Tensor]],
               outputs: list[str]) -> CheckResult:
     """ONNX Runtime's dynamic int8 (weights int8, activations quantised on the fly), checked on task outputs."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -302,10 +306,11 @@ def _quantize(model: nn.Module, config: Any, folder: Path, inputs: dict[str, tor
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
         warnings.simplefilter("ignore")  # its advice to pre-process is for static quantization
         quantize_dynamic(folder / ONNX_FILE, folder / QUANTIZED_FILE, weight_type=QuantType.QInt8)
+    what, inputs = case
     runner = session(folder / QUANTIZED_FILE)
     got = dict(zip(outputs, runner.run(outputs, feed(runner, inputs))))
     want = _torch_outputs(model, inputs, outputs)
-    label = f"{QUANTIZED_FILE} (dynamic int8) on the dummy inputs"
+    label = f"{QUANTIZED_FILE} (dynamic int8) on the {what}"
     if is_detector(config) and {"logits", "pred_boxes"} <= set(outputs):
         return compare_detections(label, want, got, config.num_labels)
     main = "logits" if "logits" in outputs else outputs[0]
