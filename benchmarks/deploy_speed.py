@@ -50,7 +50,8 @@ def build(model: str, name: str, folder: Path) -> None:
         save(shrunk, folder, report=report, source=resolve_source("demo"))  # with its 160 px processor
         return
     torch.manual_seed(0)
-    DetrForObjectDetection(DetrConfig(use_pretrained_backbone=False, num_labels=9, **SETTINGS[name])).save_pretrained(folder)
+    config = DetrConfig(use_pretrained_backbone=False, num_labels=9, **SETTINGS[name])
+    DetrForObjectDetection(config).save_pretrained(folder)
     DetrImageProcessor().save_pretrained(folder)
 
 

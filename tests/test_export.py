@@ -73,7 +73,8 @@ def test_demo_source_exports_quantizes_and_keeps_its_detections(tmp_path, capsys
     assert "check passed: real input shapes.png" in printed
     saved = json.loads((out / "export.json").read_text())
     assert saved["quantized"]["failed"] is None and (out / "model_quantized.onnx").is_file()
-    assert saved["quantized"]["label"].endswith("shapes.png") and saved["quantized"]["detail"] != "0 confident detections"
+    quantized = saved["quantized"]
+    assert quantized["label"].endswith("shapes.png") and quantized["detail"] != "0 confident detections"
     assert "check passed" in printed and "largest differences: logits" in printed
     assert (out / "preprocessor_config.json").is_file()
     result = bench_onnx(out, batch=2, warmup=0, repeat=3, memory=False)

@@ -131,8 +131,9 @@ def _other_side(side: int) -> int:
 
 def _shared_names(axes: dict[str, dict[int, str]], inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
     """One name per size that several inputs share (ids and mask: ``sequence``; pixels and mask: height, width)."""
-    names = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}, "decoder_input_ids": {1: "decoder_sequence"},
-             "pixel_values": {2: "height", 3: "width"}, "pixel_mask": {1: "height", 2: "width"}}
+    names = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"},
+             "decoder_input_ids": {1: "decoder_sequence"}, "pixel_values": {2: "height", 3: "width"},
+             "pixel_mask": {1: "height", 2: "width"}}
     return {name: {i: (names.get(name, {}).get(i, label) if i else label) for i, label in free.items()}
             for name, free in axes.items()}
 
