@@ -117,6 +117,10 @@ def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_siz
         frames = 2 * getattr(config, "max_source_positions", 1500)
         inputs["input_features"] = torch.randn(batch, config.num_mel_bins, frames, generator=gen)
         described.append(f"{config.num_mel_bins}x{frames} mel frames")
+    if isinstance(getattr(config, "conv_kernel", None), (list, tuple)) and hasattr(config, "num_feat_extract_layers"):
+        samples = 320 * tokens  # speech from raw audio (wav2vec2): about one frame per 320 samples
+        inputs["input_values"] = torch.randn(batch, samples, generator=gen)
+        described.append(f"{samples} audio samples")
     vision = getattr(config, "vision_config", None) or config
     if not inputs and (isinstance(getattr(vision, "image_size", None), int)
                        or isinstance(getattr(vision, "num_channels", None), int)):
