@@ -29,8 +29,7 @@ import torch
 from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor
 
 from interprune.bench import Stopwatch, bench, dummy_inputs, file_mb, load_measured
-from interprune.models import load_config
-from interprune.transfer import count_parameters
+from interprune.hf.models import count_parameters, load_config
 
 SETTINGS = {"full": {}, "half": {"d_model": 128, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024}}
 DEMO = {"full": {}, "half": {"d_model": 64, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128}}  # the demo preset's
@@ -39,8 +38,8 @@ DEMO = {"full": {}, "half": {"d_model": 64, "encoder_ffn_dim": 128, "decoder_ffn
 def build(model: str, name: str, folder: Path) -> None:
     """Write one model folder: DETR-R50 with random weights from its config, or the demo's source and its cut."""
     if model == "demo":
-        from interprune.models import save
-        from interprune.shrink import shrink
+        from interprune.hf.models import save
+        from interprune.weights.shrink import shrink
         from interprune.sources import resolve_source
 
         if not DEMO[name]:

@@ -6,27 +6,26 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from .errors import InterpruneError
 
 
-def cmd_methods(args: argparse.Namespace) -> None:
-    from .preserve import PRESERVING
-    from .resample import METHODS
+def run_methods(args: argparse.Namespace) -> None:
+    from .methods import METHODS
 
-    described = {**{m.name: m.description for m in METHODS.values()}, **PRESERVING}
-    width = max(map(len, described))
-    for name, description in described.items():
-        print(f"{name:<{width}}  {description}")
+    width = max(map(len, METHODS))
+    for method in METHODS.values():
+        print(f"{method.name:<{width}}  {method.description}")
 
 
-def cmd_shrink(args: argparse.Namespace) -> None:
+def run_shrink(args: argparse.Namespace) -> None:
     import torch
 
-    from .models import check_writable
+    from .hf.config import parse_overrides
+    from .hf.models import check_writable, save
     from .plan import plan_summary
-    from .shrink import parse_overrides, save, shrink
+    from .weights.shrink import shrink
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -48,13 +47,14 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
 
 
-def cmd_plan(args: argparse.Namespace) -> None:
-    from .shrink import parse_overrides, plan_for
+def run_plan(args: argparse.Namespace) -> None:
+    from .hf.config import parse_overrides
+    from .weights.shrink import plan_for
 
     print(plan_for(args.source, parse_overrides(args.set)).describe())
 
 
-def cmd_data_generate(args: argparse.Namespace) -> None:
+def run_data_generate(args: argparse.Namespace) -> None:
     from .data.domains import DOMAINS, write_domain
 
     out = write_domain(args.domain, args.out, train=args.train, valid=args.valid, test=args.test,
@@ -63,7 +63,7 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
           f"augmented copies, {args.valid} validation, {args.test} test; {len(DOMAINS[args.domain][1])} classes)")
 
 
-def cmd_data_show(args: argparse.Namespace) -> None:
+def run_data_show(args: argparse.Namespace) -> None:
     from .data.coco import open_dataset
     from .data.show import dataset_grid
 
@@ -85,14 +85,14 @@ def _settings(args: argparse.Namespace, **defaults):
         raise InterpruneError("--" + _first_pydantic_error(err).replace("_", "-", 1)) from None
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def run_train(args: argparse.Namespace) -> None:
     from .train.run import train
 
     summary = train(args.model, args.data, args.out, _settings(args), resume=args.resume, images=args.images)
     _print_run(summary, args.out)
 
 
-def cmd_pretrain(args: argparse.Namespace) -> None:
+def run_pretrain(args: argparse.Namespace) -> None:
     from .pretrain import pretrain
 
     settings = _settings(args, lr_backbone=1e-4, from_scratch=True)  # a bare config: everything learns
@@ -125,7 +125,7 @@ def _first_pydantic_error(err: Exception) -> str:
     return f"{where}: {first.get('msg')} (got {first.get('input')!r})"
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def run_predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
     found = predict(args.model, args.images, args.out, args.threshold, args.limit)
@@ -133,7 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/")
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def run_sweep(args: argparse.Namespace) -> None:
     from .sweep.config import load_sweep, preset_path
     from .sweep.report import write_report
     from .sweep.run import run_sweep
@@ -146,7 +146,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     _print_report(write_report(args.out))
 
 
-def cmd_report(args: argparse.Namespace) -> None:
+def run_report(args: argparse.Namespace) -> None:
     from .sweep.report import write_report
 
     _print_report(write_report(args.results))
@@ -156,7 +156,7 @@ def _print_report(report: Path) -> None:
     print(f"report: {report} (also {report.with_suffix('.html')}, summary.csv, figures/)")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
+def run_bench(args: argparse.Namespace) -> None:
     if args.runtime == "torch":
         from .bench import bench
     else:
@@ -172,21 +172,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
-def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write an ONNX model folder, checked against PyTorch (ONNX Runtime)")
-    p.add_argument("model", help="model folder (e.g. from 'interprune shrink' or 'train'), or 'demo'")
-    p.add_argument("--onnx", required=True, metavar="OUT", help="folder to write (model.onnx, config.json, the "
-                   "processor or tokenizer files, export.json)")
-    p.add_argument("--quantize", choices=["dynamic"], help="also write model_quantized.onnx: ONNX Runtime's "
-                   "dynamic int8, checked on the task outputs")
-    p.add_argument("--input", help="also check on this real input: an image, or a .txt file for text models")
-    p.add_argument("--image-size", type=int, help="side of the dummy image (default: the processor's or config's)")
-    p.add_argument("--tokens", type=int, default=16, help="tokens of the dummy text input (default 16)")
-    p.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"],
-                   help="torch.onnx's TorchScript or dynamo exporter (default auto: TorchScript, dynamo where "
-                   "TorchScript cannot)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.set_defaults(func=run_export)
+def run_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    runtimes = [r.strip() for r in args.runtimes.split(",")] if args.runtimes else None
+    run_demo(args.out, steps=args.steps, seeds=args.seeds, runtimes=runtimes)
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -200,26 +190,22 @@ def run_export(args: argparse.Namespace) -> None:
           "processor files, export.json)")
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
-
-    runtimes = [r.strip() for r in args.runtimes.split(",")] if args.runtimes else None
-    run_demo(args.out, steps=args.steps, seeds=args.seeds, runtimes=runtimes)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interprune", description="Make a smaller (or differently sized) variant "
-                                     "of a pretrained Hugging Face model by resampling its weights; fine-tune the "
-                                     "variants and compare them.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_methods_parser(sub: Any) -> None:
     p = sub.add_parser("methods", help="list the resampling methods")
-    p.set_defaults(func=cmd_methods)
+    p.set_defaults(func=run_methods)
+
+
+def _add_set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a config field (JSON values), e.g. --set d_model=128; repeatable")
+
+
+def add_shrink_parser(sub: Any) -> None:
+    from .methods import LAYER_CHOICES
 
     p = sub.add_parser("shrink", help="resize a pretrained model and carry its weights over")
     p.add_argument("source", help="Hugging Face Hub id or local model folder")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a config field (JSON values), e.g. --set d_model=128; repeatable")
+    _add_set_flag(p)
     p.add_argument("--method", default="select", help="resampling method (see 'interprune methods')")
     p.add_argument("--out", required=True, help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0, help="seed for tensors that are freshly initialised")
@@ -234,16 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "outputs on the calibration data match the source's")
     p.add_argument("--rotate", action="store_true", help="rotate each attention head's width to its principal "
                    "directions (same function) before cutting it")
-    p.add_argument("--layers", default="first", choices=["first", "uniform", "importance"],
+    p.add_argument("--layers", default="first", choices=list(LAYER_CHOICES),
                    help="which source layers a shallower target keeps (default first)")
-    p.set_defaults(func=cmd_shrink)
+    p.set_defaults(func=run_shrink)
 
+
+def add_plan_parser(sub: Any) -> None:
     p = sub.add_parser("plan", help="show which dimensions a shrink changes and every tensor axis of each")
     p.add_argument("source", help="Hugging Face Hub id or local model folder")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a config field (JSON values), e.g. --set d_model=128; repeatable")
-    p.set_defaults(func=cmd_plan)
+    _add_set_flag(p)
+    p.set_defaults(func=run_plan)
 
+
+def add_data_parser(sub: Any) -> None:
     data = sub.add_parser("data", help="synthetic datasets and dataset pictures").add_subparsers(
         dest="data_command", required=True)
     for domain, train, valid, copies, about in (
@@ -259,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", type=int, default=256, help="image side in pixels")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--overwrite", action="store_true")
-        p.set_defaults(func=cmd_data_generate, domain=domain)
+        p.set_defaults(func=run_data_generate, domain=domain)
     p = data.add_parser("show", help="draw a grid of images with their boxes")
     p.add_argument("data", help="Roboflow export folder or COCO annotations JSON")
     p.add_argument("--images", help="image folder for a plain COCO JSON")
@@ -268,29 +257,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=16)
     p.add_argument("--augment", action="store_true", help="show on-the-fly augmentations")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_data_show)
+    p.set_defaults(func=run_data_show)
 
+
+def add_train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune a detection model on a COCO dataset")
     p.add_argument("--model", required=True, help="model folder (e.g. from 'interprune shrink') or Hub id")
     p.add_argument("--data", required=True, help="Roboflow export folder or COCO annotations JSON")
     p.add_argument("--images", help="image folder for a plain COCO JSON")
     _add_training_flags(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=run_train)
 
+
+def add_pretrain_parser(sub: Any) -> None:
     p = sub.add_parser("pretrain", help="train a detector from a bare config (how the demo's source was made)")
     p.add_argument("--config", default="demo", help="'demo' or a JSON model config")
     p.add_argument("--data", required=True, help="Roboflow export folder or COCO annotations JSON")
     _add_training_flags(p)
-    p.set_defaults(func=cmd_pretrain)
+    p.set_defaults(func=run_pretrain)
 
+
+def add_predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="draw a detector's boxes on images")
     p.add_argument("--model", required=True)
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--limit", type=int, help="at most this many images")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=run_predict)
 
+
+def add_sweep_parser(sub: Any) -> None:
     p = sub.add_parser("sweep", help="run a set of experiments (YAML or preset), then write the report")
     p.add_argument("file", nargs="?", help="sweep YAML")
     p.add_argument("--preset", help="a shipped sweep: 'paper' (the paper's eight experiments) or 'demo' (the "
@@ -300,12 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. a local copy of facebook/detr-resnet-50 for --preset paper")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--only", help="run only this experiment (spread a sweep over machines)")
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=run_sweep)
 
+
+def add_report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="join a results folder's runs into a report")
     p.add_argument("results")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=run_report)
 
+
+def add_bench_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure a model's latency, throughput, peak memory, parameters and size")
     p.add_argument("model", help="model folder, Hub id, or 'demo' (the demo's source)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -323,17 +324,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.add_argument("--runtime", default="torch", help="torch (eager PyTorch, default) or onnxruntime (an .onnx "
                    "file, an 'interprune export' folder, or a model folder exported first)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=run_bench)
 
-    add_export_parser(sub)
 
+def add_demo_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole story offline on a CPU: data, source, every method, report")
     p.add_argument("--out", default="demo-results", help="results folder (default: demo-results)")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default: the demo preset's)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the demo preset's)")
     p.add_argument("--runtimes", help="bench every experiment in these runtimes, e.g. torch,onnxruntime (default: "
                    "the preset's, torch)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=run_demo)
+
+
+def add_export_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="write an ONNX model folder, checked against PyTorch (ONNX Runtime)")
+    p.add_argument("model", help="model folder (e.g. from 'interprune shrink' or 'train'), or 'demo'")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="folder to write (model.onnx, config.json, the "
+                   "processor or tokenizer files, export.json)")
+    p.add_argument("--quantize", choices=["dynamic"], help="also write model_quantized.onnx: ONNX Runtime's "
+                   "dynamic int8, checked on the task outputs")
+    p.add_argument("--input", help="also check on this real input: an image, or a .txt file for text models")
+    p.add_argument("--image-size", type=int, help="side of the dummy image (default: the processor's or config's)")
+    p.add_argument("--tokens", type=int, default=16, help="tokens of the dummy text input (default 16)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"],
+                   help="torch.onnx's TorchScript or dynamo exporter (default auto: TorchScript, dynamo where "
+                   "TorchScript cannot)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run_export)
+
+
+# one entry per command, in the order 'interprune --help' lists them
+COMMANDS = (add_methods_parser, add_shrink_parser, add_plan_parser, add_data_parser, add_train_parser,
+            add_pretrain_parser, add_predict_parser, add_sweep_parser, add_report_parser, add_bench_parser,
+            add_export_parser, add_demo_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interprune", description="Make a smaller (or differently sized) variant "
+                                     "of a pretrained Hugging Face model by resampling its weights; fine-tune the "
+                                     "variants and compare them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_folder
-from ..bench import dummy_inputs, is_detector
-from ..errors import InterpruneError
-from ..models import check_writable, copy_processor_files, first_line, load_config, load_model, load_processor
+from ..bench import dummy_inputs
+from ..errors import InterpruneError, first_line
+from ..hf.models import check_writable, is_detector, load_config, load_model
+from ..hf.processors import copy_processor_files, load_processor
 from ..sources import resolve_source
 from .check import CheckResult, compare, compare_detections, compare_direction
 from .runtime import feed, require_onnx, session

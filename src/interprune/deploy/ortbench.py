@@ -21,7 +21,7 @@ import numpy as np
 
 from ..bench import DEFAULT_IMAGE_SIDE, BenchResult, _cpu_peak_memory, _timed, bench, dummy_inputs, peak_rise
 from ..errors import InterpruneError
-from ..models import load_config
+from ..hf.models import load_config
 from ..sources import resolve_source
 from .export import ONNX_FILE, export_onnx
 from .runtime import feed, require_onnx, session, to_numpy

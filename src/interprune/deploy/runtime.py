@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InterpruneError
+from ..errors import InterpruneError, first_line
 
 __all__ = ["require_onnx", "session", "providers_for", "to_numpy", "feed"]
 
@@ -52,8 +52,6 @@ def session(path: str | os.PathLike, device: str = "cpu", threads: int | None = 
     except InterpruneError:
         raise
     except Exception as err:  # a damaged or foreign file
-        from ..models import first_line
-
         raise InterpruneError(f"ONNX Runtime cannot load {path}: {first_line(err)}") from None
 
 

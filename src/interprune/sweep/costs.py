@@ -12,6 +12,7 @@ also exported (``interprune export``, checked) once and measured in ONNX Runtime
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -20,16 +21,14 @@ from typing import Any
 import torch
 
 from ..atomic import write_text
-from ..bench import bench
+from ..bench import BenchResult, bench
+from ..hf.config import NOT_ARCHITECTURE
 from .config import SweepConfig
+from .results import SweepLayout, read_bench
 
-__all__ = ["bench_experiments", "architecture_key", "bench_file", "BENCH", "RUNTIMES"]
+__all__ = ["bench_experiments", "architecture_key"]
 
-BENCH = "bench"
 ROUNDS = 3
-RUNTIMES = ("torch", "onnxruntime")
-NOT_ARCHITECTURE = {"id2label", "label2id", "_name_or_path", "transformers_version", "dtype", "torch_dtype",
-                    "architectures"}
 
 
 def architecture_key(model: Path) -> str:
@@ -38,33 +37,29 @@ def architecture_key(model: Path) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}, sort_keys=True)
 
 
-def _finished_model(out: Path, config: SweepConfig, name: str) -> Path | None:
-    runs = (out / "runs" / name / f"seed{seed}" for seed in config.seeds)
+def _finished_model(layout: SweepLayout, config: SweepConfig, name: str) -> Path | None:
+    runs = (layout.run(name, seed) for seed in config.seeds)
     return next((r / "model" for r in runs if (r / "summary.json").is_file() and (r / "model").is_dir()), None)
 
 
-def bench_file(out: Path, name: str, runtime: str = "torch") -> Path:
-    """Where an experiment's costs in one runtime are written (eager PyTorch keeps the plain name)."""
-    return out / BENCH / (f"{name}.json" if runtime == "torch" else f"{name}.{runtime}.json")
-
-
 def bench_experiments(config: SweepConfig, out: str | Path, *, only: str | None = None,
-                      device: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+                      device: str | None = None) -> dict[str, dict[str, BenchResult]]:
     """Measure every experiment (or ``only``) that has a finished run and no measurement yet, in each of the
     sweep's runtimes; returns runtime -> experiment -> costs."""
-    return {runtime: _bench_runtime(config, Path(out), runtime, only, device) for runtime in config.runtimes}
+    return {runtime: _bench_runtime(config, SweepLayout(Path(out)), runtime, only, device)
+            for runtime in config.runtimes}
 
 
-def _bench_runtime(config: SweepConfig, out: Path, runtime: str, only: str | None,
-                   device: str | None) -> dict[str, dict[str, Any]]:
+def _bench_runtime(config: SweepConfig, layout: SweepLayout, runtime: str, only: str | None,
+                   device: str | None) -> dict[str, BenchResult]:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    models = {e.name: _finished_model(out, config, e.name) for e in config.experiments}
+    models = {e.name: _finished_model(layout, config, e.name) for e in config.experiments}
     models = {name: model for name, model in models.items() if model is not None}
-    measured: dict[str, dict[str, Any]] = {}  # architecture -> costs, earlier measurements first
+    measured: dict[str, BenchResult] = {}  # architecture -> costs, earlier measurements first
     for name, model in models.items():
-        path = bench_file(out, name, runtime)
-        if path.is_file():
-            measured.setdefault(architecture_key(model), json.loads(path.read_text()))
+        earlier = read_bench(layout.bench(name, runtime))
+        if earlier is not None:
+            measured.setdefault(architecture_key(model), earlier)
     wanted = {}  # architecture -> (experiment, model) still to measure
     for name, model in models.items():
         key = architecture_key(model)
@@ -77,14 +72,14 @@ def _bench_runtime(config: SweepConfig, out: Path, runtime: str, only: str | Non
         if key not in measured:
             continue
         results[name] = measured[key]
-        path = bench_file(out, name, runtime)
+        path = layout.bench(name, runtime)
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_text(path, json.dumps(measured[key], indent=1))
+            write_text(path, json.dumps(measured[key].to_dict(), indent=1))
     return results
 
 
-def _measure(wanted: dict[str, tuple[str, Path]], measured: dict[str, dict[str, Any]], runtime: str,
+def _measure(wanted: dict[str, tuple[str, Path]], measured: dict[str, BenchResult], runtime: str,
              device: str) -> None:
     """Bench each wanted architecture ``ROUNDS`` times, interleaved, keeping the fastest round of each. For ONNX
     Runtime each model is exported and checked once, into a temporary folder, before the rounds."""
@@ -110,13 +105,13 @@ def _measure(wanted: dict[str, tuple[str, Path]], measured: dict[str, dict[str, 
             for key, (name, target) in targets.items():
                 # on a CPU: CPU time on one thread, the cost of one dedicated core
                 result = _bench(target, runtime, device=device, batch=4, warmup=2, repeat=10, budget_s=5.0,
-                                memory=not cpu, clock="cpu" if cpu else "wall", threads=1 if cpu else None).to_dict()
-                result["model"] = str(wanted[key][1])
-                if key not in measured or result["latency_ms"] < measured[key]["latency_ms"]:
+                                memory=not cpu, clock="cpu" if cpu else "wall", threads=1 if cpu else None)
+                result = dataclasses.replace(result, model=str(wanted[key][1]))
+                if key not in measured or result.latency_ms < measured[key].latency_ms:
                     measured[key] = result
 
 
-def _bench(model: Path, runtime: str, **options: Any):
+def _bench(model: Path, runtime: str, **options: Any) -> BenchResult:
     if runtime == "onnxruntime":
         from ..deploy.ortbench import bench_onnx
 

@@ -17,9 +17,10 @@ from torch import nn
 
 from torch import Tensor
 
-from .models import count_parameters
-from .plan import STRUCTURED, Grid, Plan, axis_index, default_choices, make_plan
-from .resample import METHODS, resample
+from ..hf.models import count_parameters
+from ..methods import Kind, names
+from ..plan import Grid, Plan, axis_index, default_choices, make_plan
+from .resample import RESAMPLERS, resample
 
 __all__ = ["TensorRecord", "TransferReport", "transfer", "count_parameters"]
 
@@ -93,23 +94,14 @@ def transfer(
     same-rank counterpart, those whose name matches the ``reinit`` regex, and integer buffers the target
     computes from its config keep the target's own initial values (the target must be freshly initialised).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method not in RESAMPLERS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(RESAMPLERS)}")
     pattern = re.compile(reinit) if reinit else None
     generator = torch.Generator().manual_seed(seed)
     plan = plan if plan is not None else make_plan(source, target)
-    structured = method in STRUCTURED or choices is not None
-    picked = default_choices(plan, method if method in STRUCTURED else "select")
-    if choices:
-        unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
-        if unknown:
-            raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
-        for name, value in choices.items():
-            dim, value = plan[name], torch.as_tensor(value, dtype=torch.long)
-            if value.shape != (dim.target,) or value.min() < -1 or value.max() >= dim.source:
-                raise ValueError(f"choices[{name!r}] must hold {dim.target} source indices in 0..{dim.source - 1} "
-                                 f"(-1: the target's own value); got {value.tolist()}")
-            picked[name] = value
+    structured = method in names(Kind.STRUCTURED) or choices is not None
+    picked = default_choices(plan, method if method in names(Kind.STRUCTURED) else "select")
+    picked.update(_checked_choices(plan, choices or {}))
     state = source.state_dict()
     src = _renamed(state, plan, picked)
     params = {name for name, _ in target.named_parameters(remove_duplicate=False)}
@@ -127,7 +119,7 @@ def transfer(
         elif value.shape == slot.shape:
             slot.data.copy_(value)
             action = COPIED
-        elif METHODS[method].axis_fn is None:  # ``random``: the target's own initial values
+        elif RESAMPLERS[method] is None:  # ``random``: the target's own initial values
             action = INITIALISED
         else:
             slot.data.copy_(_fill(name, value, slot.data, method, plan, picked, structured, generator))
@@ -137,6 +129,21 @@ def transfer(
     used = {id(src[name]) for name in tgt if name in src}
     report.dropped = [name for name, value in state.items() if id(value) not in used]
     return report
+
+
+def _checked_choices(plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A caller's choices (dimension name -> source indices kept, -1 for the target's own value), checked."""
+    unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
+    if unknown:
+        raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
+    out = {}
+    for name, value in choices.items():
+        dim, value = plan[name], torch.as_tensor(value, dtype=torch.long)
+        if value.shape != (dim.target,) or value.min() < -1 or value.max() >= dim.source:
+            raise ValueError(f"choices[{name!r}] must hold {dim.target} source indices in 0..{dim.source - 1} "
+                             f"(-1: the target's own value); got {value.tolist()}")
+        out[name] = value
+    return out
 
 
 def _renamed(state: dict[str, Tensor], plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -1,41 +1,51 @@
-"""Shrink (or grow) a Hugging Face model: a source and config overrides in, a filled target out.
+"""What a Hugging Face config says, and the target config rebuilt through its class.
 
 The target config is rebuilt through its config class, so fields derived from the ones you change
 (Llama's ``head_dim``, Swin's ``hidden_size``, Qwen's ``layer_types``, backbones' ``stage_names``)
-follow them. The target is built and run once on a tiny dummy input before any weight is read, so an
-impossible target is one line naming the key to change. Loading and saving live in ``models``, the
-dimension plan in ``plan`` and the tensor walk in ``transfer``.
+follow them. The field names configs use for the hidden size and head counts, and the keys that do not
+change what a model computes, are listed here once.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import json
-import os
 from typing import Any
 
-import torch
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import logging as transformers_logging
 
-from .errors import InterpruneError
-from .models import (build_model, first_line, load_config, load_model, model_class,  # noqa: F401
-                     save, tokenizer_size)
-from .plan import Plan, make_plan
-from .preserve import PRESERVING, check_options, fill
-from .resample import METHODS
-from .transfer import TransferReport, transfer
+from ..errors import InterpruneError, first_line
 
-__all__ = ["shrink", "save", "load_config", "target_config", "build_model", "load_model", "parse_overrides",
-           "check_target", "plan_for"]
+__all__ = ["HIDDEN_SIZES", "HEAD_COUNTS", "STORAGE_KEYS", "NOT_ARCHITECTURE", "hidden_size", "without_storage",
+           "new_config", "parse_overrides", "target_config"]
 
 HIDDEN_SIZES = ("d_model", "hidden_size", "embed_dim", "n_embd", "dim")
 HEAD_COUNTS = ("num_attention_heads", "encoder_attention_heads", "decoder_attention_heads", "n_head", "n_heads",
                "num_heads")
 COUNTS = ("num_stages",)  # counts some configs store beside their per-stage lists instead of deriving them
-KEEP = {"architectures", "id2label", "label2id", "model_type", "transformers_version", "dtype", "torch_dtype",
-        "_name_or_path"}  # never re-derived, whatever their defaults say
+# Config keys that do not change what a model computes: where and how it was stored, and its class names.
+STORAGE_KEYS = frozenset({"_name_or_path", "transformers_version", "dtype", "torch_dtype"})
+LABEL_KEYS = frozenset({"id2label", "label2id"})
+NOT_ARCHITECTURE = STORAGE_KEYS | LABEL_KEYS | {"architectures"}  # two models with equal rest have equal costs
+KEEP = NOT_ARCHITECTURE | {"model_type"}  # never re-derived in a rebuild, whatever their defaults say
+
+
+def hidden_size(config: Any) -> int | None:
+    """The residual width of a model, whatever its config calls it (``d_model``, ``hidden_size``, ...)."""
+    return next((getattr(config, k) for k in HIDDEN_SIZES if isinstance(getattr(config, k, None), int)), None)
+
+
+def without_storage(value: Any) -> Any:
+    """A config dict without what says where or how it was stored (paths, versions, storage dtype), at any depth."""
+    if isinstance(value, dict):
+        return {k: without_storage(v) for k, v in value.items() if k not in STORAGE_KEYS}
+    return [without_storage(v) for v in value] if isinstance(value, list) else value
+
+
+def new_config(model_type: str, **fields: Any) -> PretrainedConfig:
+    """A fresh config of ``model_type`` (``detr``, ``bert``, ...) with ``fields`` set: a model from nothing."""
+    return AutoConfig.for_model(model_type, **fields)
+
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -198,133 +208,3 @@ def _check_heads(config: PretrainedConfig, explicit: set[str], where: str) -> No
     for key, value in vars(config).items():
         if isinstance(value, PretrainedConfig):
             _check_heads(value, explicit, f"{where}{key}.")
-
-
-def dummy_inputs(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """The smallest input each modality of ``model`` takes: 4 tokens, a small image, a short spectrogram."""
-    config = model.config
-    params = inspect.signature(model.forward).parameters
-    vision = getattr(config, "vision_config", None) or config
-    text = getattr(config, "text_config", None) or config
-    inputs: dict[str, torch.Tensor] = {}
-    if "input_ids" in params:
-        vocab = getattr(text, "vocab_size", None) or 2
-        inputs["input_ids"] = torch.tensor([[1, 2, 3, 1]]).clamp(max=vocab - 1)
-    if "pixel_values" in params:
-        size = getattr(vision, "image_size", None) or 128  # detectors: deep enough for a 1/32 feature map
-        height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        channels = getattr(vision, "num_channels", 3)
-        inputs["pixel_values"] = torch.zeros(1, channels, height, width)
-    if "input_values" in params:  # raw audio (Wav2Vec2): 0.1 s at 16 kHz, a few frames after its strided convs
-        inputs["input_values"] = torch.zeros(1, 1600)
-    if "input_features" in params:
-        frames = 2 * getattr(config, "max_source_positions", 1500)
-        inputs["input_features"] = torch.zeros(1, getattr(config, "num_mel_bins", 80), frames)
-    if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False):
-        start = getattr(config, "decoder_start_token_id", None) or 0
-        inputs["decoder_input_ids"] = torch.tensor([[start]])
-    return inputs
-
-
-@torch.no_grad()
-def check_target(model: PreTrainedModel, overrides: dict[str, Any]) -> None:
-    """Run the freshly built target once on a dummy input, so a target that cannot run is refused now."""
-    inputs = dummy_inputs(model)
-    if not inputs:
-        return
-    try:
-        model(**{k: v.to(model.dtype) if v.is_floating_point() else v for k, v in inputs.items()})
-    except Exception as err:
-        keys = ", ".join(overrides) or "the config"
-        raise InterpruneError(f"the target model fails on a dummy input ({first_line(err)}); change {keys}") from None
-
-
-def plan_for(source: str | os.PathLike | PreTrainedModel, overrides: dict[str, Any]) -> Plan:
-    """The dimension plan of a shrink, from shapes only: both models are built without memory."""
-    config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
-    target = build_model(target_config(config, overrides), meta=True)
-    model = source if isinstance(source, PreTrainedModel) else build_model(config, meta=True)
-    return make_plan(model, target)
-
-
-def shrink(
-    source: str | os.PathLike | PreTrainedModel,
-    overrides: dict[str, Any] | None = None,
-    method: str = "select",
-    *,
-    seed: int = 0,
-    reinit: str | None = None,
-    dtype: torch.dtype | None = None,
-    choices: dict[str, torch.Tensor] | None = None,
-    calibration: str | os.PathLike | dict | None = None,
-    calibration_size: int = 32,
-    compensate: bool = False,
-    layers: str = "first",
-    rotate: bool = False,
-) -> tuple[PreTrainedModel, TransferReport]:
-    """Build the model ``source`` would be with ``overrides`` and fill it from ``source``'s weights.
-
-    Everything that can be checked cheaply (method, keys, values, the target's architecture, one forward
-    pass of the target) is checked before the source's weights are read. The target keeps the source's
-    dtype unless ``dtype`` is given. ``choices`` (dimension name -> source indices kept) override what
-    the method would keep, see ``transfer``. The importance methods (``magnitude``, ``calibrated``) and
-    the options ``layers``, ``rotate`` and ``compensate`` are ``preserve.fill``'s; ``calibration`` is a
-    data path (prepared by the source's own processor, ``calibration_size`` examples) or an already
-    prepared batch of inputs.
-    """
-    if method not in METHODS and method not in PRESERVING:
-        raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
-    preserving = method in PRESERVING or compensate or rotate or layers != "first"
-    if calibration is not None and not preserving:
-        raise InterpruneError(f"--calibration is read only by 'calibrated', --compensate, --rotate and --layers "
-                              f"importance; method {method!r} alone would ignore it: add one of them or drop it")
-    if preserving:
-        check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
-                      rotate=rotate)
-        if reinit or choices:
-            raise InterpruneError(f"method {method!r} with these options chooses its own units and fills every "
-                                  f"tensor from the source; it takes no reinit or choices")
-    overrides = dict(overrides or {})
-    config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
-    target = build_model(target_config(config, overrides), seed)
-    check_target(target, overrides)
-    _check_vocabulary(source, config, target.config)
-    model = source if isinstance(source, PreTrainedModel) else load_model(source, config)
-    dtype = dtype or model.dtype  # a bf16/fp16 source gives a bf16/fp16 target (and half the memory)
-    if dtype != target.dtype:
-        target = target.to(dtype)
-    if preserving:
-        inputs = calibration
-        if calibration is not None and not isinstance(calibration, dict):
-            from .calibration import calibration_inputs, model_processor  # reads data: only when asked to
-
-            processor = model_processor(source if not isinstance(source, PreTrainedModel) else source.name_or_path)
-            inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
-        # least squares in full precision, without changing a caller's half-precision model
-        work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
-        report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
-                              layers=layers, rotate=rotate, seed=seed)
-        target = target.to(dtype)
-        if calibration is not None and not isinstance(calibration, dict):
-            record.calibration = str(calibration)
-        report.preserved = record.to_dict()
-    else:
-        try:
-            report = transfer(model, target, method, seed=seed, reinit=reinit, choices=choices)
-        except ValueError as err:
-            raise InterpruneError(str(err)) from None
-    report.source = str(getattr(source, "name_or_path", source))
-    report.overrides = overrides
-    return target, report
-
-
-def _check_vocabulary(source: Any, config: PretrainedConfig, target: PretrainedConfig) -> None:
-    """A smaller vocabulary keeps token ids 0..n-1; the tokenizer copied beside it must not know more."""
-    vocab, new = getattr(config, "vocab_size", None), getattr(target, "vocab_size", None)
-    if not isinstance(source, (str, os.PathLike)) or not isinstance(vocab, int) or not isinstance(new, int):
-        return
-    known = tokenizer_size(source) if new < vocab else None
-    if known is not None and known > new:
-        raise InterpruneError(f"vocab_size {new} is smaller than the source tokenizer's {known} tokens, whose ids "
-                              f"would then point past the embedding table; keep vocab_size >= {known} or give a "
-                              f"model folder without tokenizer files and bring a matching tokenizer")

@@ -15,8 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .plan.experts import expert_modules
-from .plan.fused import PART_MARK
+from ..plan.experts import expert_modules
+from ..plan.fused import PART_MARK
 
 __all__ = ["expert_scores"]
 

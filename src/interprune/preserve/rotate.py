@@ -20,8 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .plan import RULES
-from .plan.fused import PART_MARK
+from ..plan import RULES
+from ..plan.fused import PART_MARK
 
 __all__ = ["rotate_heads", "query_key_axes"]
 
