@@ -37,6 +37,7 @@ from .sources import resolve_source
 __all__ = ["BenchResult", "bench", "dummy_inputs", "load_measured", "Stopwatch", "WEIGHT_SUFFIXES"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+DEFAULT_IMAGE_SIDE = 224  # for vision models whose config names no image size (ResNet, ...)
 BACKBONE = "backbone"  # the Hugging Face name of a detector's (or any vision model's) feature extractor
 
 
@@ -61,6 +62,7 @@ class BenchResult:
     peak_memory_mb: float | None = None        # at batch 1
     peak_memory_batch_mb: float | None = None  # at ``batch``
     memory_method: str | None = None
+    runtime: str = "torch"      # or "onnxruntime" (interprune.deploy.ortbench)
 
     @property
     def backbone_share(self) -> float | None:
@@ -71,7 +73,8 @@ class BenchResult:
 
     def summary(self) -> str:
         size = f"{self.file_mb:.1f} MB on disk" if self.file_mb is not None else "not on disk"
-        lines = [f"{self.model}: {self.parameters:,} parameters, {size}; {self.dtype} on {self.device}, "
+        runtime = " in ONNX Runtime" if self.runtime == "onnxruntime" else ""
+        lines = [f"{self.model}: {self.parameters:,} parameters, {size}; {self.dtype}{runtime} on {self.device}, "
                  f"input {self.inputs}",
                  f"latency at batch 1{' (CPU time)' if self.clock == 'cpu' else ''}: {self.latency_ms:.2f} ms median (p90 {self.latency_p90_ms:.2f} ms, "
                  f"{self.runs} runs)" + (f"; backbone {self.backbone_ms:.2f} ms ({self.backbone_share:.0%})"
@@ -111,18 +114,40 @@ def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_siz
         inputs = processor(images=[image] * batch, return_tensors="pt")
         keep = {k: inputs[k] for k in ("pixel_values", "pixel_mask") if k in inputs}
         return keep, "image " + "x".join(map(str, keep["pixel_values"].shape[1:]))
+    inputs: dict[str, torch.Tensor] = {}
+    described: list[str] = []
+    if isinstance(getattr(config, "num_mel_bins", None), int):  # speech (Whisper): log-mel frames, fixed length
+        frames = 2 * getattr(config, "max_source_positions", 1500)
+        inputs["input_features"] = torch.randn(batch, config.num_mel_bins, frames, generator=gen)
+        described.append(f"{config.num_mel_bins}x{frames} mel frames")
+    if isinstance(getattr(config, "conv_kernel", None), (list, tuple)) and hasattr(config, "num_feat_extract_layers"):
+        samples = 320 * tokens  # speech from raw audio (wav2vec2): about one frame per 320 samples
+        inputs["input_values"] = torch.randn(batch, samples, generator=gen)
+        described.append(f"{samples} audio samples")
     vision = getattr(config, "vision_config", None) or config
-    if isinstance(getattr(vision, "image_size", None), int):
-        height, width = photo or (side or vision.image_size,) * 2
-        channels = getattr(vision, "num_channels", 3)
-        pixels = torch.randn(batch, channels, height, width, generator=gen)
-        return {"pixel_values": pixels}, f"image {channels}x{height}x{width}"
-    if isinstance(getattr(config, "vocab_size", None), int):
-        length = min(tokens, getattr(config, "max_position_embeddings", tokens) or tokens)
-        ids = torch.randint(0, config.vocab_size, (batch, length), generator=gen)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, f"{length} tokens"
-    raise InterpruneError(f"cannot make inputs for a {config.model_type} model: it is neither a detector, nor has "
-                          "its config an image_size or a vocab_size")
+    if not inputs and (isinstance(getattr(vision, "image_size", None), int)
+                       or isinstance(getattr(vision, "num_channels", None), int)):
+        square = side or getattr(vision, "image_size", None) or DEFAULT_IMAGE_SIDE  # convnets take any size
+        height, width = photo or (square, square)
+        channels = vision.num_channels
+        inputs["pixel_values"] = torch.randn(batch, channels, height, width, generator=gen)
+        described.append(f"image {channels}x{height}x{width}")
+    text = getattr(config, "text_config", None) or config
+    if isinstance(getattr(text, "vocab_size", None), int) and (not inputs or config.is_encoder_decoder
+                                                               or text is not config):
+        length = min(tokens, getattr(text, "max_position_embeddings", tokens) or tokens)
+        if "input_features" in inputs:
+            length = min(length, getattr(config, "max_target_positions", length))
+        ids = torch.randint(0, text.vocab_size, (batch, length), generator=gen)
+        if config.is_encoder_decoder:  # the decoder reads the same tokens: one forward of the whole model
+            inputs["decoder_input_ids"] = ids
+        if "input_features" not in inputs:
+            inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+        described.append(f"{length} tokens")
+    if not inputs:
+        raise InterpruneError(f"cannot make inputs for a {config.model_type} model: it is neither a detector, nor "
+                              "has its config an image_size, num_channels or a vocab_size")
+    return inputs, " + ".join(described)
 
 
 def file_mb(source: str) -> float | None:
@@ -273,11 +298,13 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _cpu_peak_memory(source: str, **options: Any) -> tuple[float | None, float | None]:
-    """Peak RSS rise (MB) at batch 1 and at ``batch``, measured in a child process; ``None`` off Linux."""
+def _cpu_peak_memory(source: str, child: str = "_memory_child", module: str = "interprune.bench",
+                     **options: Any) -> tuple[float | None, float | None]:
+    """Peak RSS rise (MB) at batch 1 and at ``batch``, measured in a child process (``module.child``, which
+    prints them as JSON); ``None`` off Linux."""
     if not Path("/proc/self/statm").is_file():
         return None, None
-    code = "import sys, json; from interprune.bench import _memory_child; _memory_child(json.loads(sys.argv[1]))"
+    code = f"import sys, json; from {module} import {child}; {child}(json.loads(sys.argv[1]))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                        os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", code, json.dumps({"source": source, **options})], env=env,
@@ -288,15 +315,9 @@ def _cpu_peak_memory(source: str, **options: Any) -> tuple[float | None, float |
     return result["batch1"], result["batch"]
 
 
-def _memory_child(options: dict[str, Any]) -> None:
-    """Runs in the child: load, one forward at batch 1, one at ``batch``; prints the two peaks as JSON."""
-    torch.set_num_threads(options["threads"])
-    source = options["source"]
-    config = load_config(source)
-    one, _ = dummy_inputs(config, source, 1, image_size=options["image_size"], tokens=options["tokens"])
-    many, _ = dummy_inputs(config, source, options["batch"], image_size=options["image_size"], tokens=options["tokens"])
-    dtype = getattr(torch, options["dtype"])
-    one, many = _to(one, "cpu", dtype), _to(many, "cpu", dtype)
+def peak_rise(load: Callable[[], Any], run_one: Callable[[Any], Any], run_many: Callable[[Any], Any]) -> None:
+    """In a memory child: the resident-memory rise over loading plus one run at batch 1, then plus one at the
+    larger batch, sampled every half millisecond and checked against the kernel's peak; printed as JSON."""
     base, kernel_before = _rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak = [base]
     stop = threading.Event()
@@ -312,11 +333,24 @@ def _memory_child(options: dict[str, Any]) -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    with torch.inference_mode():
-        net = load_measured(source, config, dtype, "cpu")
-        net(**one)
-        at_one = highest()
-        net(**many)
-        at_many = highest()
+    net = load()
+    run_one(net)
+    at_one = highest()
+    run_many(net)
+    at_many = highest()
     stop.set()
     print(json.dumps({"batch1": (at_one - base) / 1e6, "batch": (at_many - base) / 1e6}))
+
+
+def _memory_child(options: dict[str, Any]) -> None:
+    """Runs in the child: load, one forward at batch 1, one at ``batch``; prints the two peaks as JSON."""
+    torch.set_num_threads(options["threads"])
+    source = options["source"]
+    config = load_config(source)
+    one, _ = dummy_inputs(config, source, 1, image_size=options["image_size"], tokens=options["tokens"])
+    many, _ = dummy_inputs(config, source, options["batch"], image_size=options["image_size"], tokens=options["tokens"])
+    dtype = getattr(torch, options["dtype"])
+    one, many = _to(one, "cpu", dtype), _to(many, "cpu", dtype)
+    with torch.inference_mode():
+        peak_rise(lambda: load_measured(source, config, dtype, "cpu"), lambda net: net(**one),
+                  lambda net: net(**many))

@@ -289,8 +289,12 @@ def _print_report(report: Path) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    from .bench import bench
+    if args.runtime == "torch":
+        from .bench import bench
+    else:
+        from .deploy.ortbench import bench_onnx as bench, check_runtime
 
+        check_runtime(args.runtime)
     size = args.image_size
     if size is not None and (len(size) > 2 or min(size) < 16):
         raise InterpruneError(f"--image-size {' '.join(map(str, size))}: give one shortest edge or HEIGHT WIDTH, "
@@ -308,7 +312,19 @@ def run_bench(args: argparse.Namespace) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, steps=args.steps, seeds=args.seeds, progress=args.progress)
+    runtimes = [r.strip() for r in args.runtimes.split(",")] if args.runtimes else None
+    run_demo(args.out, steps=args.steps, seeds=args.seeds, runtimes=runtimes, progress=args.progress)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .deploy.export import export_onnx
+
+    report = export_onnx(args.model, args.onnx, quantize=args.quantize, real=args.input,
+                         image_size=args.image_size, tokens=args.tokens, overwrite=args.overwrite,
+                         exporter=args.exporter)
+    print(report.summary())
+    print(f"wrote {args.onnx}/ (model.onnx{', model_quantized.onnx' if args.quantize else ''}, config.json, "
+          "processor files, export.json)")
 
 
 def add_methods_parser(sub: Any) -> None:
@@ -457,6 +473,8 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall-clock time (default) or the "
                    "process's CPU time, robust on a CPU shared with other work (use with --threads 1)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--runtime", default="torch", help="torch (eager PyTorch, default) or onnxruntime (an .onnx "
+                   "file, an 'interprune export' folder, or a model folder exported first)")
     p.set_defaults(func=run_bench)
 
 
@@ -466,7 +484,26 @@ def add_demo_parser(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default: the demo preset's)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the demo preset's)")
     _add_progress_flag(p)
+    p.add_argument("--runtimes", help="bench every experiment in these runtimes, e.g. torch,onnxruntime (default: "
+                   "the preset's, torch)")
     p.set_defaults(func=run_demo)
+
+
+def add_export_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="write an ONNX model folder, checked against PyTorch (ONNX Runtime)")
+    p.add_argument("model", help="model folder (e.g. from 'interprune shrink' or 'train'), or 'demo'")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="folder to write (model.onnx, config.json, the "
+                   "processor or tokenizer files, export.json)")
+    p.add_argument("--quantize", choices=["dynamic"], help="also write model_quantized.onnx: ONNX Runtime's "
+                   "dynamic int8, checked on the task outputs")
+    p.add_argument("--input", help="also check on this real input: an image, or a .txt file for text models")
+    p.add_argument("--image-size", type=int, help="side of the dummy image (default: the processor's or config's)")
+    p.add_argument("--tokens", type=int, default=16, help="tokens of the dummy text input (default 16)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "torchscript", "dynamo"],
+                   help="torch.onnx's TorchScript or dynamo exporter (default auto: TorchScript, dynamo where "
+                   "TorchScript cannot)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run_export)
 
 
 # one entry per command, in the order 'interprune --help' lists them
@@ -518,7 +555,7 @@ def _print_recovery(summary, out) -> None:
 
 COMMANDS = (add_methods_parser, add_shrink_parser, add_plan_parser, add_data_parser, add_train_parser,
             add_pretrain_parser, add_predict_parser, add_sweep_parser, add_report_parser, add_bench_parser,
-            add_demo_parser, add_recover_parser)
+            add_export_parser, add_demo_parser, add_recover_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -597,4 +634,4 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except InterpruneError as err:
         print(f"interprune: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # 2: bad input; a failed export check says 1

@@ -40,11 +40,15 @@ def check_source(source: Path, out: Path) -> dict:
 
 
 def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seeds: int | None = None,
-             progress: bool = True) -> Path:
+             runtimes: list[str] | None = None, progress: bool = True) -> Path:
+    """The whole demo; ``runtimes`` (e.g. ``["torch", "onnxruntime"]``) overrides the preset's bench runtimes."""
     out = Path(out)
     started = time.time()
     source = demo_source()
-    config = load_sweep(preset_path("demo"), {"source": str(source)})
+    overrides: dict = {"source": str(source)}
+    if runtimes is not None:
+        overrides["bench"] = {"runtimes": runtimes}
+    config = load_sweep(preset_path("demo"), overrides)
     if steps:
         config.train = config.train.model_copy(update={"steps": steps, "val_every": min(config.train.val_every, steps)})
     if seeds:

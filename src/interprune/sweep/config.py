@@ -142,6 +142,26 @@ class Generate(BaseModel):
     seed: int = 0
 
 
+class BenchSettings(BaseModel):
+    """``bench: {runtimes: [torch, onnxruntime]}``: which runtimes measure every experiment's model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtimes: list[Literal["torch", "onnxruntime"]] = ["torch"]
+
+    @field_validator("runtimes")
+    @classmethod
+    def installed(cls, value: list[str]) -> list[str]:
+        if "onnxruntime" in value:
+            from ..deploy.runtime import require_onnx
+
+            try:
+                require_onnx()
+            except Exception as err:  # InterpruneError: pydantic wants a ValueError to name the line
+                raise ValueError(str(err)) from None
+        return list(dict.fromkeys(value))
+
+
 class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -153,8 +173,20 @@ class SweepConfig(BaseModel):
     seeds: list[int] = Field([0], min_length=1)
     keep: str = Field(r"^model\.backbone\.", description="tensors that 'random' init keeps from the source")
     train: TrainSettings = TrainSettings()
-    bench: bool = Field(True, description="measure every experiment's latency and size ('interprune bench')")
+    bench: BenchSettings = Field(BenchSettings(), description="measure every experiment's latency and size "
+                                 "('interprune bench'): true, false, or {runtimes: [torch, onnxruntime]}")
     experiments: list[Experiment] = Field(min_length=1)
+
+    @property
+    def runtimes(self) -> list[str]:
+        """The runtimes that measure every experiment: none (``bench: false``), eager PyTorch, or those asked for."""
+        return self.bench.runtimes
+
+    @field_validator("bench", mode="before")
+    @classmethod
+    def bench_switch(cls, value: Any) -> Any:
+        """``bench: true`` (eager PyTorch) and ``bench: false`` (nothing) are short for a list of runtimes."""
+        return {"runtimes": ["torch"] if value else []} if isinstance(value, bool) else value
 
     @field_validator("keep")
     @classmethod

@@ -53,13 +53,14 @@ def _curves(results: list[Result], title: str, path: Path) -> Path:
 
 def _latency_label(bench: BenchResult) -> str:
     kind = "CPU time" if bench.clock == "cpu" else "latency"
-    return f"{kind} per input, batch 1 (ms, {bench.device})"
+    where = ", ONNX Runtime" if bench.runtime == "onnxruntime" else ""
+    return f"{kind} per input, batch 1 (ms, {bench.device}{where})"
 
 
-def _tradeoff(results: list[Result], path: Path) -> Path:
-    """Quality (mAP@50, validation loss) against latency: the choice a user makes. Experiments of one
-    architecture share a latency, so their names are stacked beside the points to stay readable."""
-    measured = [r for r in results if r.bench]
+def _tradeoff(results: list[Result], path: Path, runtime: str = "torch") -> Path:
+    """Quality (mAP@50, validation loss) against latency in one runtime: the choice a user makes. Experiments of
+    one architecture share a latency, so their names are stacked beside the points to stay readable."""
+    measured = [r for r in results if runtime in r.runtimes]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "map_50", "mAP@50 (higher is better)"),
                            (axes[1], "final_val_loss", "final validation loss (lower is better)")):
@@ -68,13 +69,13 @@ def _tradeoff(results: list[Result], path: Path) -> Path:
             mean, std = mean_std(r.values(key))
             if mean is None:
                 continue
-            x = r.bench.latency_ms
+            x = r.runtimes[runtime].latency_ms
             colour = "#4C72B0" if r.size == "full" else "#DD8452"
             ax.errorbar([x], [mean], yerr=[std or 0], fmt="o", color=colour, capsize=3)
             nth = placed.get(x, 0)
             placed[x] = nth + 1
             ax.annotate(r.name, (x, mean), xytext=(6, 4 - 9 * (nth % 2)), textcoords="offset points", fontsize=7)
-        ax.set_xlabel(_latency_label(measured[0].bench) if measured else "latency (ms)")
+        ax.set_xlabel(_latency_label(measured[0].runtimes[runtime]) if measured else "latency (ms)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     fig.suptitle("Quality against latency (blue: full size, orange: smaller; bars: seed std)")
@@ -99,6 +100,9 @@ def draw_figures(results: list[Result], folder: Path) -> list[tuple[str, Path]]:
                                                        folder / "fig4_small_models.png")))
     out.append(("mAP@50 on the validation split", _bars(results, "map_50", "mAP@50 (mean ± std)",
                                                         "Detection quality after fine-tuning", folder / "map50.png")))
-    if any(r.bench for r in results):
+    if any("torch" in r.runtimes for r in results):
         out.append(("Quality against latency", _tradeoff(results, folder / "quality_vs_latency.png")))
+    if any("onnxruntime" in r.runtimes for r in results):
+        out.append(("Quality against latency in ONNX Runtime", _tradeoff(
+            results, folder / "quality_vs_latency_onnxruntime.png", "onnxruntime")))
     return out

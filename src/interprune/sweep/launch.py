@@ -206,7 +206,7 @@ def launched_sweep(config: SweepConfig, out: str | Path, make_launcher: Callable
         launcher.close()
         raise
     outcomes = launch_sweep(config, out, launcher, retries=retries, only=only)
-    if config.bench:
+    if config.runtimes:
         bench_experiments(config, out, only=only)
     return outcomes
 

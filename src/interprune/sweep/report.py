@@ -55,6 +55,9 @@ def table_rows(config: SweepConfig, results: list[Result]) -> list[dict[str, str
         row["train seconds"] = _fmt(*mean_std(r.values("seconds")), digits=0)
         row["latency ms"] = f"{r.bench.latency_ms:.1f}" if r.bench else "-"
         row["file MB"] = f"{r.bench.file_mb:.1f}" if r.bench and r.bench.file_mb is not None else "-"
+        if any("onnxruntime" in other.runtimes for other in results):
+            ort = r.runtimes.get("onnxruntime")
+            row["ONNX Runtime ms"] = f"{ort.latency_ms:.1f}" if ort else "-"
         row.update(pipeline_cost(config, r, by_name))
         row["steps to baseline's final loss"] = to_base
         rows.append(row)
@@ -135,8 +138,11 @@ def _cost_note(results: list[Result]) -> str:
     if measured is None:
         return ""
     kind = "CPU time" if measured.clock == "cpu" else "time"
+    ort = next((r.runtimes["onnxruntime"] for r in results if "onnxruntime" in r.runtimes), None)
+    also = (f" *ONNX Runtime ms*: the same in ONNX Runtime on {ort.device}, after `interprune export` (checked "
+            "against PyTorch).") if ort else ""
     return (f"*Latency*: median {kind} for one input ({measured.inputs}) at batch 1 on {measured.device}, "
-            "`interprune bench` on the fine-tuned model; *file MB*: its weights on disk.")
+            "`interprune bench` on the fine-tuned model; *file MB*: its weights on disk." + also)
 
 
 def _html(config: SweepConfig, rows: list[dict[str, str]], figures: list[tuple[str, Path]],

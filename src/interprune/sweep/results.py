@@ -19,7 +19,9 @@ from ..train.metrics import read_metrics
 from ..train.summary import RunSummary, UnreadableSummary
 from .config import SweepConfig
 
-__all__ = ["SweepLayout", "Result", "mean_std", "read_bench", "collect"]
+__all__ = ["SweepLayout", "Result", "mean_std", "read_bench", "collect", "RUNTIMES"]
+
+RUNTIMES = ("torch", "onnxruntime")  # what 'bench: {runtimes: [...]}' may ask for (sweep/config.py)
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,9 @@ class SweepLayout:
         """A generated dataset."""
         return self.out / "data" / domain
 
-    def bench(self, name: str) -> Path:
-        """An experiment's measured deployment costs."""
-        return self.out / "bench" / f"{name}.json"
+    def bench(self, name: str, runtime: str = "torch") -> Path:
+        """An experiment's measured deployment costs in one runtime (eager PyTorch keeps the plain name)."""
+        return self.out / "bench" / (f"{name}.json" if runtime == "torch" else f"{name}.{runtime}.json")
 
     @property
     def logs(self) -> Path:
@@ -91,6 +93,7 @@ class Result:
     summaries: list[RunSummary] = field(default_factory=list)
     curves: list[list[tuple[int, float]]] = field(default_factory=list)  # (step, validation loss) per seed
     bench: BenchResult | None = None  # its model's deployment costs ('interprune bench'), when measured
+    runtimes: dict[str, BenchResult] = field(default_factory=dict)  # runtime -> costs; bench is the torch one
 
     def values(self, key: str) -> list[float]:
         return [float(getattr(s, key)) for s in self.summaries if getattr(s, key) is not None]
@@ -139,7 +142,11 @@ def collect(out: str | Path) -> tuple[SweepConfig, list[Result]]:
             if summary is not None:
                 result.summaries.append(summary)
                 result.curves.append(_curve(run))
-        result.bench = read_bench(layout.bench(experiment.name))
+        for runtime in RUNTIMES:
+            cost = read_bench(layout.bench(experiment.name, runtime))
+            if cost is not None:
+                result.runtimes[runtime] = cost
+        result.bench = result.runtimes.get("torch")
         if result.summaries:
             results.append(result)
     if not results:

@@ -126,7 +126,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
             with run_lock(out, experiment.name, seed):
                 done.append(run_one(config, out, experiment, seed, data, sources=sources, twins=twins,
                                     counter=counter, progress=progress))
-    if config.bench:
+    if config.runtimes:
         bench_experiments(config, out, only=only)
     return done
 
