@@ -35,7 +35,8 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype,
                            calibration=args.calibration, calibration_size=args.calibration_size,
-                           compensate=args.compensate, layers=args.layers, rotate=args.rotate)
+                           compensate=args.compensate, layers=args.layers, rotate=args.rotate,
+                           calibration_batch=args.calibration_batch)
     save(model, out, report=report, source=args.source, overwrite=args.overwrite)
     print(report.summary())
     print(plan_summary(report.plan))
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--rotate and --layers importance: a COCO/Roboflow dataset or image folder (vision models), "
                    "a text file with one example per line (text models)")
     p.add_argument("--calibration-size", type=int, default=32, help="calibration examples used (default 32)")
+    p.add_argument("--calibration-batch", type=int, default=8, metavar="N",
+                   help="calibration examples run together (default 8); memory grows with it, the result does not "
+                        "change beyond float rounding")
     p.add_argument("--compensate", action="store_true", help="refit every resized layer in closed form so its "
                    "outputs on the calibration data match the source's")
     p.add_argument("--rotate", action="store_true", help="rotate each attention head's width to its principal "

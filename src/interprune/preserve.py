@@ -32,6 +32,7 @@ from .importance import (DEPTH_CHOICES, activation_scores, choose, choose_layers
 from .plan import STRUCTURED, Plan, axis_index, make_plan
 from .rotate import query_key_axes, rotate_heads
 from .transfer import transfer
+from .walk import Batches
 
 __all__ = ["PRESERVING", "Preservation", "fill", "check_options"]
 
@@ -78,27 +79,30 @@ def check_options(method: str, *, calibration: bool, compensate: bool, layers: s
                               f"or image folder, or a text file with one example per line)")
 
 
-def _batch_size(inputs: dict[str, Any]) -> int:
-    first = next((v for v in inputs.values() if isinstance(v, Tensor)), None)
-    return int(first.shape[0]) if first is not None else 0
-
-
 @torch.no_grad()
 def fill(
     source: nn.Module,
     target: nn.Module,
     method: str,
     *,
-    inputs: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | Batches | None = None,
     compensate_layers: bool = False,
     layers: str = "first",
     rotate: bool = False,
     seed: int = 0,
+    batch_size: int | None = None,
+    budget: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, Preservation]:
     """Fill ``target`` in place from ``source`` with a preserving ``method``; return the transfer report
-    and what was chosen. ``inputs`` is one batch of calibration inputs (``calibration.calibration_inputs``)."""
+    and what was chosen. ``inputs`` is one batch of calibration inputs (``calibration.calibration_inputs``)
+    or ``Batches`` of them; a batch is split into mini-batches of ``batch_size`` examples. Every statistic
+    is summed over the mini-batches, so the result does not depend on their size (within float rounding);
+    ``budget`` bounds the boundary activations compensation keeps in memory (bytes; the rest spill to disk)."""
     check_options(method, calibration=inputs is not None, compensate=compensate_layers, layers=layers, rotate=rotate)
-    record = Preservation(method, layer_choice=layers, calibration_examples=_batch_size(inputs or {}))
+    batches = Batches.of(inputs, batch_size) if inputs is not None else None
+    inputs = batches
+    record = Preservation(method, layer_choice=layers, calibration_examples=batches.examples if batches else 0)
     plan = make_plan(source, target)
     kept_layers = {}
     for dim in plan.dimensions:
@@ -125,7 +129,7 @@ def fill(
         assert inputs is not None
         everything = {name: torch.as_tensor(index) for name, index in report.choices.items()}
         done = compensate(full, target, inputs, _kept(plan, everything, full.state_dict(), rename),
-                          source_name=rename, scale=_temperature(plan), ridge=RIDGE)
+                          source_name=rename, scale=_temperature(plan), ridge=RIDGE, budget=budget, progress=progress)
         record.compensated, record.not_compensated, record.ridge = done.layers, done.skipped, RIDGE
     return report, record
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .plan import RULES
+from .walk import Batches
 
 __all__ = ["rotate_heads", "query_key_axes"]
 
@@ -67,7 +68,8 @@ def _covariances(model: nn.Module, groups: dict[tuple[str, str], list[Any]], uni
     named = dict(model.named_modules())
     handles = [named[n].register_forward_hook(hook(n)) for n in owners if isinstance(named.get(n), nn.Linear)]
     try:
-        model.eval()(**inputs)
+        for batch in Batches.of(inputs):
+            model.eval()(**batch)
     finally:
         for h in handles:
             h.remove()
@@ -85,6 +87,14 @@ def _covariances(model: nn.Module, groups: dict[tuple[str, str], list[Any]], uni
             total += blocks / blocks.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-12)[:, None, None]
         out[key] = total
     return out
+
+
+def _signed(vectors: Tensor) -> Tensor:
+    """Eigenvectors with a fixed sign (largest component positive): ``eigh`` may return either sign,
+    and a covariance summed in another order (other mini-batches) must give the same model."""
+    largest = vectors.abs().argmax(dim=-2, keepdim=True)
+    signs = torch.sign(vectors.gather(-2, largest))
+    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
 @torch.no_grad()
@@ -105,7 +115,7 @@ def rotate_heads(source: nn.Module, plan: Any, inputs: Batch,
     state = rotated.state_dict(keep_vars=True)
     for (name, _), axes in groups.items():
         _, vectors = torch.linalg.eigh(covariances[(name, _)])  # ascending eigenvalues
-        rotation = vectors.flip(-1)  # (heads, width, width): columns by falling energy
+        rotation = _signed(vectors.flip(-1))  # (heads, width, width): columns by falling energy
         for axis in axes:
             slot = state[rename(axis.tensor)]
             w = slot.data.double().movedim(axis.axis, 0)

@@ -234,6 +234,8 @@ def shrink(
     compensate: bool = False,
     layers: str = "first",
     rotate: bool = False,
+    calibration_batch: int | None = None,
+    budget: int | None = None,
 ) -> tuple[PreTrainedModel, TransferReport]:
     """Build the model ``source`` would be with ``overrides`` and fill it from ``source``'s weights.
 
@@ -243,10 +245,13 @@ def shrink(
     the method would keep, see ``transfer``. The importance methods (``magnitude``, ``calibrated``) and
     the options ``layers``, ``rotate`` and ``compensate`` are ``preserve.fill``'s; ``calibration`` is a
     data path (prepared by the source's own processor, ``calibration_size`` examples) or an already
-    prepared batch of inputs.
+    prepared batch of inputs, run ``calibration_batch`` examples at a time (all at once for None) through
+    the sequential engine (``walk``); ``budget`` bounds its stored activations in bytes (the rest spill to disk).
     """
     if method not in METHODS and method not in PRESERVING:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
+    if calibration_batch is not None and calibration_batch < 1:
+        raise InterpruneError(f"--calibration-batch must be at least 1, got {calibration_batch}")
     preserving = method in PRESERVING or compensate or rotate or layers != "first"
     if calibration is not None and not preserving:
         raise InterpruneError(f"--calibration is read only by 'calibrated', --compensate, --rotate and --layers "
@@ -276,7 +281,7 @@ def shrink(
         # least squares in full precision, without changing a caller's half-precision model
         work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
         report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
-                              layers=layers, rotate=rotate, seed=seed)
+                              layers=layers, rotate=rotate, seed=seed, batch_size=calibration_batch, budget=budget)
         target = target.to(dtype)
         if calibration is not None and not isinstance(calibration, dict):
             record.calibration = str(calibration)
