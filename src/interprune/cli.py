@@ -26,18 +26,30 @@ def cmd_shrink(args: argparse.Namespace) -> None:
 
     from .models import check_writable
     from .plan import plan_summary
+    from .preserve import PRESERVING
+    from .progress import progress_printer
     from .shrink import parse_overrides, save, shrink
+    from .stream import Checkpoint, parse_size, stream_shrink
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
     check_writable(out)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, report = shrink(args.source, parse_overrides(args.set), args.method, seed=args.seed, dtype=dtype,
-                           calibration=args.calibration, calibration_size=args.calibration_size,
-                           compensate=args.compensate, layers=args.layers, rotate=args.rotate,
-                           calibration_batch=args.calibration_batch)
-    save(model, out, report=report, source=args.source, overwrite=args.overwrite)
+    shard = parse_size(args.max_shard_size)
+    overrides = parse_overrides(args.set)
+    data_aware = args.method in PRESERVING or args.compensate or args.rotate or args.layers != "first"
+    report = None
+    if not data_aware and args.calibration is None and Checkpoint.found(args.source):
+        report = stream_shrink(args.source, overrides, args.method, out, seed=args.seed, dtype=dtype,
+                               max_shard_size=shard, overwrite=args.overwrite, progress=progress_printer("tensors"))
+    if report is None:
+        model, report = shrink(args.source, overrides, args.method, seed=args.seed, dtype=dtype,
+                               calibration=args.calibration, calibration_size=args.calibration_size,
+                               compensate=args.compensate, layers=args.layers, rotate=args.rotate,
+                               calibration_batch=args.calibration_batch, device=args.device,
+                               progress=progress_printer("stages"))
+        save(model, out, report=report, source=args.source, overwrite=args.overwrite, max_shard_size=shard)
     print(report.summary())
     print(plan_summary(report.plan))
     kept = report.preserved
@@ -201,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-batch", type=int, default=8, metavar="N",
                    help="calibration examples run together (default 8); memory grows with it, the result does not "
                         "change beyond float rounding")
+    p.add_argument("--device", default="auto", help="where data-aware shrinking computes: auto (a GPU when there "
+                   "is one), cpu, cuda or cuda:N")
+    p.add_argument("--max-shard-size", default="5GB", help="largest weight file of OUT (e.g. 500MB); bigger "
+                   "models are written as shards with an index (default 5GB)")
     p.add_argument("--compensate", action="store_true", help="refit every resized layer in closed form so its "
                    "outputs on the calibration data match the source's")
     p.add_argument("--rotate", action="store_true", help="rotate each attention head's width to its principal "

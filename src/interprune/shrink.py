@@ -236,6 +236,8 @@ def shrink(
     rotate: bool = False,
     calibration_batch: int | None = None,
     budget: int | None = None,
+    device: str | None = None,
+    progress: Any = None,
 ) -> tuple[PreTrainedModel, TransferReport]:
     """Build the model ``source`` would be with ``overrides`` and fill it from ``source``'s weights.
 
@@ -250,6 +252,9 @@ def shrink(
     """
     if method not in METHODS and method not in PRESERVING:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
+    from .progress import resolve_device
+
+    device = resolve_device(device)  # a GPU asked for where there is none: refused before any work
     if calibration_batch is not None and calibration_batch < 1:
         raise InterpruneError(f"--calibration-batch must be at least 1, got {calibration_batch}")
     preserving = method in PRESERVING or compensate or rotate or layers != "first"
@@ -280,8 +285,13 @@ def shrink(
             inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
         # least squares in full precision, without changing a caller's half-precision model
         work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
+        if device != "cpu":
+            work = copy.deepcopy(work) if work is model else work
+            work, target, inputs = work.to(device), target.to(device), _on(inputs, device)
         report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
-                              layers=layers, rotate=rotate, seed=seed, batch_size=calibration_batch, budget=budget)
+                              layers=layers, rotate=rotate, seed=seed, batch_size=calibration_batch, budget=budget,
+                              progress=progress)
+        target = target.cpu()
         target = target.to(dtype)
         if calibration is not None and not isinstance(calibration, dict):
             record.calibration = str(calibration)
@@ -294,6 +304,13 @@ def shrink(
     report.source = str(getattr(source, "name_or_path", source))
     report.overrides = overrides
     return target, report
+
+
+def _on(inputs: Any, device: str) -> Any:
+    """Calibration inputs moved to ``device`` (one batch of tensors)."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return inputs
 
 
 def _check_vocabulary(source: Any, config: PretrainedConfig, target: PretrainedConfig) -> None:
