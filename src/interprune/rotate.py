@@ -104,9 +104,9 @@ def rotate_heads(source: nn.Module, plan: Any, inputs: Batch,
     to its principal directions, and the choices that keep the leading channels (``{name: arange(target)}``).
     ``rename`` maps the plan's (target) tensor names to the source's when layers were dropped."""
     dims = [d for d in plan.dimensions if _rotatable(d)]
+    if not dims:  # nothing to turn (rotary heads, no head cut): the source itself, not a copy of it
+        return source, {}
     rotated = copy.deepcopy(source)
-    if not dims:
-        return rotated, {}
     groups = {}
     for dim in dims:
         qk, vo = query_key_axes(dim)

@@ -22,8 +22,8 @@ norm, a query-scale MLP between decoder layers) are handled in order too.
 
 from __future__ import annotations
 
-import math
 import os
+import weakref
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -251,21 +251,26 @@ class Walker:
     def trace(self) -> None:
         """Record every module call of one forward on the first mini-batch, in order."""
         names = {id(m): n for n, m in self.modules.items()}
-        counter, open_calls, alive = [0], {}, []
+        counter, open_calls, serials = [0], {}, {}
+
+        def serial(t: Tensor) -> int:
+            """A number per tensor object of this forward, without keeping the tensor alive (an ``id``
+            alone may be reused by a later tensor once the first one is freed)."""
+            known = serials.get(id(t))
+            if known is None or known[0]() is not t:
+                known = serials[id(t)] = (weakref.ref(t), len(serials) + counter[0] * 1_000_003)
+            return known[1]
 
         def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
             counter[0] += 1
             first = args[0] if args and isinstance(args[0], Tensor) else None
-            open_calls.setdefault(id(module), []).append((counter[0], None if first is None else id(first)))
-            alive.append(first)
+            open_calls.setdefault(id(module), []).append((counter[0], None if first is None else serial(first)))
 
         def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             counter[0] += 1
             enter, input_id = open_calls[id(module)].pop()
-            outs = _tensors(output)
-            alive.extend(outs)
             self.calls.setdefault(names[id(module)], []).append(
-                Call(enter, counter[0], input_id, frozenset(id(t) for t in outs)))
+                Call(enter, counter[0], input_id, frozenset(serial(t) for t in _tensors(output))))
 
         handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in self.modules.values()]
         handles += [m.register_forward_hook(post, with_kwargs=True) for m in self.modules.values()]
