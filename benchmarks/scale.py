@@ -57,10 +57,9 @@ print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "imports_mb": base
 
 
 def build_decoder(folder: Path, hidden: int, ffn: int, layers: int, shard: str) -> None:
-    """A random Qwen2 causal LM in bf16 with a word-level tokenizer (tokens ``w0 .. wN``)."""
+    """A random Qwen2 causal LM in bf16 with a byte-level tokenizer."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
     torch.manual_seed(0)
     config = Qwen2Config(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=16,
@@ -70,10 +69,17 @@ def build_decoder(folder: Path, hidden: int, ffn: int, layers: int, shard: str) 
         model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder, max_shard_size=shard)
     del model
-    vocab = {"[UNK]": 0, "[PAD]": 1, **{f"w{i}": i + 2 for i in range(VOCAB - 2)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
+    Qwen2Tokenizer(vocab=_byte_vocab(), merges=[]).save_pretrained(folder)
+
+
+def _byte_vocab() -> dict[str, int]:
+    """A byte-level vocabulary without merges: each letter of the calibration text is one token (the
+    tokenizer's own end-of-text token takes the last id of the model's vocabulary)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    vocab.update({f"<x{i}>": i for i in range(len(vocab), VOCAB - 1)})
+    return vocab
 
 
 def build_detr(folder: Path) -> None:
@@ -87,15 +93,15 @@ def build_detr(folder: Path) -> None:
 
 
 def calibration(work: Path, model: str, count: int) -> Path:
-    """``count`` lines of 256 random words, or ``count`` random 800x1066 JPEG images."""
+    """``count`` lines of 256 random letters (256 tokens each), or ``count`` random 800x1066 JPEG images."""
     import random
 
     rng = random.Random(count)
     if model != "detr":
         path = work / f"text-{count}.txt"
         if not path.exists():
-            path.write_text("\n".join(" ".join(f"w{rng.randrange(VOCAB - 2)}" for _ in range(256))
-                                      for _ in range(count)) + "\n")
+            letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+            path.write_text("\n".join("".join(rng.choice(letters) for _ in range(256)) for _ in range(count)) + "\n")
         return path
     import numpy as np
     from PIL import Image

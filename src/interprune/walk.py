@@ -23,6 +23,7 @@ norm, a query-scale MLP between decoder layers) are handled in order too.
 from __future__ import annotations
 
 import os
+import re
 import weakref
 import shutil
 import tempfile
@@ -243,7 +244,7 @@ class Walker:
         self.stores: dict[str, Store] = {}
         self.replayed: set[str] = set()
         self.skipped: dict[str, Any] = {}  # name -> placeholder output
-        self._rejected: set[frozenset[str]] = set()
+        self._verdicts: dict[tuple[str, str], bool] = {}  # (parent, class) -> whether skipping is safe
         self.on_call: dict[str, Callable[[nn.Module, int], None]] = {}  # name -> fn(module, traced call index)
 
     # ------------------------------------------------------------------------------------------ trace
@@ -305,21 +306,16 @@ class Walker:
         consumed = {self.calls[n][0].input_id for n in complete}
         candidates = frozenset(n for n in complete if self.calls[n][0].output_ids & consumed
                                and _skippable(self.stores[n].shapes))
-        candidates = frozenset(n for n in candidates if not any(n in r for r in self._rejected))
-        if candidates and not self._skip(candidates, start):
-            for name in candidates:  # one by one: the set may hold a single module the stage still needs
-                if not self._skip(frozenset([name]), start):
-                    self._rejected.add(frozenset([name]))
-
-    def _skip(self, names: frozenset[str], start: int) -> bool:
-        if not self._same_view(names, start):
-            return False
-        for name in names:
-            store = self.stores.pop(name)
-            self.skipped[name] = store.shapes
-            self.replayed.discard(name)
-            store.drop()
-        return True
+        for name in sorted(candidates):
+            role = re.sub(r"\.\d+(?=\.|$)", ".*", name)  # the same part of every block of a stack
+            key = (role, type(self.modules[name]).__name__)
+            if key not in self._verdicts:  # checked once per role, so the check costs one block, not the depth
+                self._verdicts[key] = self._same_view(frozenset([name]), start)
+            if self._verdicts[key]:
+                store = self.stores.pop(name)
+                self.skipped[name] = store.shapes
+                self.replayed.discard(name)
+                store.drop()
 
     def _same_view(self, candidates: frozenset[str], start: int) -> bool:
         """Whether every module call of the rest of the forward on the first mini-batch gets the same
