@@ -82,3 +82,10 @@ def test_a_grown_target_is_not_streamed_and_leaves_nothing(sharded, tmp_path):
     """Growing with `first` needs the target's own initial values, which a meta target lacks: ``None``, no folder."""
     assert stream_shrink(sharded, {"intermediate_size": 96}, "first", tmp_path / "grown") is None
     assert not (tmp_path / "grown").exists() and not list(tmp_path.glob(".grown*"))
+
+
+def test_a_memory_budget_below_one_boundary_is_one_line_naming_the_size(tmp_path):
+    from .engine_cases import text_ids
+
+    with pytest.raises(InterpruneError, match=r"too small for one block boundary.*give at least 2560B"):
+        shrink(tiny_qwen(), {"hidden_size": 16}, "calibrated", calibration=text_ids(), calibration_batch=2, budget=10)

@@ -48,6 +48,7 @@ def cmd_shrink(args: argparse.Namespace) -> None:
                                calibration=args.calibration, calibration_size=args.calibration_size,
                                compensate=args.compensate, layers=args.layers, rotate=args.rotate,
                                calibration_batch=args.calibration_batch, device=args.device,
+                               budget=parse_size(args.memory_budget) if args.memory_budget else None,
                                progress=progress_printer("stages"))
         save(model, out, report=report, source=args.source, overwrite=args.overwrite, max_shard_size=shard)
     print(report.summary())
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "change beyond float rounding")
     p.add_argument("--device", default="auto", help="where data-aware shrinking computes: auto (a GPU when there "
                    "is one), cpu, cuda or cuda:N")
+    p.add_argument("--memory-budget", metavar="SIZE", help="activations the sequential engine keeps in memory "
+                   "(e.g. 2GB); past it they go to a temporary folder on disk (default: no limit)")
     p.add_argument("--max-shard-size", default="5GB", help="largest weight file of OUT (e.g. 500MB); bigger "
                    "models are written as shards with an index (default 5GB)")
     p.add_argument("--compensate", action="store_true", help="refit every resized layer in closed form so its "

@@ -283,6 +283,7 @@ def shrink(
 
             processor = model_processor(source if not isinstance(source, PreTrainedModel) else source.name_or_path)
             inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
+        _check_budget(budget, config, inputs, calibration_batch)
         # least squares in full precision, without changing a caller's half-precision model
         work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
         if device != "cpu":
@@ -304,6 +305,25 @@ def shrink(
     report.source = str(getattr(source, "name_or_path", source))
     report.overrides = overrides
     return target, report
+
+
+def _check_budget(budget: int | None, config: PretrainedConfig, inputs: Any, batch: int | None) -> None:
+    """The engine keeps at least one block boundary of one mini-batch in memory: refuse a budget below it."""
+    if budget is None or not isinstance(inputs, dict):
+        return
+    config = getattr(config, "text_config", None) or config
+    width = next((getattr(config, k) for k in HIDDEN_SIZES if isinstance(getattr(config, k, None), int)), None)
+    first = next((v for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 1), None)
+    if width is None or first is None:
+        return
+    examples = min(batch or first.shape[0], first.shape[0])
+    tokens = first.shape[1] if first.dim() == 2 else (first.shape[-2] // 32) * (first.shape[-1] // 32)
+    needed = examples * tokens * width * 4
+    if budget < needed:
+        size = f"{needed / 1e6:.1f}MB" if needed >= 10**5 else f"{needed}B"
+        raise InterpruneError(f"--memory-budget {budget:,} bytes is too small for one block boundary of a mini-batch "
+                              f"({examples} examples x {tokens} positions x {width} channels in float32); give at "
+                              f"least {size} or a smaller --calibration-batch")
 
 
 def _on(inputs: Any, device: str) -> Any:
