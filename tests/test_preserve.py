@@ -89,7 +89,8 @@ def test_compensation_brings_the_small_detector_closer_to_the_source(pixels):
     assert both < plain
     compensated = report.preserved["compensated"]
     assert compensated[0] == "model.input_projection" and "class_labels_classifier" in compensated
-    assert report.preserved["calibration_examples"] == 4 and report.preserved["ridge"] > 0
+    assert report.preserved["calibration_examples"] == 4 and report.preserved["held_out_examples"] == 1
+    assert set(report.preserved["strengths"]) == set(report.preserved["compensated"])
 
 
 def test_same_inputs_and_seed_give_the_same_model(pixels, tmp_path):

@@ -8,40 +8,54 @@ output units (ridge regression, one solve per layer); for each resized ``nn.Laye
 per-channel gain and shift the same way, which corrects the statistics the cut changed (a mean and a
 variance over fewer channels).
 
-Order matters. The refit runs in forward order inside one forward pass of the small model: a
-pre-hook refits each layer just before it runs, so every later layer is fitted to the inputs the
-already-repaired earlier layers really produce, parameter-free parts included (the small model's own
+Each refit is regularised towards the weights the choice gave (``refit.py``): a few hundred calibration
+examples are fitted closely by a free least-squares refit, which then generalises badly to inputs unlike
+them. Every fourth calibration example is held out; for each layer the strength of the pull towards the
+chosen weights is picked from a grid by the error on those examples (including "no refit at all"), then
+the layer is refit on every example with it. ``interprune.json`` records each layer's strength.
+
+Order matters. Layers are refit in forward order, each on the small model's own inputs after the
+refits before it (the sequential engine, ``walk.py``, runs each stage over every mini-batch from the
+last stored boundary; recording a layer's statistics is apart from solving for it), so every later layer
+is fitted to the inputs the already-repaired earlier layers really produce, parameter-free parts included (the small model's own
 sine position embeddings, which differ from the source's at some cuts). Fitting on the source's
 inputs instead ignores those differences and keeps much less (see ``benchmarks/retention.py``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
+from .refit import GRID, Choice, Moments, channel_moments, choose_strength, moments
 from .walk import Batches, Spill, Stop, Walker
 
 __all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments", "NormMoments", "LayerStats",
            "record", "refit", "solve_linear", "solve_norm"]
 
 Batch = dict[str, Any]
+HOLD_OUT_EVERY = 4  # every fourth calibration example is held out to choose each refit's strength
 
 
 @dataclass
 class Compensation:
-    """What compensation did: the layers refit, in order, and the ridge strength used."""
+    """What compensation did: the layers refit, in order, and the strength each refit was pulled towards
+    the choice's weights with (``"inf"``: the held-out examples preferred the choice itself)."""
 
     layers: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was left as chosen
-    ridge: float = 1e-3
+    strengths: dict[str, float | str] = field(default_factory=dict)
+    held_out: dict[str, float] = field(default_factory=dict)  # held-out error of the refit / of the choice
     rows: int = 0  # activation rows (examples x tokens) each refit saw, at most
+    held_out_examples: int = 0
 
     def to_dict(self) -> dict:
-        return {"layers": self.layers, "skipped": self.skipped, "ridge": self.ridge, "rows": self.rows}
+        return {"layers": self.layers, "skipped": self.skipped, "strengths": self.strengths,
+                "held_out": self.held_out, "rows": self.rows, "held_out_examples": self.held_out_examples}
 
 
 def refittable(module: nn.Module) -> bool:
@@ -65,122 +79,85 @@ def _resized(name: str, module: nn.Module, source: dict[str, Tensor]) -> bool:
                for p, value in module.named_parameters(recurse=False))
 
 
-def _accumulate(stats: list[Tensor], *terms: Tensor) -> list[Tensor]:
-    if not stats:
-        stats.extend(t.clone() for t in terms)
-    else:
-        for s, t in zip(stats, terms):
-            s += t
-    return stats
+def held_out_rows(shape: torch.Size, examples: int, every: int = HOLD_OUT_EVERY) -> Tensor:
+    """Which activation rows are held out: those of every ``every``-th calibration example (whole
+    examples, so held-out tokens never share a sentence or an image with fitted ones). A layer whose
+    input does not lead with the example axis holds out every ``every``-th row instead."""
+    rows = 1
+    for size in shape[:-1]:
+        rows *= size
+    if examples < every:
+        return torch.zeros(rows, dtype=torch.bool)
+    if len(shape) >= 2 and shape[0] == examples:
+        held = torch.arange(examples) % every == every - 1
+        return held.repeat_interleave(rows // examples)
+    return torch.arange(rows) % every == every - 1
 
 
 # ------------------------------------------------------------------------------ recording and refitting
 @dataclass
-class Moments:
-    """Sufficient statistics of a least-squares refit ``x -> y`` over the rows seen so far: ``X^T X``,
-    ``X^T Y`` (``x`` with a column of ones when the layer has a bias) and ``trace(Y^T Y)``; float64."""
+class LayerStats:
+    """What recording keeps for one layer: statistics of its fitted rows and of its held-out rows
+    (``refit.Moments``, they add over mini-batches and calls), and its weights as chosen (the prior)."""
 
-    xx: Tensor | None = None
-    xy: Tensor | None = None
-    yy: float = 0.0
-    rows: int = 0
-
-    def add(self, x: Tensor, y: Tensor, gram: Tensor | None = None) -> None:
-        gram = x.T @ x if gram is None else gram
-        self.xx = gram.clone() if self.xx is None else self.xx + gram
-        self.xy = x.T @ y if self.xy is None else self.xy + x.T @ y
-        self.yy += float((y * y).sum())
-        self.rows += x.shape[0]
-
-
-@dataclass
-class NormMoments:
-    """Per-channel sums for a layer norm's gain and shift: normalised input ``n`` and target ``y``."""
-
-    sums: list[Tensor] = field(default_factory=list)  # n, y, n*n, n*y, count
-
-    def add(self, n: Tensor, y: Tensor) -> None:
-        _accumulate(self.sums, n.sum(0), y.sum(0), (n * n).sum(0), (n * y).sum(0), torch.full_like(n[0], n.shape[0]))
+    fit: Moments | None
+    held: Moments | None
+    prior: Tensor
 
     @property
     def rows(self) -> int:
-        return int(self.sums[-1][0]) if self.sums else 0
+        return (self.fit.n if self.fit is not None else 0) + (self.held.n if self.held is not None else 0)
 
 
-@dataclass
-class LayerStats:
-    """What recording keeps for one layer: its fit part and, when some calibration examples are held
-    out, the held-out part (for a solver that picks its own strength on them)."""
-
-    fit: Moments | NormMoments
-    held: Moments | NormMoments | None = None
+def _add(total: Moments | None, part: Moments | None) -> Moments | None:
+    return part if total is None else (total if part is None else total + part)
 
 
-def solve_linear(stats: Moments, ridge: float, bias: bool) -> tuple[Tensor, Tensor | None]:
-    """Ridge least squares ``[x, 1] @ [W^T; b] = y`` from accumulated moments; the ridge is relative to
-    the inputs' energy so one value suits layers of any scale, and keeps collinear inputs well posed.
-    Returns ``(weight (out, in), bias or None)``."""
-    gram, cross = stats.xx, stats.xy
-    features = gram.shape[0] - (1 if bias else 0)
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    if bias:
-        eye[-1, -1] = 0  # the bias is not shrunk
-    lam = ridge * gram.diagonal()[:features].mean().clamp_min(1e-12)
-    solution = torch.linalg.solve(gram + lam * eye, cross)  # (in [+1], out)
-    return solution[:features].T, (solution[-1] if bias else None)
+def record(module: nn.Module, stats: LayerStats | None, x: Tensor, y: Tensor, held: Tensor) -> LayerStats:
+    """Add one mini-batch of a layer's input rows ``x`` and target rows ``y`` to its statistics; ``held``
+    marks the held-out rows. The first call also keeps the layer's weights as chosen."""
+    norm, bias = isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None
+    if norm:
+        x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + module.eps)
+        make = channel_moments
+    else:
+        x = torch.cat([x, torch.ones_like(x[:, :1])], 1) if bias else x
+        make = moments
+    fit = make(x[~held], y[~held]) if bool((~held).any()) else None
+    out = make(x[held], y[held]) if bool(held.any()) else None
+    if stats is None:
+        return LayerStats(fit, out, _prior(module, norm, bias))
+    return LayerStats(_add(stats.fit, fit), _add(stats.held, out), stats.prior)
 
 
-def solve_norm(stats: NormMoments) -> tuple[Tensor, Tensor]:
-    """Per channel, the gain and shift that best map the normalised input to the target output."""
-    sn, sy, snn, sny, cnt = stats.sums
-    mean_n, mean_y = sn / cnt, sy / cnt
-    var_n = (snn / cnt - mean_n**2).clamp_min(1e-12)
-    gain = (sny / cnt - mean_n * mean_y) / var_n
-    return gain, mean_y - gain * mean_n
+def refit(module: nn.Module, stats: LayerStats, grid: tuple[float, ...]) -> Choice:
+    """Solve for the layer from its statistics (the strength the held-out rows prefer) and write it."""
+    choice = choose_strength(stats.fit if stats.fit is not None else stats.held, stats.held if stats.fit is not None
+                             else None, stats.prior, grid)
+    _assign(module, choice.weight, isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None)
+    return choice
 
 
-def _has_bias(module: nn.Module) -> bool:
-    return getattr(module, "bias", None) is not None
+def _prior(module: nn.Module, norm: bool, bias: bool) -> Tensor:
+    """The weights as chosen, in the refit's layout: (in [+1], out), or (channels, 2, 1) for a norm."""
+    weight = module.weight.detach().double()
+    if norm:
+        shift = module.bias.detach().double() if bias else torch.zeros_like(weight)
+        return torch.stack([weight, shift], -1).unsqueeze(-1)
+    w = weight.reshape(weight.shape[0], -1).T
+    return torch.cat([w, module.bias.detach().double()[None]], 0) if bias else w
 
 
-def record(module: nn.Module, stats: LayerStats | None, x: Tensor, y: Tensor, *, held: bool = False,
-           grams: dict | None = None) -> LayerStats:
-    """Add one mini-batch of a layer's input rows ``x`` and target rows ``y`` to its statistics (layers
-    that read the same input share one ``X^T X`` through ``grams``)."""
-    if isinstance(module, nn.LayerNorm):
-        stats = stats or LayerStats(NormMoments())
-        if held and stats.held is None:
-            stats.held = NormMoments()
-        n = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + module.eps)
-        (stats.held if held else stats.fit).add(n, y)
-        return stats
-    bias = _has_bias(module)
-    xa = torch.cat([x, torch.ones_like(x[:, :1])], 1) if bias else x
-    key = (id(x), bias)
-    gram = grams.get(key) if grams is not None else None
-    if gram is None:
-        gram = xa.T @ xa
-        if grams is not None:
-            grams[key] = gram
-    stats = stats or LayerStats(Moments())
-    if held and stats.held is None:
-        stats.held = Moments()
-    (stats.held if held else stats.fit).add(xa, y, gram)
-    return stats
-
-
-def refit(module: nn.Module, stats: LayerStats, ridge: float) -> None:
-    """Write the solution of ``stats`` into ``module`` (in its own dtype)."""
-    if isinstance(module, nn.LayerNorm):
-        gain, shift = solve_norm(stats.fit)
-        module.weight.data.copy_(gain.to(module.weight.dtype))
-        if module.bias is not None:
-            module.bias.data.copy_(shift.to(module.bias.dtype))
+def _assign(module: nn.Module, solution: Tensor, norm: bool, bias: bool) -> None:
+    if norm:
+        module.weight.data.copy_(solution[:, 0, 0].to(module.weight.dtype))
+        if bias:
+            module.bias.data.copy_(solution[:, 1, 0].to(module.bias.dtype))
         return
-    weight, bias = solve_linear(stats.fit, ridge, _has_bias(module))
-    module.weight.data.copy_(weight.reshape(module.weight.shape).to(module.weight.dtype))
-    if bias is not None:
-        module.bias.data.copy_(bias.to(module.bias.dtype))
+    inputs = module.weight[0].numel()
+    module.weight.data.copy_(solution[:inputs].T.reshape(module.weight.shape).to(module.weight.dtype))
+    if bias:
+        module.bias.data.copy_(solution[-1].to(module.bias.dtype))
 
 
 # ------------------------------------------------------------------------------------------- the walk
@@ -193,7 +170,8 @@ def compensate(
     *,
     source_name: Callable[[str], str] = lambda name: name,
     scale: Callable[[str], float] = lambda name: 1.0,
-    ridge: float = 1e-3,
+    ridge: float | None = None,
+    grid: tuple[float, ...] = GRID,
     layers: list[str] | None = None,
     budget: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -206,11 +184,17 @@ def compensate(
     source output indices that target layer ``name`` keeps (None: all), ``source_name`` maps a target
     module name to its source counterpart (they differ when layers were dropped), and ``scale(name)``
     multiplies the layer's target outputs (the attention-temperature correction for query/key projections
-    when the head width changes). By default every layer with a resized parameter is refit; ``layers``
-    names them explicitly. ``budget`` (bytes) bounds the boundaries kept in memory; the rest go to disk.
+    when the head width changes). Each refit is pulled towards the layer's weights as chosen
+    (``refit.choose_strength``): with ``ridge`` None the strength is chosen from ``grid`` on every fourth
+    calibration example, held out, else ``ridge`` is used as given. By default every layer with a resized
+    parameter is refit; ``layers`` names them explicitly. ``budget`` (bytes) bounds the boundaries kept in
+    memory; the rest go to disk.
     """
     batches = Batches.of(inputs)
-    report = Compensation(ridge=ridge)
+    report = Compensation()
+    fixed = None if ridge is None else (ridge,)
+    holdout = fixed is None and batches.examples >= HOLD_OUT_EVERY
+    report.held_out_examples = batches.examples // HOLD_OUT_EVERY if holdout else 0
     modules = dict(target.named_modules())
     active = _active(source, target, kept, source_name, layers, report)
     spill = Spill(budget)
@@ -222,15 +206,18 @@ def compensate(
         stats: dict[str, LayerStats] = {}
         versions = _versions(walkers[0], active)
         for done, stage in enumerate(stages):
-            _run_stage(walkers, stage, stats, kept, source_name, scale, report)
+            _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout)
             for name, k in stage:
                 if name in stats and name not in report.skipped:
-                    refit(modules[name], stats[name], ridge)
+                    choice = refit(modules[name], stats[name], fixed or grid)
+                    report.strengths[name] = "inf" if math.isinf(choice.strength) else choice.strength
+                    if choice.errors:
+                        report.held_out[name] = round(min(choice.errors.values()), 6)
                     if name in versions:
                         versions[name][k] = [p.detach().clone() for p in modules[name].parameters(recurse=False)]
                     if name not in report.layers:
                         report.layers.append(name)
-                    report.rows = max(report.rows, stats[name].fit.rows)
+                    report.rows = max(report.rows, stats[name].rows)
             if progress is not None:
                 progress(done + 1, len(stages))
         for name, saved in versions.items():  # the model keeps each layer's last refit
@@ -302,7 +289,7 @@ def _stages(target: Walker, active: list[str], report: Compensation) -> list[lis
 
 
 def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], stats: dict[str, LayerStats],
-               kept: Callable, source_name: Callable, scale: Callable, report: Compensation) -> None:
+               kept: Callable, source_name: Callable, scale: Callable, report: Compensation, holdout: bool) -> None:
     """One pass over the mini-batches: the stage's inputs from the target, the kept outputs of their
     counterparts from the source, recorded into ``stats``."""
     target, source = walkers
@@ -319,11 +306,12 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
     target.prepare(min(target.enter(n, k) for n, k in counterparts))
     source.prepare(min(source.enter(*c) for c in counterparts.values()))
     index = {key: kept(key[0]) for key in counterparts}
+    offset = 0  # examples before this mini-batch: every fourth example of the whole set is held out
     for i in range(len(target.batches)):
         xs = _capture(target, list(counterparts), i, "pre")
         ys = _capture(source, list(dict.fromkeys(counterparts.values())), i, "post")
-        grams: dict = {}
-        rows: dict[tuple[int, bool], Tensor] = {}  # layers reading one tensor share its rows and X^T X
+        size = target.batches.sizes[i]
+        rows: dict[tuple[int, bool], Tensor] = {}  # layers reading one tensor share its rows
         for (name, k), src in counterparts.items():
             module = target.modules[name]
             x, y = xs.get((name, k)), ys.get(src)
@@ -333,6 +321,7 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
             conv = isinstance(module, nn.Conv2d)
             if index[(name, k)] is not None:
                 y = y.index_select(1 if conv else -1, index[(name, k)].to(y.device))
+            shape = (x.movedim(1, -1) if conv else x).shape
             if (id(x), conv) not in rows:
                 rows[(id(x), conv)] = _rows(x, conv)
             x = rows[(id(x), conv)]
@@ -341,7 +330,19 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
             if x.shape[0] != y.shape[0] or y.shape[1] != width:
                 report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
                 continue
-            stats[name] = record(module, stats.get(name), x, y, grams=grams)
+            held = _held(shape, size, offset, target.batches.examples) if holdout else torch.zeros(
+                x.shape[0], dtype=torch.bool)
+            stats[name] = record(module, stats.get(name), x, y, held.to(x.device))
+        offset += size
+
+
+def _held(shape: torch.Size, size: int, offset: int, examples: int) -> Tensor:
+    """``held_out_rows`` for a mini-batch of ``size`` examples starting at example ``offset``."""
+    rows = math.prod(shape[:-1])
+    if len(shape) >= 2 and shape[0] == size:
+        held = (torch.arange(size) + offset) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
+        return held.repeat_interleave(rows // size)
+    return held_out_rows(shape, examples if size == examples else size)
 
 
 def _capture(walker: Walker, calls: list[tuple[str, int]], i: int, kind: str) -> dict[tuple[str, int], Tensor]:

@@ -40,9 +40,6 @@ PRESERVING = {
     "magnitude": "keep the units with the largest weight norms, one choice per dimension (no data)",
     "calibrated": "keep the units with the most activation on --calibration data, one choice per dimension",
 }
-# relative ridge of the least-squares refit. Demo source, 3/4 cut, rotation + compensation: 1e-2 gave
-# mAP@50 0.309, 3e-2 0.438, 1e-1 0.434 (lower val loss); without rotation 1e-4 gave 0.119, 1e-3 0.210
-RIDGE = 3e-2
 
 
 @dataclass
@@ -58,7 +55,9 @@ class Preservation:
     not_compensated: dict[str, str] = field(default_factory=dict)  # resized layers left as chosen, and why
     calibration: str | None = None  # where the calibration examples came from (a path), when known
     calibration_examples: int = 0
-    ridge: float | None = None  # of the compensation's least squares, when it ran
+    strengths: dict[str, float | str] = field(default_factory=dict)  # each refit's pull towards the choice
+    held_out: dict[str, float] = field(default_factory=dict)  # each refit's held-out error / the choice's
+    held_out_examples: int = 0  # calibration examples held out to choose the strengths
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,8 +128,10 @@ def fill(
         assert inputs is not None
         everything = {name: torch.as_tensor(index) for name, index in report.choices.items()}
         done = compensate(full, target, inputs, _kept(plan, everything, full.state_dict(), rename),
-                          source_name=rename, scale=_temperature(plan), ridge=RIDGE, budget=budget, progress=progress)
-        record.compensated, record.not_compensated, record.ridge = done.layers, done.skipped, RIDGE
+                          source_name=rename, scale=_temperature(plan), budget=budget, progress=progress)
+        record.compensated, record.not_compensated = done.layers, done.skipped
+        record.strengths, record.held_out, record.held_out_examples = done.strengths, done.held_out, \
+            done.held_out_examples
     return report, record
 
 

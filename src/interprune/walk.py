@@ -55,16 +55,16 @@ def split_batch(inputs: Batch, size: int | None) -> list[Batch]:
 class Batches(Sequence[Batch]):
     """Mini-batches of calibration inputs, made on demand (``make(i)``) so that only one is alive."""
 
-    def __init__(self, count: int, make: Callable[[int], Batch], examples: int):
-        self.count, self.make, self.examples = count, make, examples
+    def __init__(self, count: int, make: Callable[[int], Batch], sizes: list[int]):
+        self.count, self.make, self.sizes = count, make, sizes
+        self.examples = sum(sizes)  # examples per mini-batch, and in all
 
     @classmethod
     def of(cls, inputs: Batch | Sequence[Batch], size: int | None = None) -> "Batches":
         if isinstance(inputs, Batches):
             return inputs
         parts = split_batch(inputs, size) if isinstance(inputs, dict) else list(inputs)
-        examples = sum(_examples(p) for p in parts)
-        return cls(len(parts), lambda i: parts[i], examples)
+        return cls(len(parts), lambda i: parts[i], [_examples(p) for p in parts])
 
     def __len__(self) -> int:
         return self.count

@@ -1,0 +1,117 @@
+"""Regularised least-squares refits from accumulated statistics: pure functions, no I/O, no modules.
+
+Compensation refits a layer ``y = x @ W`` (a bias is a column of ones in ``x``) so the small model's
+layer reproduces the source's outputs. A plain least-squares refit on a few hundred calibration examples
+fits them well and can generalise badly: on text of another domain it left a pretrained encoder *worse*
+than the chosen weights alone. So every refit here is pulled towards the weights the choice gave,
+``W0`` (the selected or rotated source weights), not towards zero::
+
+    W(lam) = argmin |X W - Y|^2 + lam |D^(1/2) (W - W0)|^2 = (A + lam D)^-1 (B + lam D W0)
+
+with ``A = X^T X``, ``B = X^T Y`` and ``D = diag(A)`` (each input feature is penalised in its own units,
+so one strength suits residual streams with outlier channels, and a bias column alike). At ``lam -> inf``
+the refit *is* the choice, so "no compensation" is always one of the candidates. The strength is chosen
+from a grid by the error on held-out examples, which needs only their statistics::
+
+    err(W) = tr(W^T A_h W) - 2 tr(W^T B_h) + tr(C_h),   C_h = Y_h^T Y_h
+
+Everything works on batches of independent problems too (leading axes): a layer norm's per-channel gain
+and shift are one 2-input problem per channel. Statistics are plain tensors that add up over mini-batches,
+so a streamed engine can accumulate them block by block and call :func:`choose_strength` at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Moments", "moments", "channel_moments", "ridge_towards", "held_out_error", "choose_strength", "Choice", "GRID"]
+
+# relative strengths tried (``inf`` = keep the choice's weights); the held-out error picks one per layer
+GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, math.inf)
+
+
+@dataclass
+class Moments:
+    """Sufficient statistics of ``Y ~ X W`` over ``n`` rows: ``xx = X^T X`` (..., d, d), ``xy = X^T Y``
+    (..., d, k) and ``yy = tr(Y^T Y)`` per problem (...,). They add: stats of two mini-batches summed are
+    the stats of both."""
+
+    xx: Tensor
+    xy: Tensor
+    yy: Tensor
+    n: int
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.xx + other.xx, self.xy + other.xy, self.yy + other.yy, self.n + other.n)
+
+
+def moments(x: Tensor, y: Tensor) -> Moments:
+    """Statistics of rows ``x`` (..., n, d) and targets ``y`` (..., n, k), in float64."""
+    x, y = x.double(), y.double()
+    return Moments(x.mT @ x, x.mT @ y, (y * y).sum((-2, -1)), int(x.shape[-2]))
+
+
+def _penalty(xx: Tensor) -> Tensor:
+    """``D``: the diagonal of ``X^T X`` (floored, so a dead input still has a well-posed solve)."""
+    diag = xx.diagonal(dim1=-2, dim2=-1)
+    floor = diag.mean(-1, keepdim=True).clamp_min(1e-12) * 1e-6
+    return torch.maximum(diag, floor)
+
+
+def ridge_towards(stats: Moments, w0: Tensor, strength: float) -> Tensor:
+    """``W(lam)`` for relative strength ``strength`` (0: plain least squares, inf: ``w0``)."""
+    w0 = w0.to(stats.xy.dtype)
+    if math.isinf(strength):
+        return w0.clone()
+    d = _penalty(stats.xx) * strength
+    system = stats.xx + torch.diag_embed(d)
+    rhs = stats.xy + d.unsqueeze(-1) * w0
+    if strength == 0:  # plain least squares may be singular: a minimum-norm answer, not an error
+        return torch.linalg.lstsq(system, rhs).solution
+    return torch.linalg.solve(system, rhs)
+
+
+def held_out_error(stats: Moments, w: Tensor) -> Tensor:
+    """``|X_h W - Y_h|^2`` per problem, from the held-out statistics alone."""
+    w = w.to(stats.xy.dtype)
+    return ((w * (stats.xx @ w)).sum((-2, -1)) - 2 * (w * stats.xy).sum((-2, -1)) + stats.yy)
+
+
+@dataclass
+class Choice:
+    """The chosen refit: its weights (refit on fit + held-out rows), strength, and the held-out error of
+    every strength tried relative to the choice's own weights (``inf``): below 1 means the refit helps."""
+
+    weight: Tensor
+    strength: float
+    errors: dict[float, float]
+
+
+def choose_strength(fit: Moments, held: Moments | None, w0: Tensor, grid: tuple[float, ...] = GRID,
+                    *, slack: float = 0.0) -> Choice:
+    """Pick the strength whose refit on ``fit`` has the least error on ``held`` (summed over problems),
+    preferring the strongest pull towards ``w0`` within ``slack`` (relative) of that least error, then
+    refit on both parts with it. Without held-out rows the middle of the grid is used."""
+    if held is None or held.n == 0:
+        strength = grid[len(grid) // 2]
+        return Choice(ridge_towards(fit, w0, strength), strength, {})
+    base = float(held_out_error(held, w0).sum().clamp_min(1e-30))
+    errors = {s: float(held_out_error(held, ridge_towards(fit, w0, s)).sum()) / base for s in grid}
+    best = min(errors.values())
+    strength = max(s for s, e in errors.items() if e <= best * (1 + slack) + 1e-12)
+    return Choice(ridge_towards(fit + held, w0, strength), strength, errors)
+
+
+def channel_moments(x: Tensor, y: Tensor) -> Moments:
+    """Statistics of one ``y_c ~ g_c x_c + b_c`` problem per channel ``c`` (a norm's gain and shift),
+    from rows ``x`` and ``y`` of shape (n, c), without materialising a (c, n, 2) design."""
+    x, y = x.double(), y.double()
+    n = x.shape[0]
+    sx, sxx, sy, sxy = x.sum(0), (x * x).sum(0), y.sum(0), (x * y).sum(0)
+    xx = torch.stack([torch.stack([sxx, sx], -1), torch.stack([sx, torch.full_like(sx, n)], -1)], -2)
+    xy = torch.stack([sxy, sy], -1).unsqueeze(-1)
+    return Moments(xx, xy, (y * y).sum(0), n)

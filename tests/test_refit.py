@@ -1,0 +1,79 @@
+"""The regularised refit as pure math, against direct computations (oracles)."""
+
+import math
+
+import torch
+
+from interprune.compensate import held_out_rows
+from interprune.refit import channel_moments, choose_strength, held_out_error, moments, ridge_towards
+
+
+def _data(n=64, d=5, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.1, 10, d, dtype=torch.float64)
+    w = torch.randn(d, k, generator=g, dtype=torch.float64)
+    return x, w, g
+
+
+def test_ridge_towards_the_prior_is_the_augmented_least_squares_solution():
+    x, w, g = _data()
+    y = x @ w + 0.1 * torch.randn(64, 3, generator=g, dtype=torch.float64)
+    w0 = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    lam = 0.3
+    d = (x * x).sum(0) * lam  # the penalty is each feature's own energy times the strength
+    design = torch.cat([x, torch.diag(d.sqrt())])
+    target = torch.cat([y, d.sqrt()[:, None] * w0])
+    oracle = torch.linalg.lstsq(design, target).solution
+    assert torch.allclose(ridge_towards(moments(x, y), w0, lam), oracle, atol=1e-10)
+    assert torch.equal(ridge_towards(moments(x, y), w0, math.inf), w0)
+    assert torch.allclose(ridge_towards(moments(x, y), w0, 0.0), torch.linalg.lstsq(x, y).solution, atol=1e-10)
+
+
+def test_held_out_error_from_statistics_equals_the_residual_norm():
+    x, w, g = _data()
+    y = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    assert torch.allclose(held_out_error(moments(x, y), w), ((x @ w - y) ** 2).sum(), rtol=1e-10)
+
+
+def test_statistics_add_over_mini_batches():
+    x, w, g = _data()
+    y = x @ w
+    whole, parts = moments(x, y), moments(x[:20], y[:20]) + moments(x[20:], y[20:])
+    assert whole.n == parts.n == 64
+    for a, b in ((whole.xx, parts.xx), (whole.xy, parts.xy), (whole.yy, parts.yy)):
+        assert torch.allclose(a, b)
+
+
+def test_channel_moments_are_one_gain_and_shift_problem_per_channel():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)
+    stats = channel_moments(x, y)
+    for c in range(4):
+        design = torch.stack([x[:, c], torch.ones(50)], 1)
+        oracle = moments(design, y[:, c:c + 1])
+        assert torch.allclose(stats.xx[c], oracle.xx) and torch.allclose(stats.xy[c], oracle.xy)
+        assert torch.allclose(stats.yy[c], oracle.yy)
+
+
+def test_held_out_rows_are_whole_examples():
+    held = held_out_rows(torch.Size([8, 3, 5]), 8)
+    assert held.tolist() == [i % 4 == 3 for i in range(8) for _ in range(3)]
+    assert not held_out_rows(torch.Size([3, 2, 5]), 3).any()  # too few examples: nothing held out
+
+
+def test_strength_follows_the_held_out_error():
+    """A refit that only fits noise loses to the prior on held-out rows; one that finds a real relation wins."""
+    x, w, g = _data(n=40, d=30, k=2)
+    noise = lambda n: torch.randn(n, 2, generator=g, dtype=torch.float64)  # noqa: E731
+    x_h = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    # the prior is the truth and the fit rows are noisy: keep the prior (or nearly)
+    fit, held = moments(x, x @ w + 3 * noise(40)), moments(x_h, x_h @ w + 3 * noise(40))
+    choice = choose_strength(fit, held, w)
+    assert choice.strength >= 1 and choice.errors[math.inf] == 1.0
+    # the prior is wrong and the data clean: a weak pull, and a refit far better than the prior
+    wrong = torch.zeros_like(w)
+    choice = choose_strength(moments(x, x @ w), moments(x_h, x_h @ w), wrong)
+    assert choice.strength <= 1e-2 and min(choice.errors.values()) < 1e-3
+    # never worse than the prior on the held-out rows: the prior is a candidate
+    choice = choose_strength(fit, held, wrong)
+    assert min(choice.errors.values()) <= choice.errors[math.inf]
