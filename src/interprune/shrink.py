@@ -285,9 +285,10 @@ def shrink(
             inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
         _check_budget(budget, config, inputs, calibration_batch)
         # least squares in full precision, without changing a caller's half-precision model
-        work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
+        ours = not isinstance(source, PreTrainedModel)  # loaded here: converted in place, not copied
+        work = model if model.dtype == torch.float32 else (model.float() if ours else copy.deepcopy(model).float())
         if device != "cpu":
-            work = copy.deepcopy(work) if work is model else work
+            work = copy.deepcopy(work) if work is model and not ours else work
             work, target, inputs = work.to(device), target.to(device), _on(inputs, device)
         report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
                               layers=layers, rotate=rotate, seed=seed, batch_size=calibration_batch, budget=budget,
