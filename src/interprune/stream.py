@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import InterpruneError
+from .models import first_line
 
 __all__ = ["Checkpoint", "ShardWriter", "parse_size", "stream_shrink", "INDEX"]
 
@@ -58,13 +59,14 @@ class Checkpoint(Mapping[str, Tensor]):
                                       f"{', '.join(missing[:3])}; copy every shard of the checkpoint")
             self.files = {name: self.folder / f for name, f in weight_map.items()}
         elif (self.folder / SINGLE).is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(self.folder / SINGLE), "pt") as handle:
-                self.files = {name: self.folder / SINGLE for name in handle.keys()}
+            self.files = {}
         else:
             raise InterpruneError(f"{self.folder} has no {SINGLE} or {INDEX}")
         self._handles: dict[Path, Any] = {}
+        for path in sorted(set(self.files.values())) or [self.folder / SINGLE]:
+            names = self._handle(path).keys()  # every header read now: a damaged file is refused before work
+            if not self.files:
+                self.files = {name: path for name in names}
 
     @staticmethod
     def found(folder: str | os.PathLike) -> bool:
@@ -75,7 +77,11 @@ class Checkpoint(Mapping[str, Tensor]):
         from safetensors import safe_open
 
         if path not in self._handles:
-            self._handles[path] = safe_open(str(path), "pt")
+            try:
+                self._handles[path] = safe_open(str(path), "pt")
+            except Exception as err:
+                raise InterpruneError(f"cannot read the weights of {self.folder}: {first_line(err)}; the file is "
+                                      f"truncated or not a model file: save or download it again") from None
         return self._handles[path]
 
     def __getitem__(self, name: str) -> Tensor:
