@@ -233,6 +233,20 @@ def _ancestors(name: str) -> Iterator[str]:
         yield ".".join(parts[:i])
 
 
+def _block_level(name: str) -> bool:
+    """A block of a stack (``layers.3``) or a part outside every stack (``embed_tokens``, ``backbone``):
+    the modules worth skipping (a part inside a block holds one block's intermediate, not a boundary)."""
+    parts = name.split(".")
+    return parts[-1].isdigit() or not any(p.isdigit() for p in parts)
+
+
+def _outer_block(name: str) -> str | None:
+    """The outermost block of a stack that ``name`` lies in (``model.layers.3`` for its attention)."""
+    parts = name.split(".")
+    index = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    return ".".join(parts[: index + 1]) if index is not None else None
+
+
 class Walker:
     """Runs ``model`` on mini-batch ``i`` with finished modules replayed or skipped (see the module doc)."""
 
@@ -305,7 +319,7 @@ class Walker:
         complete = {n for n in self.replayed if n in self.stores and len(self.stores[n].items) == len(self.batches)}
         consumed = {self.calls[n][0].input_id for n in complete}
         candidates = frozenset(n for n in complete if self.calls[n][0].output_ids & consumed
-                               and _skippable(self.stores[n].shapes))
+                               and _skippable(self.stores[n].shapes) and _block_level(n))
         for name in sorted(candidates):
             role = re.sub(r"\.\d+(?=\.|$)", ".*", name)  # the same part of every block of a stack
             key = (role, type(self.modules[name]).__name__)
@@ -321,12 +335,20 @@ class Walker:
         """Whether every module call of the rest of the forward on the first mini-batch gets the same
         inputs with ``candidates`` skipped (a mask or a position table hidden in a skipped output would
         show here, not only at the stage)."""
-        seen = [self._fingerprint({}), self._fingerprint({n: self.stores[n].shapes for n in candidates})]
+        name = next(n for n, calls in self.calls.items() for c in calls if c.enter == start)
+        until = _outer_block(name)
+        until = until if until in self.calls and len(self.calls[until]) == 1 else None
+        seen = [self._fingerprint({}, until), self._fingerprint({n: self.stores[n].shapes for n in candidates}, until)]
         return seen[0] is not None and seen[0] == seen[1]
 
     @torch.no_grad()
-    def _fingerprint(self, extra: dict[str, Any]) -> list | None:
+    def _fingerprint(self, extra: dict[str, Any], until: str | None) -> list | None:
+        """Every module input of the first mini-batch's forward, up to the end of block ``until`` (the
+        block of the stage: what a skipped output could change first) or of the model."""
         prints: list = []
+
+        def stop(module: nn.Module, args: tuple, output: Any) -> None:
+            raise Stop
 
         def note(module: nn.Module, args: tuple, kwargs: dict) -> None:
             for t in _tensors((args, kwargs)):
@@ -334,6 +356,8 @@ class Walker:
                 prints.append((tuple(t.shape), float(v.sum()), float((v * v).sum())))
 
         handles = [m.register_forward_pre_hook(note, with_kwargs=True) for m in self.modules.values()]
+        if until is not None:
+            handles.append(self.modules[until].register_forward_hook(stop))
         try:
             self.run(0, [], replayed=self.replayed - set(extra), skipped={**self.skipped, **extra}, record=False)
         except Exception:  # a placeholder the model cannot take: not skippable
