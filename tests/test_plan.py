@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interprune.plan import default_choices, make_plan
+from interprune.plan import Grid, default_choices, make_plan
 from interprune.resample import select_indices
 from interprune.transfer import transfer
 
@@ -53,8 +53,7 @@ def test_fewer_key_value_heads_keep_a_whole_head_and_its_query_heads():
 def test_vit_position_grid_is_resized_as_a_grid_with_cls_kept(method):
     source, target = build("vit", image_size=32), build("vit", image_size=16)
     plan = make_plan(source, target)
-    assert plan["position_grid"].grid == {"source": [4, 4], "target": [2, 2], "before": 1, "after": 0,
-                                          "relative": False}
+    assert plan["position_grid"].grid == Grid(source=(4, 4), target=(2, 2), before=1, after=0, relative=False)
     transfer(source, target, method, plan=plan)
     src = source.state_dict()["embeddings.position_embeddings"][0]
     dst = target.state_dict()["embeddings.position_embeddings"][0]
@@ -178,4 +177,4 @@ def test_yolos_detection_tokens_and_clip_class_token_are_kept_around_their_grids
     clip, small = build("clip"), build("clip", vision_config={**FAMILIES["clip"][1]["vision_config"], "image_size": 16})
     plan = make_plan(clip, small)
     grid = plan["vision_model.position_grid"]
-    assert grid.grid["before"] == 1 and [a.tensor for a in grid.axes] == ["vision_model.embeddings.position_embedding.weight"]
+    assert grid.grid.before == 1 and [a.tensor for a in grid.axes] == ["vision_model.embeddings.position_embedding.weight"]

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from .plan import grouped_heads
+from .expert_stats import expert_scores
+from .plan.fused import real_name, split_state
 from .resample import select_indices
 from .walk import Batches
 
@@ -32,7 +34,7 @@ __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "
            "layer_name_map", "DEPTH_CHOICES", "SCORED_KINDS"]
 
 Batch = dict[str, Any]
-SCORED_KINDS = ("residual", "ffn", "heads", "head_dim", "kv_heads", "channels")
+SCORED_KINDS = ("residual", "ffn", "heads", "head_dim", "kv_heads", "channels", "experts")
 DEPTH_CHOICES = ("first", "uniform", "importance")
 
 
@@ -51,6 +53,7 @@ def magnitude_scores(state: dict[str, Tensor], plan: Any,
     """Per dimension, the summed (per-tensor normalised) squared weight norms of its units. ``rename``
     maps the plan's (target) tensor names to ``state``'s when layers were dropped."""
     scores = {}
+    state = split_state(getattr(plan, "fused", {}), state, rename)  # fused q|k|v, gate|up: scored by part
     for dim in plan.dimensions:
         total = torch.zeros(dim.source)
         for axis in dim.axes:
@@ -108,9 +111,10 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch | Batches,
     """Per dimension, activation-based scores on ``inputs`` (see the module docstring); a dimension no
     hooked layer touches falls back to weight magnitude, so every dimension gets a score. ``rename``
     maps the plan's (target) names to ``model``'s when layers were dropped."""
-    state = model.state_dict()
-    owners = {rename(a.tensor.rpartition(".")[0]) for d in plan.dimensions for a in d.axes
-              if a.tensor.endswith(".weight")}
+    fused = getattr(plan, "fused", {})
+    state = split_state(fused, model.state_dict(), rename)
+    owners = {rename(real_name(a.tensor).rpartition(".")[0]) for d in plan.dimensions for a in d.axes
+              if real_name(a.tensor).endswith(".weight")}
     named = dict(model.named_modules())
     hooked = {n for n in owners if isinstance(named.get(n), (nn.Linear, nn.Conv2d, nn.LayerNorm))}
     energy = _energies(model, inputs, hooked)
@@ -119,11 +123,11 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch | Batches,
     for dim in plan.dimensions:
         total, used = torch.zeros(dim.source), False
         for axis in dim.axes:
-            owner, _, leaf = axis.tensor.rpartition(".")
+            owner, _, leaf = real_name(axis.tensor).rpartition(".")
             owner = rename(owner)
             if leaf != "weight" or owner not in energy:
                 continue
-            e_in, e_out = energy[owner]
+            e_in, e_out = _part_energy(fused, axis, energy[owner])
             weight = state[rename(axis.tensor)].float()
             if isinstance(named[owner], nn.LayerNorm) or axis.axis == 0:
                 per = e_out
@@ -135,7 +139,17 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch | Batches,
             total += _normalised(per)
             used = True
         scores[dim.name] = total if used else fallback[dim.name]
+    scores.update(expert_scores(model, plan, inputs, rename))  # experts: on the tokens routed to each
     return scores
+
+
+def _part_energy(fused: dict, axis: Any, energy: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """A fused layer's output energies restricted to one part (q, k, v; gate, up) when ``axis`` is one."""
+    whole = fused.get(real_name(axis.tensor))
+    if whole is None:
+        return energy
+    part = next(p for p in whole.parts if whole.part_name(p) == axis.tensor)
+    return energy[0], energy[1][part.source]
 
 
 def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -153,7 +167,7 @@ def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:
     for dim in plan.dimensions:  # grouped-query attention: query heads stay with the key/value heads kept
         kv_name = dim.name.replace(".heads", ".kv_heads")
         if dim.kind == "heads" and getattr(dim, "kv", None) is not None and (dim.name in choices or kv_name in choices):
-            (kv_s, kv_t) = dim.kv  # the key/value heads kept (all of them when their count is unchanged)
+            kv_s, kv_t = dim.kv.source, dim.kv.target  # the key/value heads kept (all of them when their count is unchanged)
             kept = choices[kv_name] if kv_name in choices else torch.arange(kv_s)
             choices[dim.name] = grouped_heads(kept, dim.source // kv_s, dim.target // kv_t, select_indices)
     return choices

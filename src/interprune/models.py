@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -127,9 +128,20 @@ def build_model(config: PretrainedConfig, seed: int = 0, *, meta: bool = False) 
     except InterpruneError:
         raise
     except Exception as err:
-        raise InterpruneError(f"the target configuration cannot be built: {first_line(err)}; change the --set "
+        raise InterpruneError(f"the target configuration cannot be built: {_build_error(err)}; change the --set "
                               f"values") from None
     return model.eval()
+
+
+def _build_error(err: BaseException) -> str:
+    """transformers' reason, said in a line; a weight tie that finds no layers to tie (D-FINE's box heads
+    with one decoder layer) would otherwise be a 300-character cut of a list of tensor names."""
+    text = first_line(err)
+    tie = re.search(r"tie_weights_keys` for (\S+?):(\S+?)\. ", text)
+    if tie:
+        return (f"transformers ties {tie.group(1)} to the layers matching {tie.group(2)} and this target has none "
+                f"of them; too few layers for this family (keep at least two)")
+    return text
 
 
 def load_model(source: str | os.PathLike, config: PretrainedConfig | None = None,

@@ -29,7 +29,7 @@ from .compensate import compensate
 from .errors import InterpruneError
 from .importance import (DEPTH_CHOICES, activation_scores, choose, choose_layers, layer_influence, layer_name_map,
                          magnitude_scores)
-from .plan import STRUCTURED, Plan, axis_index, make_plan
+from .plan import STRUCTURED, Plan, make_plan, output_index
 from .rotate import query_key_axes, rotate_heads
 from .transfer import transfer
 from .walk import Batches
@@ -140,11 +140,10 @@ def _kept(plan: Plan, choices: dict[str, Tensor], state: dict[str, Tensor], rena
     filled it), or None when that axis kept every unit."""
     def kept(name: str) -> Tensor | None:
         tensor = f"{name}.weight"
-        entries = [(dim, ax) for axis, dim, ax in plan.entries(tensor) if axis == 0 and dim.kind != "layers"]
         source = state.get(rename(tensor))
-        if not entries or source is None:
+        if source is None:
             return None
-        return axis_index(source.shape[0], entries, choices)  # -1 marks a grown unit: compensate skips it
+        return output_index(plan, tensor, source.shape[0], choices)  # -1 marks a grown unit: compensate skips it
 
     return kept
 

@@ -15,13 +15,13 @@ where a rotation would change the function.
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from .plan import RULES
+from .plan.fused import PART_MARK
 from .walk import Batches
 
 __all__ = ["rotate_heads", "query_key_axes"]
@@ -32,11 +32,10 @@ Batch = dict[str, Any]
 def query_key_axes(dim: Any) -> tuple[list[Any], list[Any]]:
     """Split a head-width dimension's axes into queries/keys and values/output, by projection name
     (the plan's ``RULES``); readers (the output projection's input axis) belong to the values."""
-    q_re, k_re = re.compile(RULES["query_names"]), re.compile(RULES["key_names"])
     qk, vo = [], []
     for axis in dim.axes:
         module = axis.tensor.rpartition(".")[0].rpartition(".")[2]
-        (qk if axis.axis == 0 and (q_re.search(module) or k_re.search(module)) else vo).append(axis)
+        (qk if axis.axis == 0 and RULES.is_query_or_key(module) else vo).append(axis)
     return qk, vo
 
 
@@ -46,7 +45,9 @@ def _rotatable(dim: Any) -> bool:
     of the width would mix)."""
     parts = {a.parts for a in dim.axes}
     qk, vo = query_key_axes(dim)
+    fused = any(PART_MARK in a.tensor for a in dim.axes)  # parts of a fused tensor are not rotated in place
     return (dim.kind == "head_dim" and dim.target < dim.source and len(parts) == 1 and dim.aligned is None
+            and not fused
             and all(a.group == 1 for a in dim.axes) and bool(qk) and bool(vo))
 
 

@@ -125,8 +125,27 @@ def _plain(value: Any) -> Any:
     return value.to_dict() if isinstance(value, PretrainedConfig) else value
 
 
+def _follow_counts(config: PretrainedConfig, own: dict[str, Any], values: dict[str, Any], where: str) -> None:
+    """Per-layer lists of names (Gemma3's ``layer_types`` when not the default pattern) follow a changed layer
+    count: the first layers keep their types; more layers than listed must be listed."""
+    for key, new in own.items():
+        old = getattr(config, key, None)
+        if not isinstance(new, int) or not isinstance(old, int) or isinstance(new, bool) or new == old:
+            continue
+        for other, value in list(values.items()):
+            if other in own or not isinstance(value, list) or len(value) != old or not value:
+                continue
+            if not all(isinstance(v, str) for v in value):
+                continue
+            if new > old:
+                raise InterpruneError(f"{where}{key} grows to {new} but {where}{other} lists {old} entries; set "
+                                      f"{where}{other} to a list of {new}")
+            values[other] = value[:new]
+
+
 def _follow_lists(config: PretrainedConfig, own: dict[str, Any], values: dict[str, Any], where: str) -> None:
     """Per-stage lists must stay as long as the stage list you changed (Swin ``depths`` -> ``num_heads``)."""
+    _follow_counts(config, own, values, where)
     for key, new in own.items():
         old = getattr(config, key, None)
         if not (isinstance(new, list) and isinstance(old, list)) or len(new) == len(old):
@@ -158,6 +177,12 @@ def _check_heads(config: PretrainedConfig, explicit: set[str], where: str) -> No
             raise InterpruneError(
                 f"hidden size {hidden} is not divisible by {where}{key}={heads}; pick a {where}{hidden_key} that "
                 f"is a multiple of {heads}, change {where}{key}, or set {where}head_dim explicitly")
+        widths = fields.get("hidden_sizes")
+        if isinstance(heads, list) and isinstance(widths, list) and len(widths) == len(heads):  # SegFormer
+            for stage, (width, count) in enumerate(zip(widths, heads)):
+                if count <= 0 or width % count:
+                    raise InterpruneError(f"stage {stage} has width {width} ({where}hidden_sizes[{stage}]), not "
+                                          f"divisible by {where}{key}[{stage}]={count}; pick head counts that divide it")
         if isinstance(heads, list) and isinstance(fields.get("embed_dim"), int):  # Swin: one count per stage
             for stage, count in enumerate(heads):
                 width = fields["embed_dim"] * 2 ** stage
@@ -190,6 +215,8 @@ def dummy_inputs(model: PreTrainedModel) -> dict[str, torch.Tensor]:
         height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
         channels = getattr(vision, "num_channels", 3)
         inputs["pixel_values"] = torch.zeros(1, channels, height, width)
+    if "input_values" in params:  # raw audio (Wav2Vec2): 0.1 s at 16 kHz, a few frames after its strided convs
+        inputs["input_values"] = torch.zeros(1, 1600)
     if "input_features" in params:
         frames = 2 * getattr(config, "max_source_positions", 1500)
         inputs["input_features"] = torch.zeros(1, getattr(config, "num_mel_bins", 80), frames)

@@ -19,7 +19,7 @@ from torch import nn
 from torch import Tensor
 
 from .models import count_parameters
-from .plan import STRUCTURED, Plan, axis_index, default_choices, make_plan
+from .plan import STRUCTURED, Grid, Plan, axis_index, default_choices, make_plan
 from .resample import METHODS, resample
 
 __all__ = ["TensorRecord", "TransferReport", "transfer", "count_parameters"]
@@ -176,6 +176,14 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
     """One resized tensor: planned axes by their dimension's choice, the others resampled with ``method``."""
     if fresh.numel() == 0:
         return fresh.clone()
+    fused = plan.fused.get(name)
+    if fused is not None and structured:  # fused q|k|v or gate|up: fill each part as planned, then join
+        out = fresh.clone()
+        for part in fused.parts:
+            piece = _fill(fused.part_name(part), value.index_select(fused.axis, part.source),
+                          fresh.index_select(fused.axis, part.target), method, plan, choices, structured, generator)
+            out.index_copy_(fused.axis, part.target, piece.to(out.dtype))
+        return out
     by_axis: dict[int, list] = {}
     for axis, dim, ax in plan.entries(name):
         by_axis.setdefault(axis, []).append((dim, ax))
@@ -183,8 +191,8 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
     for axis, entries in sorted(by_axis.items()):
         if work.shape[axis] == fresh.shape[axis]:
             continue
-        ids = all(d.kind in ("vocab", "positions") or (d.kind == "grid" and d.grid["relative"]) for d, _ in entries)
-        grid = [d for d, _ in entries if d.kind == "grid" and not d.grid["relative"]]
+        ids = all(d.kind in ("vocab", "positions") or (d.kind == "grid" and d.grid.relative) for d, _ in entries)
+        grid = [d for d, _ in entries if d.kind == "grid" and not d.grid.relative]
         if not structured and grid and len(entries) == 1:
             work = _resample_grid(work, axis, grid[0].grid, method)
             continue
@@ -203,10 +211,10 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
     return work
 
 
-def _resample_grid(value: Tensor, axis: int, grid: dict, method: str) -> Tensor:
+def _resample_grid(value: Tensor, axis: int, grid: Grid, method: str) -> Tensor:
     """Resize a position grid as a 2-D image with ``method``, keeping its extra tokens (CLS, detection)."""
-    (hs, ws), (ht, wt) = grid["source"], grid["target"]
-    before, after = grid["before"], grid["after"]
+    (hs, ws), (ht, wt) = grid.source, grid.target
+    before, after = grid.before, grid.after
     moved = value.movedim(axis, -1)
     head, cells, tail = moved[..., :before], moved[..., before:before + hs * ws], moved[..., before + hs * ws:]
     cells = cells.reshape(*cells.shape[:-1], hs, ws)
