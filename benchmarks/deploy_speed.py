@@ -25,7 +25,7 @@ import torch
 from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor
 
 from interprune.bench import Stopwatch, bench, dummy_inputs, file_mb, load_measured
-from interprune.transfer import count_parameters
+from interprune.hf.models import count_parameters
 
 SETTINGS = {"full": {}, "half": {"d_model": 128, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024}}
 

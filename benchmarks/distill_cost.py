@@ -17,9 +17,12 @@ from pathlib import Path
 from interprune.data.rocks import NAMES
 from interprune.data.domains import write_domain
 from interprune.demo import DEMO_SOURCE
-from interprune.shrink import save, shrink
-from interprune.train.run import load_detector, load_processor, train
-from interprune.shrink import load_config
+from interprune.hf.models import save
+from interprune.weights.shrink import shrink
+from interprune.hf.models import load_detector
+from interprune.hf.processors import load_processor
+from interprune.train.run import train
+from interprune.hf.models import load_config
 from interprune.train.settings import TrainSettings
 
 SMALL = {"d_model": 64, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128}  # the demo preset's target

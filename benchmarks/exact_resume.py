@@ -19,7 +19,8 @@ from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor
 from interprune.data.rocks import NAMES, draw_rocks
 from interprune.data.synthetic import write_dataset
 from interprune.train.module import DetectionModule
-from interprune.train.run import read_metrics, train
+from interprune.train.metrics import read_metrics
+from interprune.train.run import train
 from interprune.train.settings import TrainSettings
 
 TINY = dict(backbone="mobilenetv3_small_050", use_pretrained_backbone=False, num_labels=3, d_model=32,

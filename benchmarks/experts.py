@@ -15,9 +15,9 @@ import torch
 import transformers as T
 
 from interprune import shrink
-from interprune.expert_stats import expert_scores
-from interprune.importance import magnitude_scores
-from interprune.shrink import plan_for
+from interprune.preserve.expert_stats import expert_scores
+from interprune.preserve.importance import magnitude_scores
+from interprune.weights.shrink import plan_for
 
 
 def relative_error(small, model, inputs) -> float:

@@ -68,7 +68,7 @@ def encoder_retention(methods: list[str]) -> None:
     """Pre-train a small BERT by masked-language modelling, shrink it, compare embedding geometry."""
     from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
-    from interprune.shrink import shrink
+    from interprune.weights.shrink import shrink
 
     folder = Path(tempfile.mkdtemp(prefix="encoder-"))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "near"] + [w for ws in WORDS.values() for w in ws]
@@ -133,12 +133,14 @@ def main() -> None:
         encoder_retention([METHOD_KEYS[k] for k in args.methods.split(",")])
         return
 
-    from interprune.calibration import calibration_inputs
+    from interprune.preserve.calibration import calibration_inputs
     from interprune.data import open_dataset
     from interprune.data.domains import write_domain
     from interprune.demo import DEMO_SOURCE
-    from interprune.shrink import load_model, save, shrink
-    from interprune.train.run import evaluate, load_processor
+    from interprune.hf.models import load_model, save
+    from interprune.weights.shrink import shrink
+    from interprune.hf.processors import load_processor
+    from interprune.train.run import evaluate
 
     work = Path(args.out or tempfile.mkdtemp(prefix="retention-"))
     check, calib = work / "shapes-check", work / "shapes-calibration"

@@ -18,7 +18,8 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 import torch
-from interprune.shrink import load_model, save, shrink
+from interprune.hf.models import load_model, save
+from interprune.weights.shrink import shrink
 torch.set_num_threads(2)
 job, source, out = sys.argv[1:4]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

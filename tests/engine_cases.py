@@ -17,7 +17,8 @@ def demo_pixels(count: int = 6) -> dict:
     """``count`` shapes images of the source domain, through the demo source's own processor."""
     import tempfile
 
-    from interprune.calibration import calibration_inputs, model_processor
+    from interprune.hf.processors import model_processor
+    from interprune.preserve.calibration import calibration_inputs
     from interprune.data.domains import write_domain
     from interprune.demo import DEMO_SOURCE
 
@@ -46,7 +47,7 @@ def text_ids() -> dict:
 def cases() -> dict:
     """name -> (source, overrides, options); calibration inputs are made by ``inputs(name)``."""
     from interprune.demo import DEMO_SOURCE
-    from interprune.shrink import load_model
+    from interprune.hf.models import load_model
 
     from .conftest import tiny_bert
 
@@ -73,7 +74,7 @@ def fingerprint(model: torch.nn.Module, report) -> dict:
 
 
 def run_case(name: str, **extra) -> dict:
-    from interprune.shrink import shrink
+    from interprune.weights.shrink import shrink
 
     source, overrides, options = cases()[name]
     inputs = demo_pixels() if name.startswith("demo") else text_ids()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interprune import save, shrink
-from interprune.shrink import dummy_inputs
+from interprune.hf.inputs import dummy_inputs
 
 from .families import FAMILIES
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from interprune.compensate import compensate, layer_errors
-from interprune.resample import select_indices
-from interprune.transfer import transfer
+from interprune.preserve.compensate import compensate, layer_errors
+from interprune.weights.resample import select_indices
+from interprune.weights.transfer import transfer
 
 from .conftest import tiny_bert
 

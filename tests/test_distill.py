@@ -7,9 +7,11 @@ from transformers import AutoModelForObjectDetection, DetrImageProcessor
 from interprune import InterpruneError
 from interprune.cli import main
 from interprune.data.rocks import NAMES
-from interprune.shrink import save, shrink
+from interprune.hf.models import save
+from interprune.weights.shrink import shrink
 from interprune.train.distill import make_distillation as run_make
-from interprune.train.run import load_detector, train
+from interprune.hf.models import load_detector
+from interprune.train.run import train
 from interprune.train.settings import TrainSettings
 
 FAST = dict(steps=3, val_every=3, workers=0, log_every=1)

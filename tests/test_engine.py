@@ -38,7 +38,7 @@ def test_mini_batches_give_the_one_batch_model(name, batch):
 def test_a_short_calibration_file_is_used_as_it_is_with_a_warning(tmp_path, capsys):
     from transformers import BertTokenizer
 
-    from interprune.calibration import calibration_inputs
+    from interprune.preserve.calibration import calibration_inputs
 
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]))
     text = tmp_path / "calib.txt"
@@ -50,7 +50,7 @@ def test_a_short_calibration_file_is_used_as_it_is_with_a_warning(tmp_path, caps
 
 def test_spilled_boundaries_give_the_same_model():
     """A budget of one boundary sends the others to disk; the model is the same."""
-    from interprune.shrink import shrink
+    from interprune.weights.shrink import shrink
 
     from .engine_cases import fingerprint, text_ids, tiny_qwen
 

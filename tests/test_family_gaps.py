@@ -7,7 +7,7 @@ import torch
 
 from interprune import shrink
 from interprune.errors import InterpruneError
-from interprune.shrink import plan_for
+from interprune.weights.shrink import plan_for
 
 from .families import FAMILIES
 

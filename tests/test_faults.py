@@ -23,7 +23,8 @@ from interprune.sweep.config import load_sweep
 from interprune.sweep.report import write_report
 from interprune.sweep.run import run_sweep
 from interprune.train.resume import check_checkpoint
-from interprune.train.run import read_metrics, train
+from interprune.train.metrics import read_metrics
+from interprune.train.run import train
 from interprune.train.settings import TrainSettings
 from interprune.train.summary import RunSummary
 

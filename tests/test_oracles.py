@@ -14,7 +14,8 @@ import torch
 
 from interprune import shrink
 from interprune.plan import Kind
-from interprune.shrink import dummy_inputs, plan_for
+from interprune.hf.inputs import dummy_inputs
+from interprune.weights.shrink import plan_for
 
 from .families import FAMILIES
 from .oracles import max_error, outputs, perturbed, random_inputs, zero_dropped
@@ -196,7 +197,7 @@ def test_fused_layouts_match_transformers_own_split(case):
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
 def test_calibrated_scores_each_expert_on_its_routed_tokens(family):
-    from interprune.expert_stats import expert_scores
+    from interprune.preserve.expert_stats import expert_scores
 
     model = source(family)
     overrides = ffn_overrides(model, family, 1 / 2)

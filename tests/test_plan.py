@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from interprune.plan import Grid, default_choices, make_plan
-from interprune.resample import select_indices
-from interprune.transfer import transfer
+from interprune.weights.resample import select_indices
+from interprune.weights.transfer import transfer
 
 from .families import FAMILIES
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interprune.shrink import plan_for
+from interprune.weights.shrink import plan_for
 
 from .families import FAMILIES
 

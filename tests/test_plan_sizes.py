@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interprune.shrink import plan_for
+from interprune.weights.shrink import plan_for
 
 from .families import FAMILIES
 from .test_oracles import FFN

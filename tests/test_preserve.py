@@ -7,11 +7,12 @@ import torch
 from PIL import Image
 
 from interprune import InterpruneError, save, shrink
-from interprune.calibration import calibration_inputs
+from interprune.preserve.calibration import calibration_inputs
 from interprune.cli import main
 from interprune.plan import make_plan
-from interprune.rotate import rotate_heads
-from interprune.shrink import build_model, target_config
+from interprune.preserve.rotate import rotate_heads
+from interprune.hf.config import target_config
+from interprune.hf.models import build_model
 from interprune.sweep.config import load_sweep
 
 from .conftest import tiny_bert, tiny_detr
@@ -112,7 +113,7 @@ def test_depth_choice_keeps_and_reports_the_chosen_source_layers(pixels):
     small, report = shrink(source, {"num_hidden_layers": 2}, "magnitude", layers="uniform")
     assert report.preserved["layers"] == {"encoder.layer": [0, 2]}
     assert torch.equal(small.encoder.layer[1].output.dense.weight, source.encoder.layer[2].output.dense.weight)
-    from interprune.importance import layer_influence
+    from interprune.preserve.importance import layer_influence
 
     influence = layer_influence(source, "encoder.layer", ids)
     _, report = shrink(source, {"num_hidden_layers": 1}, "calibrated", calibration=ids, layers="importance")
@@ -206,7 +207,7 @@ def test_sweep_experiment_takes_method_options(tmp_path, detector_dir, rocks_dir
 
 def test_sweep_calibrates_on_its_own_training_images(tmp_path, detector_dir, rocks_dir):
     from interprune.data import open_dataset
-    from interprune.shrink import load_model
+    from interprune.hf.models import load_model
     from interprune.sweep.config import preset_path
     from interprune.sweep.run import prepare_model
 
@@ -243,7 +244,7 @@ def test_grouped_query_heads_follow_their_key_value_heads_and_rotary_heads_are_n
 
 def test_calibration_inputs_from_a_roboflow_export_use_its_training_images_and_the_models_processor(
         rocks_dir, detector_dir):
-    from interprune.calibration import model_processor
+    from interprune.hf.processors import model_processor
 
     processor = model_processor(detector_dir)
     batch = calibration_inputs(rocks_dir, processor, count=4, seed=1)

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from interprune.compensate import held_out_rows
-from interprune.refit import channel_moments, choose_strength, held_out_error, moments, ridge_towards
+from interprune.preserve.compensate import held_out_rows
+from interprune.preserve.refit import channel_moments, choose_strength, held_out_error, moments, ridge_towards
 
 
 def _data(n=64, d=5, k=3, seed=0):

@@ -2,16 +2,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interprune.resample import METHODS, resample, select_indices
+from interprune.weights.resample import RESAMPLERS, resample, select_indices
 
-SOURCE_ONLY = [m for m, spec in METHODS.items() if spec.axis_fn is not None]
+SOURCE_ONLY = [m for m, fn in RESAMPLERS.items() if fn is not None]
 
 
 def rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(RESAMPLERS))
 def test_same_shape_is_an_exact_copy(method):
     x = rand(6, 4)
     y = resample(x, (6, 4), method)
@@ -77,7 +77,7 @@ def test_every_method_shrinks_and_grows_any_rank(method):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_output_dtype_is_source_dtype(dtype):
     x = rand(8, 6).to(dtype)
-    for method in METHODS:
+    for method in RESAMPLERS:
         assert resample(x, (4, 3), method).dtype == dtype
 
 
@@ -107,3 +107,12 @@ def test_bad_requests_are_refused():
         resample(rand(4), (2,), "bicubic-magic")
     with pytest.raises(ValueError, match="2-D"):
         resample(rand(4, 4), (2,), "area")
+
+
+def test_every_per_tensor_or_structured_method_has_one_function_and_one_record():
+    from interprune.methods import METHODS, Kind, names
+    from interprune.plan import STRUCTURED
+
+    assert set(RESAMPLERS) == set(names(Kind.PER_TENSOR, Kind.STRUCTURED))
+    assert tuple(STRUCTURED) == names(Kind.STRUCTURED)  # the plan's copy of the list agrees with the registry
+    assert [m for m, r in METHODS.items() if r.paper] == ["nearest-exact", "area", "avg-pool", "max-pool"]

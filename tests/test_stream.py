@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from interprune import InterpruneError
 from interprune.cli import main
-from interprune.shrink import save, shrink
+from interprune.hf.models import save
+from interprune.weights.shrink import shrink
 from interprune.stream import INDEX, Checkpoint, parse_size, stream_shrink
 
 from .engine_cases import tiny_qwen

@@ -9,7 +9,8 @@ import torch
 from interprune import InterpruneError
 from interprune.cli import main
 from interprune.sweep.config import SweepConfig, load_sweep, preset_path
-from interprune.sweep.report import Result, collect, steps_to_reach, write_report
+from interprune.sweep.report import steps_to_reach, write_report
+from interprune.sweep.results import Result, collect
 from interprune.sweep.run import run_sweep
 
 

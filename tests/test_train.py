@@ -14,7 +14,9 @@ from interprune import InterpruneError
 from interprune.cli import main
 from interprune.data.rocks import NAMES
 from interprune.train.module import DetectionModule
-from interprune.train.run import load_detector, read_metrics, train
+from interprune.hf.models import load_detector
+from interprune.train.metrics import read_metrics
+from interprune.train.run import train
 from interprune.train.settings import TrainSettings
 from interprune.train.summary import RunSummary
 
@@ -123,7 +125,7 @@ def test_cli_train_then_predict(detector_dir, rocks_dir, tmp_path, capsys):
 
 
 def test_heads_in_a_list_and_bias_priors_are_recreated_as_the_model_initialises_them(tmp_path):
-    from interprune.models import head_tensors, recreate_head
+    from interprune.hf.models import head_tensors, recreate_head
 
     from .families import FAMILIES
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from interprune.resample import select_indices
-from interprune.transfer import transfer
+from interprune.weights.resample import select_indices
+from interprune.weights.transfer import transfer
 
 from .conftest import tiny_detr
 

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import AutoModelForObjectDetection, PretrainedConfig
+from transformers import PretrainedConfig
 
 from .errors import InterpruneError
-from .models import load_config, load_model
+from .hf.models import count_parameters, is_detector, load_config, load_model
 from .sources import resolve_source
-from .transfer import count_parameters
 
 __all__ = ["BenchResult", "bench", "dummy_inputs", "load_measured", "Stopwatch", "WEIGHT_SUFFIXES"]
 
@@ -84,10 +83,6 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def is_detector(config: PretrainedConfig) -> bool:
-    return type(config) in AutoModelForObjectDetection._model_mapping
-
-
 def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_size: int | None = None,
                  tokens: int = 128, seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
     """Inputs of the kind the model takes and a description of one of them.
@@ -98,7 +93,7 @@ def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_siz
     """
     gen = torch.Generator().manual_seed(seed)
     if is_detector(config):
-        from .models import load_processor
+        from .hf.processors import load_processor
 
         processor = load_processor(source, config, image_size)
         size = processor.size

@@ -6,30 +6,29 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from .errors import InterpruneError
 
 
-def cmd_methods(args: argparse.Namespace) -> None:
-    from .preserve import PRESERVING
-    from .resample import METHODS
+def run_methods(args: argparse.Namespace) -> None:
+    from .methods import METHODS
 
-    described = {**{m.name: m.description for m in METHODS.values()}, **PRESERVING}
-    width = max(map(len, described))
-    for name, description in described.items():
-        print(f"{name:<{width}}  {description}")
+    width = max(map(len, METHODS))
+    for method in METHODS.values():
+        print(f"{method.name:<{width}}  {method.description}")
 
 
-def cmd_shrink(args: argparse.Namespace) -> None:
+def run_shrink(args: argparse.Namespace) -> None:
     import torch
 
-    from .models import check_writable
+    from .hf.config import parse_overrides
+    from .hf.models import check_writable, save
     from .plan import plan_summary
-    from .preserve import PRESERVING
+    from .methods import Kind, names
     from .progress import progress_printer
-    from .shrink import parse_overrides, save, shrink
     from .stream import Checkpoint, parse_size, stream_shrink
+    from .weights.shrink import shrink
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -38,7 +37,7 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     shard = parse_size(args.max_shard_size)
     overrides = parse_overrides(args.set)
-    data_aware = args.method in PRESERVING or args.compensate or args.rotate or args.layers != "first"
+    data_aware = args.method in names(Kind.DATA_AWARE) or args.compensate or args.rotate or args.layers != "first"
     report = None
     if not data_aware and args.calibration is None and Checkpoint.found(args.source):
         report = stream_shrink(args.source, overrides, args.method, out, seed=args.seed, dtype=dtype,
@@ -62,13 +61,14 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
 
 
-def cmd_plan(args: argparse.Namespace) -> None:
-    from .shrink import parse_overrides, plan_for
+def run_plan(args: argparse.Namespace) -> None:
+    from .hf.config import parse_overrides
+    from .weights.shrink import plan_for
 
     print(plan_for(args.source, parse_overrides(args.set)).describe())
 
 
-def cmd_data_generate(args: argparse.Namespace) -> None:
+def run_data_generate(args: argparse.Namespace) -> None:
     from .data.domains import DOMAINS, write_domain
 
     out = write_domain(args.domain, args.out, train=args.train, valid=args.valid, test=args.test,
@@ -77,7 +77,7 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
           f"augmented copies, {args.valid} validation, {args.test} test; {len(DOMAINS[args.domain][1])} classes)")
 
 
-def cmd_data_show(args: argparse.Namespace) -> None:
+def run_data_show(args: argparse.Namespace) -> None:
     from .data.coco import open_dataset
     from .data.show import dataset_grid
 
@@ -99,14 +99,14 @@ def _settings(args: argparse.Namespace, **defaults):
         raise InterpruneError("--" + _first_pydantic_error(err).replace("_", "-", 1)) from None
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def run_train(args: argparse.Namespace) -> None:
     from .train.run import train
 
     summary = train(args.model, args.data, args.out, _settings(args), resume=args.resume, images=args.images)
     _print_run(summary, args.out)
 
 
-def cmd_pretrain(args: argparse.Namespace) -> None:
+def run_pretrain(args: argparse.Namespace) -> None:
     from .pretrain import pretrain
 
     settings = _settings(args, lr_backbone=1e-4, from_scratch=True)  # a bare config: everything learns
@@ -139,7 +139,7 @@ def _first_pydantic_error(err: Exception) -> str:
     return f"{where}: {first.get('msg')} (got {first.get('input')!r})"
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def run_predict(args: argparse.Namespace) -> None:
     from .predict import predict
 
     found = predict(args.model, args.images, args.out, args.threshold, args.limit)
@@ -147,7 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/")
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def run_sweep(args: argparse.Namespace) -> None:
     from .sweep.config import load_sweep, preset_path
     from .sweep.report import write_report
     from .sweep.run import run_sweep
@@ -160,7 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     _print_report(write_report(args.out))
 
 
-def cmd_report(args: argparse.Namespace) -> None:
+def run_report(args: argparse.Namespace) -> None:
     from .sweep.report import write_report
 
     _print_report(write_report(args.results))
@@ -170,7 +170,7 @@ def _print_report(report: Path) -> None:
     print(f"report: {report} (also {report.with_suffix('.html')}, summary.csv, figures/)")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
+def run_bench(args: argparse.Namespace) -> None:
     from .bench import bench
 
     result = bench(args.model, device=args.device, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
@@ -182,25 +182,28 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+def run_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(args.out, steps=args.steps, seeds=args.seeds)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interprune", description="Make a smaller (or differently sized) variant "
-                                     "of a pretrained Hugging Face model by resampling its weights; fine-tune the "
-                                     "variants and compare them.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_methods_parser(sub: Any) -> None:
     p = sub.add_parser("methods", help="list the resampling methods")
-    p.set_defaults(func=cmd_methods)
+    p.set_defaults(func=run_methods)
+
+
+def _add_set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a config field (JSON values), e.g. --set d_model=128; repeatable")
+
+
+def add_shrink_parser(sub: Any) -> None:
+    from .methods import LAYER_CHOICES
 
     p = sub.add_parser("shrink", help="resize a pretrained model and carry its weights over")
     p.add_argument("source", help="Hugging Face Hub id or local model folder")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a config field (JSON values), e.g. --set d_model=128; repeatable")
+    _add_set_flag(p)
     p.add_argument("--method", default="select", help="resampling method (see 'interprune methods')")
     p.add_argument("--out", required=True, help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0, help="seed for tensors that are freshly initialised")
@@ -224,16 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "outputs on the calibration data match the source's")
     p.add_argument("--rotate", action="store_true", help="rotate each attention head's width to its principal "
                    "directions (same function) before cutting it")
-    p.add_argument("--layers", default="first", choices=["first", "uniform", "importance"],
+    p.add_argument("--layers", default="first", choices=list(LAYER_CHOICES),
                    help="which source layers a shallower target keeps (default first)")
-    p.set_defaults(func=cmd_shrink)
+    p.set_defaults(func=run_shrink)
 
+
+def add_plan_parser(sub: Any) -> None:
     p = sub.add_parser("plan", help="show which dimensions a shrink changes and every tensor axis of each")
     p.add_argument("source", help="Hugging Face Hub id or local model folder")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a config field (JSON values), e.g. --set d_model=128; repeatable")
-    p.set_defaults(func=cmd_plan)
+    _add_set_flag(p)
+    p.set_defaults(func=run_plan)
 
+
+def add_data_parser(sub: Any) -> None:
     data = sub.add_parser("data", help="synthetic datasets and dataset pictures").add_subparsers(
         dest="data_command", required=True)
     for domain, train, valid, copies, about in (
@@ -249,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", type=int, default=256, help="image side in pixels")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--overwrite", action="store_true")
-        p.set_defaults(func=cmd_data_generate, domain=domain)
+        p.set_defaults(func=run_data_generate, domain=domain)
     p = data.add_parser("show", help="draw a grid of images with their boxes")
     p.add_argument("data", help="Roboflow export folder or COCO annotations JSON")
     p.add_argument("--images", help="image folder for a plain COCO JSON")
@@ -258,29 +264,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=16)
     p.add_argument("--augment", action="store_true", help="show on-the-fly augmentations")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_data_show)
+    p.set_defaults(func=run_data_show)
 
+
+def add_train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="fine-tune a detection model on a COCO dataset")
     p.add_argument("--model", required=True, help="model folder (e.g. from 'interprune shrink') or Hub id")
     p.add_argument("--data", required=True, help="Roboflow export folder or COCO annotations JSON")
     p.add_argument("--images", help="image folder for a plain COCO JSON")
     _add_training_flags(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=run_train)
 
+
+def add_pretrain_parser(sub: Any) -> None:
     p = sub.add_parser("pretrain", help="train a detector from a bare config (how the demo's source was made)")
     p.add_argument("--config", default="demo", help="'demo' or a JSON model config")
     p.add_argument("--data", required=True, help="Roboflow export folder or COCO annotations JSON")
     _add_training_flags(p)
-    p.set_defaults(func=cmd_pretrain)
+    p.set_defaults(func=run_pretrain)
 
+
+def add_predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="draw a detector's boxes on images")
     p.add_argument("--model", required=True)
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--limit", type=int, help="at most this many images")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=run_predict)
 
+
+def add_sweep_parser(sub: Any) -> None:
     p = sub.add_parser("sweep", help="run a set of experiments (YAML or preset), then write the report")
     p.add_argument("file", nargs="?", help="sweep YAML")
     p.add_argument("--preset", help="a shipped sweep: 'paper' (the paper's eight experiments) or 'demo' (the "
@@ -290,12 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. a local copy of facebook/detr-resnet-50 for --preset paper")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--only", help="run only this experiment (spread a sweep over machines)")
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=run_sweep)
 
+
+def add_report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="join a results folder's runs into a report")
     p.add_argument("results")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=run_report)
 
+
+def add_bench_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="measure a model's latency, throughput, peak memory, parameters and size")
     p.add_argument("model", help="model folder, Hub id, or 'demo' (the demo's source)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -311,13 +329,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall-clock time (default) or the "
                    "process's CPU time, robust on a CPU shared with other work (use with --threads 1)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=run_bench)
 
+
+def add_demo_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole story offline on a CPU: data, source, every method, report")
     p.add_argument("--out", default="demo-results", help="results folder (default: demo-results)")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default: the demo preset's)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the demo preset's)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=run_demo)
+
+
+# one entry per command, in the order 'interprune --help' lists them
+COMMANDS = (add_methods_parser, add_shrink_parser, add_plan_parser, add_data_parser, add_train_parser,
+            add_pretrain_parser, add_predict_parser, add_sweep_parser, add_report_parser, add_bench_parser,
+            add_demo_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interprune", description="Make a smaller (or differently sized) variant "
+                                     "of a pretrained Hugging Face model by resampling its weights; fine-tune the "
+                                     "variants and compare them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

@@ -19,7 +19,8 @@ from .data import open_dataset
 from .data.domains import write_domain
 from .sources import SHIPPED, shipped
 from .sweep.config import load_sweep, preset_path
-from .sweep.report import collect, table_rows, write_report
+from .sweep.report import table_rows, write_report
+from .sweep.results import collect
 from .sweep.run import run_sweep
 from .train.run import evaluate
 

@@ -16,7 +16,7 @@ from .data.images import image_files
 from .data.loader import load_image
 from .data.show import draw_boxes
 from .errors import InterpruneError
-from .models import load_for_inference
+from .hf.models import load_for_inference
 
 @torch.no_grad()
 def predict(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,

@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig
-
 from .data import open_dataset
 from .errors import InterpruneError
-from .shrink import build_model, save
-from .train.run import load_processor, train
+from .hf.config import new_config
+from .hf.models import build_model, save
+from .hf.processors import load_processor
+from .train.run import train
 from .train.settings import TrainSettings
 from .train.summary import RunSummary
 
@@ -43,7 +43,7 @@ def pretrain(config: str | os.PathLike | dict, data: str | os.PathLike, out: str
     model_type = fields.pop("model_type", "detr")
     init = out / "init"
     if not init.exists():
-        model_config = AutoConfig.for_model(model_type, **fields)
+        model_config = new_config(model_type, **fields)
         model = build_model(model_config, settings.seed)
         save(model, init, processor=load_processor(None, model_config, settings.image_size))  # one atomic folder
     return train(init, dataset, out / "run", settings, resume=resume, progress=progress)

@@ -21,8 +21,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from .errors import InterpruneError
-from .models import first_line
+from .errors import InterpruneError, first_line
 
 __all__ = ["Checkpoint", "ShardWriter", "parse_size", "stream_shrink", "INDEX"]
 
@@ -164,12 +163,13 @@ def stream_shrink(
     """Shrink the checkpoint folder ``source`` into ``out`` without holding either model in memory; the
     result equals ``shrink`` + ``save``. Returns the transfer report, or ``None`` when some target tensor
     needs the target's own initial values (a grown axis, a new layer, ``random``): then use ``shrink``."""
-    from .models import build_model, check_writable, load_config
+    from .hf.models import build_model, check_writable, load_config
     from .plan import make_plan
-    from .shrink import check_target, target_config
+    from .hf.config import target_config
+    from .hf.inputs import check_target
 
-    from .resample import METHODS
-    from .shrink import _check_vocabulary
+    from .weights.resample import RESAMPLERS as METHODS
+    from .weights.shrink import _check_vocabulary
 
     if method not in METHODS:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
@@ -205,8 +205,8 @@ def _write(job: Write, checkpoint: Checkpoint, model: Any, target: Any, method: 
            overrides: dict[str, Any]) -> Any:
     """Fill the meta target tensor by tensor into shards of a temporary folder, renamed when complete."""
     from .atomic import atomic_folder
-    from .models import copy_processor_files
-    from .transfer import transfer
+    from .hf.processors import copy_processor_files
+    from .weights.transfer import transfer
 
     tied = _tied(target)
     with atomic_folder(job.out, overwrite=job.overwrite) as tmp:
@@ -258,8 +258,8 @@ def _checkpoint_dtype(checkpoint: Checkpoint) -> torch.dtype:
 def _check_on_meta(target: Any, overrides: dict[str, Any], check: Callable, seed: int) -> None:
     """The target's dummy forward on the meta device (shapes only, no memory); when that fails (a real
     error, or a forward that needs values) the target is checked on a real build, which says why."""
-    from .models import build_model
-    from .shrink import dummy_inputs
+    from .hf.inputs import dummy_inputs
+    from .hf.models import build_model
 
     try:
         with torch.no_grad():

@@ -30,7 +30,7 @@ def default_choices(plan: Plan, method: str) -> dict[str, Tensor]:
     1-D positions are truncated or extended, relative-position tables keep their central offsets, and
     fewer layers keep the first ones. Grouped-query heads follow their key/value heads.
     """
-    from ..resample import select_indices
+    from ..weights.resample import select_indices
 
     pick = select_indices if method == "select" else first_units
     out: dict[str, Tensor] = {}

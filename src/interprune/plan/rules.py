@@ -17,12 +17,15 @@ from typing import Callable
 
 from torch import nn
 
+from ..methods import Kind as MethodKind
+from ..methods import names
+
 __all__ = ["ModuleType", "MODULE_TYPES", "module_type", "is_norm_like", "Rules", "RULES", "FamilyRules",
            "FAMILY_RULES", "family_rules", "PartsRule", "STRUCTURED"]
 
-# Methods that decide once per dimension (and can take ``choices``); the paper's interpolations resample
-# each tensor on its own.
-STRUCTURED = ("select", "first")
+# Methods that decide once per dimension (and can take ``choices``), from the method registry; the paper's
+# interpolations resample each tensor on its own.
+STRUCTURED = names(MethodKind.STRUCTURED)
 
 
 # ------------------------------------------------------------------------------------------- module types

@@ -21,15 +21,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import InterpruneError
-from ..plan import STRUCTURED
-from ..preserve import PRESERVING, check_options
-from ..resample import METHODS
+from ..methods import METHODS, check_options
 from ..sources import resolve_source
 from ..train.settings import TrainSettings
 
 __all__ = ["Experiment", "SweepConfig", "load_sweep", "preset_path", "INITS", "DEPENDENCY_KEYS"]
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
+# starts that are not shrink methods: the source as it is, the paper's random initialisation (``keep`` from the
+# source, every other tensor fresh), and the whole state dict copied into a freshly built full-size model
 INITS = ("pretrained", "random", "transfer")
 DEPENDENCY_KEYS = ("from", "teacher", "same_steps_as")  # keys that name another experiment
 
@@ -82,31 +82,18 @@ class Experiment(BaseModel):
     @field_validator("init")
     @classmethod
     def known_init(cls, value: str) -> str:
-        if value not in INITS and value not in METHODS and value not in PRESERVING:
-            methods = ", ".join((*METHODS, *PRESERVING))
+        if value not in INITS and value not in METHODS:
+            methods = ", ".join(METHODS)
             raise ValueError(f"unknown init {value!r}; use one of {', '.join(INITS)} or a method: {methods}")
         return value
 
     @model_validator(mode="after")
     def method_options(self) -> "Experiment":
-        preserving = self.init in PRESERVING or self.compensate or self.rotate or self.layers != "first"
-        if self.calibration is not None and not preserving:
-            raise ValueError(f"calibration is read only by init 'calibrated', compensate, rotate and layers: "
-                             f"importance; init {self.init!r} alone would ignore it: add one of them or drop it")
-        if preserving:
-            if self.init not in PRESERVING and self.init not in STRUCTURED:
-                raise ValueError(f"init {self.init!r} takes no compensate/rotate/layers options; use one of "
-                                 f"{', '.join((*PRESERVING, *STRUCTURED))}")
-            try:
-                check_options(self.init, calibration=self.calibration is not None, compensate=self.compensate,
-                              layers=self.layers, rotate=self.rotate)
-            except InterpruneError as err:  # the same check as the CLI's, in the YAML's words
-                message = str(err)
-                for flag, key in (("--calibration DATA", "calibration: DATA"), ("--method ", "init: "),
-                                  ("--compensate", "compensate: true"), ("--rotate", "rotate: true"),
-                                  ("--layers ", "layers: ")):
-                    message = message.replace(flag, key)
-                raise ValueError(message) from None
+        try:  # the same check as the CLI's, in the YAML's words
+            check_options(self.init, calibration=self.calibration is not None, compensate=self.compensate,
+                          layers=self.layers, rotate=self.rotate, words="yaml")
+        except InterpruneError as err:
+            raise ValueError(str(err)) from None
         return self
 
     def shrink_options(self) -> dict[str, Any]:

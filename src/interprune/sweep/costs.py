@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..atomic import write_text
-from ..bench import bench
+from ..bench import BenchResult, bench
+from ..hf.config import NOT_ARCHITECTURE
 from .config import SweepConfig
+from .results import SweepLayout, read_bench
 
-__all__ = ["bench_experiments", "architecture_key", "BENCH"]
+__all__ = ["bench_experiments", "architecture_key"]
 
-BENCH = "bench"
 ROUNDS = 3
-NOT_ARCHITECTURE = {"id2label", "label2id", "_name_or_path", "transformers_version", "dtype", "torch_dtype",
-                    "architectures"}
 
 
 def architecture_key(model: Path) -> str:
@@ -33,28 +31,44 @@ def architecture_key(model: Path) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}, sort_keys=True)
 
 
-def _finished_model(out: Path, config: SweepConfig, name: str) -> Path | None:
-    runs = (out / "runs" / name / f"seed{seed}" for seed in config.seeds)
+def _finished_model(layout: SweepLayout, config: SweepConfig, name: str) -> Path | None:
+    runs = (layout.run(name, seed) for seed in config.seeds)
     return next((r / "model" for r in runs if (r / "summary.json").is_file() and (r / "model").is_dir()), None)
 
 
 def bench_experiments(config: SweepConfig, out: str | Path, *, only: str | None = None,
-                      device: str | None = None) -> dict[str, dict[str, Any]]:
+                      device: str | None = None) -> dict[str, BenchResult]:
     """Measure every experiment (or ``only``) that has a finished run and no measurement yet."""
-    out = Path(out)
+    layout = SweepLayout(Path(out))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    models = {e.name: _finished_model(out, config, e.name) for e in config.experiments}
+    models = {e.name: _finished_model(layout, config, e.name) for e in config.experiments}
     models = {name: model for name, model in models.items() if model is not None}
-    measured: dict[str, dict[str, Any]] = {}  # architecture -> costs, earlier measurements first
+    measured: dict[str, BenchResult] = {}  # architecture -> costs, earlier measurements first
     for name, model in models.items():
-        path = out / BENCH / f"{name}.json"
-        if path.is_file():
-            measured.setdefault(architecture_key(model), json.loads(path.read_text()))
+        earlier = read_bench(layout.bench(name))
+        if earlier is not None:
+            measured.setdefault(architecture_key(model), earlier)
     wanted = {}  # architecture -> (experiment, model) still to measure
     for name, model in models.items():
         key = architecture_key(model)
         if key not in measured and not (only and name != only):
             wanted.setdefault(key, (name, model))
+    _measure(wanted, measured, device)
+    results = {}
+    for name, model in models.items():
+        key = architecture_key(model)
+        if key not in measured:
+            continue
+        results[name] = measured[key]
+        path = layout.bench(name)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, json.dumps(measured[key].to_dict(), indent=1))
+    return results
+
+
+def _measure(wanted: dict[str, tuple[str, Path]], measured: dict[str, BenchResult], device: str) -> None:
+    """Bench each wanted architecture ``ROUNDS`` times, interleaved, keeping the fastest round of each."""
     cpu = device == "cpu"
     for key, (name, model) in wanted.items():
         print(f"[bench] {name}: measuring its model on {device} ({ROUNDS} rounds, interleaved with the other sizes)")
@@ -62,17 +76,6 @@ def bench_experiments(config: SweepConfig, out: str | Path, *, only: str | None 
         for key, (name, model) in wanted.items():
             # on a CPU: CPU time on one thread, the cost of one dedicated core
             result = bench(model, device=device, batch=4, warmup=2, repeat=10, budget_s=5.0, memory=not cpu,
-                           clock="cpu" if cpu else "wall", threads=1 if cpu else None).to_dict()
-            if key not in measured or result["latency_ms"] < measured[key]["latency_ms"]:
+                           clock="cpu" if cpu else "wall", threads=1 if cpu else None)
+            if key not in measured or result.latency_ms < measured[key].latency_ms:
                 measured[key] = result
-    results = {}
-    for name, model in models.items():
-        key = architecture_key(model)
-        if key not in measured:
-            continue
-        results[name] = measured[key]
-        path = out / BENCH / f"{name}.json"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text(path, json.dumps(measured[key], indent=1))
-    return results

@@ -10,7 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report import Result, mean_std  # noqa: E402
+from ..bench import BenchResult  # noqa: E402
+from .results import Result, mean_std  # noqa: E402
 
 
 def _bars(results: list[Result], key: str, ylabel: str, title: str, path: Path) -> Path:
@@ -50,9 +51,9 @@ def _curves(results: list[Result], title: str, path: Path) -> Path:
     return path
 
 
-def _latency_label(bench: dict) -> str:
-    kind = "CPU time" if bench.get("clock") == "cpu" else "latency"
-    return f"{kind} per input, batch 1 (ms, {bench['device']})"
+def _latency_label(bench: BenchResult) -> str:
+    kind = "CPU time" if bench.clock == "cpu" else "latency"
+    return f"{kind} per input, batch 1 (ms, {bench.device})"
 
 
 def _tradeoff(results: list[Result], path: Path) -> Path:
@@ -67,7 +68,7 @@ def _tradeoff(results: list[Result], path: Path) -> Path:
             mean, std = mean_std(r.values(key))
             if mean is None:
                 continue
-            x = r.bench["latency_ms"]
+            x = r.bench.latency_ms
             colour = "#4C72B0" if r.size == "full" else "#DD8452"
             ax.errorbar([x], [mean], yerr=[std or 0], fmt="o", color=colour, capsize=3)
             nth = placed.get(x, 0)

@@ -19,9 +19,9 @@ from ..data import open_dataset  # noqa: E402
 from ..data.loader import load_image  # noqa: E402
 from ..data.show import draw_boxes  # noqa: E402
 from ..predict import detect_and_draw  # noqa: E402
-from ..models import load_for_inference  # noqa: E402
+from ..hf.models import load_for_inference  # noqa: E402
 from .config import SweepConfig  # noqa: E402
-from .report import Result, mean_std  # noqa: E402
+from .results import Result, SweepLayout, mean_std  # noqa: E402
 
 __all__ = ["predictions_figure", "telling_models"]
 
@@ -49,14 +49,14 @@ def _valid_split(config: SweepConfig, out: Path):
     if config.data:
         folder = Path(config.data)
     elif config.generate is not None:
-        folder = out / "data" / config.generate.domain
+        folder = SweepLayout(out).data(config.generate.domain)
     else:
         return None
     return open_dataset(folder).valid if folder.exists() else None
 
 
 def _model_folder(out: Path, config: SweepConfig, name: str) -> Path | None:
-    runs = (out / "runs" / name / f"seed{seed}" / "model" for seed in config.seeds)
+    runs = (SweepLayout(out).model(name, seed) for seed in config.seeds)
     return next((m for m in runs if (m / "config.json").is_file()), None)
 
 
@@ -100,7 +100,7 @@ def predictions_figure(config: SweepConfig, results: list[Result], out: str | Pa
     fig.suptitle("Each model's k most confident detections, k = the number of true boxes (first seed of each "
                  "experiment)")
     fig.tight_layout()
-    path = out / "figures" / "predictions.png"
+    path = SweepLayout(out).figures / "predictions.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

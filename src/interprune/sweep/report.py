@@ -10,82 +10,22 @@ import csv
 import io
 import json
 import statistics
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text
-from ..errors import InterpruneError
-from ..train.metrics import read_metrics
-from ..train.summary import RunSummary, UnreadableSummary
 from .config import SweepConfig
+from .figures import draw_figures
+from .pictures import predictions_figure
+from .results import Result, SweepLayout, collect, mean_std
 
-__all__ = ["collect", "write_report", "steps_to_reach"]
+__all__ = ["write_report", "table_rows", "steps_to_reach"]
 
 PAPER_PARAMETERS = [("(1)-(3) full DETR-R50", 41_288_719), ("(4)-(8) half-width transformer", 28_128_975)]
-
-
-@dataclass
-class Result:
-    """All seeds of one experiment."""
-
-    name: str
-    size: str
-    init: str
-    summaries: list[RunSummary] = field(default_factory=list)
-    curves: list[list[tuple[int, float]]] = field(default_factory=list)  # (step, validation loss) per seed
-    bench: dict | None = None  # its model's deployment costs ('interprune bench'), when measured
-
-    def values(self, key: str) -> list[float]:
-        return [float(getattr(s, key)) for s in self.summaries if getattr(s, key) is not None]
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation; the deviation is ``None`` for fewer than two values."""
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _curve(run: Path) -> list[tuple[int, float]]:
-    seen: dict[int, float] = {}
-    for row in read_metrics(run):
-        if "val_loss" in row:
-            seen.setdefault(int(row["step"]), row["val_loss"])  # logged at the steps done; 0 before training
-    return sorted(seen.items())
 
 
 def steps_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
     """The first validated step at which the validation loss is at or below ``level``."""
     return next((step for step, loss in curve if loss <= level), None)
-
-
-def collect(out: str | Path) -> tuple[SweepConfig, list[Result]]:
-    out = Path(out)
-    try:
-        config = SweepConfig.model_validate(json.loads((out / "sweep.json").read_text()))
-    except (OSError, ValueError):
-        raise InterpruneError(f"{out} is not a sweep folder (no readable sweep.json); run 'interprune sweep' first") from None
-    results = []
-    for experiment in config.experiments:
-        result = Result(experiment.name, experiment.size, experiment.init)
-        for seed in config.seeds:
-            run = out / "runs" / experiment.name / f"seed{seed}"
-            try:
-                summary = RunSummary.find(run)
-            except UnreadableSummary as err:  # one line, and the report is made of the readable runs
-                print(f"interprune: warning: {err}; left out (run 'interprune sweep' again to redo it)", file=sys.stderr)
-                continue
-            if summary is not None:
-                result.summaries.append(summary)
-                result.curves.append(_curve(run))
-        cost = out / "bench" / f"{experiment.name}.json"
-        result.bench = json.loads(cost.read_text()) if cost.is_file() else None
-        if result.summaries:
-            results.append(result)
-    if not results:
-        raise InterpruneError(f"{out} has no finished runs yet; run 'interprune sweep' first")
-    return config, results
 
 
 def _fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
@@ -112,8 +52,8 @@ def table_rows(config: SweepConfig, results: list[Result]) -> list[dict[str, str
                            ("map", "mAP"), ("map_50", "mAP@50")):
             row[label] = _fmt(*mean_std(r.values(key)))
         row["train seconds"] = _fmt(*mean_std(r.values("seconds")), digits=0)
-        row["latency ms"] = f"{r.bench['latency_ms']:.1f}" if r.bench else "-"
-        row["file MB"] = f"{r.bench['file_mb']:.1f}" if r.bench and r.bench.get("file_mb") is not None else "-"
+        row["latency ms"] = f"{r.bench.latency_ms:.1f}" if r.bench else "-"
+        row["file MB"] = f"{r.bench.file_mb:.1f}" if r.bench and r.bench.file_mb is not None else "-"
         row.update(pipeline_cost(config, r, by_name))
         row["steps to baseline's final loss"] = to_base
         rows.append(row)
@@ -142,25 +82,23 @@ def pipeline_cost(config: SweepConfig, result: Result, by_name: dict[str, Result
 
 def write_report(out: str | Path) -> Path:
     """Write ``summary.csv``, the figures, ``report.md`` and ``report.html``; return the Markdown path."""
-    from .figures import draw_figures
-    from .pictures import predictions_figure
-
     out = Path(out)
+    layout = SweepLayout(out)
     config, results = collect(out)
     rows = table_rows(config, results)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_text(out / "summary.csv", table.getvalue())
-    figures = draw_figures(results, out / "figures")
+    write_text(layout.summary_csv, table.getvalue())
+    figures = draw_figures(results, layout.figures)
     pictures = predictions_figure(config, results, out)
     if pictures is not None:
         figures.append(("Predictions on validation images", pictures))
     md = _markdown(config, rows, figures, out, results)
-    write_text(out / "report.md", md)
-    write_text(out / "report.html", _html(config, rows, figures, results))
-    return out / "report.md"
+    write_text(layout.report_md, md)
+    write_text(layout.report_html, _html(config, rows, figures, results))
+    return layout.report_md
 
 
 def _md_table(rows: list[dict[str, str]]) -> str:
@@ -195,8 +133,8 @@ def _cost_note(results: list[Result]) -> str:
     measured = next((r.bench for r in results if r.bench), None)
     if measured is None:
         return ""
-    kind = "CPU time" if measured.get("clock") == "cpu" else "time"
-    return (f"*Latency*: median {kind} for one input ({measured['inputs']}) at batch 1 on {measured['device']}, "
+    kind = "CPU time" if measured.clock == "cpu" else "time"
+    return (f"*Latency*: median {kind} for one input ({measured.inputs}) at batch 1 on {measured.device}, "
             "`interprune bench` on the fine-tuned model; *file MB*: its weights on disk.")
 
 

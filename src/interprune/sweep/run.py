@@ -19,21 +19,19 @@ from ..atomic import atomic_folder, write_text
 from ..data import DetectionData, open_dataset
 from ..data.domains import write_domain
 from ..errors import InterpruneError
-from ..models import fingerprint
-from ..shrink import build_model, load_config, load_model, save, shrink, target_config
+from ..hf.config import target_config
+from ..hf.models import build_model, fingerprint, load_config, load_model, save
 from ..train.resume import CorruptCheckpoint
 from ..train.run import CHECKPOINTS, check_trainer, train
 from ..train.settings import TrainSettings
 from ..train.summary import SUMMARY, RunSummary, UnreadableSummary
+from ..weights.shrink import shrink
 from .config import Experiment, SweepConfig
 from .costs import bench_experiments
 from .progress import SweepProgress
+from .results import SweepLayout
 
-__all__ = ["check_sweep", "run_sweep", "prepare_model", "settings_for", "run_folder"]
-
-
-def run_folder(out: Path, name: str, seed: int) -> Path:
-    return out / "runs" / name / f"seed{seed}"
+__all__ = ["check_sweep", "run_sweep", "prepare_model", "settings_for"]
 
 
 def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None = None) -> None:
@@ -44,7 +42,7 @@ def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None =
     if only and out is not None:
         experiment = config.experiment(only)
         for dep in dict.fromkeys(d for d in (experiment.from_, experiment.teacher) if d):
-            missing = [s for s in config.seeds if not _finished(run_folder(out, dep, s))]
+            missing = [s for s in config.seeds if not _finished(SweepLayout(out).run(dep, s))]
             if missing:
                 raise InterpruneError(
                     f"--only {only}: it needs {dep}'s result, which {out} does not have yet for seed(s) "
@@ -68,7 +66,7 @@ def prepare_data(config: SweepConfig, out: Path) -> DetectionData:
         return open_dataset(config.data)
     spec = config.generate
     assert spec is not None
-    folder = out / "data" / spec.domain
+    folder = SweepLayout(out).data(spec.domain)
     if not folder.exists():
         write_domain(spec.domain, folder, train=spec.train, valid=spec.valid, copies=spec.copies, size=spec.size,
                      seed=spec.seed)
@@ -102,9 +100,10 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
 def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, progress: bool = True) -> list[Path]:
     """Run every (experiment, seed) not yet finished; return the run folders that now have summaries."""
     out = Path(out)
+    layout = SweepLayout(out)
     check_sweep(config, only, out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "sweep.json", json.dumps(config.model_dump(), indent=1))
+    write_text(layout.config, json.dumps(config.model_dump(), indent=1))
     data = prepare_data(config, out)
     source = None
     done = []
@@ -113,21 +112,13 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
     twins: dict[tuple[str, str], Path] = {}  # (start fingerprint, settings) -> the run that trained it
     for experiment in order:
         for seed in config.seeds:
-            run = run_folder(out, experiment.name, seed)
+            run = layout.run(experiment.name, seed)
             tag = f"[{experiment.name} seed {seed}]"
-            try:
-                finished = RunSummary.find(run)
-            except UnreadableSummary as err:
-                print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
-                finished = None
-            if finished is not None:
-                if finished.start_fingerprint:
-                    twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
-                print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
+            if _finished_before(run, tag, twins, counter):
                 done.append(run)
                 continue
-            folder = out / "models" / f"{experiment.name}-seed{seed}"
-            origin = run_folder(out, experiment.from_, seed) / "model" if experiment.from_ else None
+            folder = layout.start(experiment.name, seed)
+            origin = layout.model(experiment.from_, seed) if experiment.from_ else None
             needed = experiment.init != "pretrained" and not folder.exists()
             if origin is None and source is None and needed:
                 source = load_model(config.source)
@@ -146,15 +137,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
                   f"{f' from {experiment.from_}' if experiment.from_ else ''}"
                   f"{f', teacher {experiment.teacher}' if experiment.teacher else ''}: training "
                   f"{settings.steps} steps -> {run}")
-            try:
-                train(start, data, run, settings, resume=run.exists(), progress=progress)
-            except CorruptCheckpoint as err:
-                kept = set_aside(run / CHECKPOINTS / "last.ckpt")
-                print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
-                train(start, data, run, settings, resume=True, progress=progress)
-            summary = RunSummary.read(run)
-            summary.start_fingerprint = digest
-            summary.write(run)
+            _train(start, data, run, settings, tag, progress, digest)
             if digest is not None:
                 twins.setdefault(key, run)
             counter.done()
@@ -162,6 +145,35 @@ def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, 
     if config.bench:
         bench_experiments(config, out, only=only)
     return done
+
+
+def _finished_before(run: Path, tag: str, twins: dict[tuple[str, str], Path], counter: SweepProgress) -> bool:
+    """Whether ``run`` has a readable summary already (then its start becomes a known twin)."""
+    try:
+        finished = RunSummary.find(run)
+    except UnreadableSummary as err:
+        print(f"{tag} {err}: redoing the run (from its checkpoint when it has one)")
+        return False
+    if finished is None:
+        return False
+    if finished.start_fingerprint:
+        twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
+    print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
+    return True
+
+
+def _train(start: Path, data: DetectionData, run: Path, settings: TrainSettings, tag: str, progress: bool,
+           digest: str | None) -> None:
+    """Train (or resume) one run; a damaged checkpoint is set aside and the run starts again from scratch."""
+    try:
+        train(start, data, run, settings, resume=run.exists(), progress=progress)
+    except CorruptCheckpoint as err:
+        kept = set_aside(run / CHECKPOINTS / "last.ckpt")
+        print(f"{tag} {err}; kept it as {kept.name} and starting this run again from scratch")
+        train(start, data, run, settings, resume=True, progress=progress)
+    summary = RunSummary.read(run)
+    summary.start_fingerprint = digest
+    summary.write(run)
 
 
 def set_aside(path: Path) -> Path:
@@ -175,7 +187,7 @@ def settings_for(config: SweepConfig, experiment: Experiment, seed: int, out: Pa
     """The sweep's settings with this experiment's own (``train:``, steps, its teacher's model) and the seed."""
     update: dict[str, Any] = {**experiment.train, "seed": seed, "steps": config.steps_of(experiment)}
     if experiment.teacher:
-        update["teacher"] = str(run_folder(out, experiment.teacher, seed) / "model")
+        update["teacher"] = str(SweepLayout(out).model(experiment.teacher, seed))
     elif not (update.get("teacher") or config.train.teacher):
         update["distill_data"] = None  # unlabelled images only serve experiments that have a teacher
     return config.train.model_copy(update=update)

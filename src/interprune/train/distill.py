@@ -14,27 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForObjectDetection
 
 from ..errors import InterpruneError
-from ..models import load_config, load_model
-from ..shrink import HIDDEN_SIZES
+from ..hf.config import hidden_size
+from ..hf.models import check_detector, load_config, load_model
 from .criterion import DistillCriterion, DistillWeights, Teacher
 from .settings import TrainSettings
 from .summary import RunSummary, TeacherCost, UnreadableSummary
 
-__all__ = ["make_distillation", "kept_channels", "teacher_summary", "hidden_size"]
-
-
-def hidden_size(config: Any) -> int | None:
-    return next((getattr(config, k) for k in HIDDEN_SIZES if isinstance(getattr(config, k, None), int)), None)
+__all__ = ["make_distillation", "kept_channels", "teacher_summary"]
 
 
 def load_teacher(source: str | os.PathLike, names: list[str]) -> Teacher:
     """The teacher, checked before any work: a detector that knows exactly the dataset's classes."""
     config = load_config(source)
-    if type(config) not in AutoModelForObjectDetection._model_mapping:
-        raise InterpruneError(f"--teacher {source} is a {config.model_type} model, not an object-detection model")
+    check_detector(config, str(source), "--teacher ")
     have = [config.id2label.get(i) for i in range(config.num_labels)]
     if have != names:
         raise InterpruneError(f"--teacher {source} detects {have}, the dataset has {names}; give a teacher "

@@ -31,7 +31,6 @@ class MetricsTable(Logger):
         super().__init__()
         self.path = Path(path)
         self.rows: dict[int, dict[str, float]] = {}
-        self.recording = True  # off for the final evaluation, which goes into the summary
 
     @property
     def name(self) -> str:
@@ -47,7 +46,8 @@ class MetricsTable(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if not self.recording or step is None:
+        # the final evaluation (``final_*``, see ``train.module``) goes into the summary, not the per-step table
+        if step is None or any(k.startswith("final_") for k in metrics):
             return
         row = self.rows.setdefault(int(step), {})
         row.update({k: float(v) for k, v in metrics.items() if k != "epoch"})

@@ -1,7 +1,9 @@
 """The paper's ``Detr`` LightningModule (its Algorithm 1), for any Hugging Face detection model.
 
 The model computes its own loss (Hungarian matching, classification, L1 and GIoU terms) when given
-``labels``, so one ``common_step`` serves training and validation. The loss itself is a criterion object
+``labels``, so one ``common_step`` serves training, validation and the final evaluation. The final
+evaluation is Lightning's test stage (``trainer.test``): it always computes mAP and logs under ``final_``
+names, which the per-step metrics table leaves to the run summary. The loss itself is a criterion object
 handed in (``train/criterion.py``: the task loss, or the task loss plus distillation), as DETR's engine takes
 its ``SetCriterion`` beside the model. COCO mAP comes from torchmetrics.
 """
@@ -19,7 +21,9 @@ from torchvision.ops import box_convert
 from .criterion import TaskCriterion
 from .schedule import lr_factor
 
-__all__ = ["DetectionModule", "NonFiniteLoss"]
+__all__ = ["DetectionModule", "NonFiniteLoss", "FINAL"]
+
+FINAL = "final_"  # the prefix of what the final evaluation logs
 
 
 class NonFiniteLoss(RuntimeError):
@@ -40,8 +44,8 @@ class DetectionModule(L.LightningModule):
         self.lr, self.lr_backbone, self.weight_decay = lr, lr_backbone, weight_decay
         self.warmup_steps, self.lr_decay, self.lr_end = warmup_steps, lr_decay, lr_end
         self.map_every_val = map_every_val
-        self.compute_map = False  # switched on for the final evaluation
         self.map_metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True)
+        self.last_per_class: dict[int, float] = {}  # AP per class id of the last evaluation that computed mAP
         self.started = time.time()
 
     def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> Any:
@@ -69,11 +73,18 @@ class DetectionModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "", with_map=self.map_every_val)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """The final evaluation, on the validation split: loss, its terms and mAP, logged as ``final_*``."""
+        self._evaluate(batch, FINAL, with_map=True)
+
+    def _evaluate(self, batch: dict, prefix: str, *, with_map: bool) -> None:
         loss, terms, outputs = self.common_step(batch)
         size = len(batch["labels"])
-        self.log("val_loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
-        self.log_dict({f"val_{k}": v for k, v in terms.items()}, batch_size=size, sync_dist=True)
-        if self.compute_map or self.map_every_val:
+        self.log(f"{prefix}val_loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log_dict({f"{prefix}val_{k}": v for k, v in terms.items()}, batch_size=size, sync_dist=True)
+        if with_map:
             self._update_map(outputs, batch["labels"])
 
     def _update_map(self, outputs: Any, labels: list[dict]) -> None:
@@ -91,11 +102,16 @@ class DetectionModule(L.LightningModule):
         # Validation rows are logged at the number of optimiser steps done (0: what the initialisation
         # inherited, before any training), not at Lightning's 0-based index of the last training batch.
         self.log("step", float(self.global_step))
-        if not (self.compute_map or self.map_every_val):
-            return
+        if self.map_every_val:
+            self._log_map("")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(FINAL)
+
+    def _log_map(self, prefix: str) -> None:
         result = self.map_metric.compute()
         self.map_metric.reset()
-        self.log_dict({"map": result["map"], "map_50": result["map_50"], "map_75": result["map_75"]}, sync_dist=True)
+        self.log_dict({f"{prefix}{k}": result[k] for k in ("map", "map_50", "map_75")}, sync_dist=True)
         classes = result.get("classes")
         per_class = result.get("map_per_class")
         if classes is not None and per_class is not None and per_class.dim() > 0:

@@ -11,23 +11,23 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from ..atomic import clean_stale
 from ..data import DetectionData, make_loaders, open_dataset
 from ..errors import InterpruneError
-from ..models import (check_detector, count_parameters, load_config, load_detector, load_for_inference,
-                      load_processor, save)
+from ..hf.models import check_detector, count_parameters, load_config, load_detector, load_for_inference, save
+from ..hf.processors import load_processor
 from . import batchnorm
 from .distill import make_distillation, teacher_summary
-from .metrics import METRICS, MetricsTable, read_metrics
-from .module import DetectionModule, NonFiniteLoss
+from .metrics import METRICS, MetricsTable
+from .module import FINAL, DetectionModule, NonFiniteLoss
 from .progress import StepProgressBar
 from .resume import AtomicCheckpointIO, RunState, check_checkpoint
 from .settings import TrainSettings
 from .summary import SUMMARY, RunSummary
 
-__all__ = ["train", "evaluate", "check_trainer", "load_detector", "load_processor", "read_metrics", "TrainSettings",
-           "RunSummary"]
+__all__ = ["train", "evaluate", "check_trainer"]
 
 CHECKPOINTS = "checkpoints"
 TRAINER_FIELDS = ("accelerator", "devices", "num_nodes", "strategy", "precision")  # read by Lightning itself
@@ -75,23 +75,60 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     data order, random state and metrics rows; see ``train.resume``), or starts afresh when there is none.
     Other processes of a multi-process run return ``None``; the first writes the run folder.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     settings = settings or TrainSettings()
     out = Path(out)
     ckpt = out / CHECKPOINTS / "last.ckpt"
     lead = _launching_process()
+    resuming = _check_run(out, settings, resume=resume, lead=lead)
+    dataset = data if isinstance(data, DetectionData) else open_dataset(data, images=images, seed=settings.seed)
+    detector, processor, criterion = _load(model, dataset, settings)
+    module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
+                             weight_decay=settings.weight_decay, map_every_val=settings.map_every_val,
+                             warmup_steps=settings.warmup_steps, lr_decay=settings.lr_decay, lr_end=settings.lr_end,
+                             criterion=criterion)
+    train_loader, valid_loader = _loaders(dataset, processor, settings)
+    sampler = (train_loader["labelled"] if isinstance(train_loader, dict) else train_loader).sampler
+    if lead:
+        _prepare_folder(out, resuming)
+    table = MetricsTable(out / METRICS)
+    state = RunState(ckpt, sampler, table)  # the sampler's position is part of the run's state (exact resume)
+    trainer = _build_trainer(settings, out, table, state, progress)
+    if not resuming:  # validate at step 0: every curve starts from what the initialisation inherited
+        trainer.validate(module, valid_loader, verbose=False)
+    try:
+        trainer.fit(module, train_loader, valid_loader, ckpt_path=str(ckpt) if resuming else None)
+    except NonFiniteLoss as err:
+        saved = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint had been written yet"
+        raise InterpruneError(f"{err}; {saved}. Lower --lr or check the data") from None
+    batchnorm.freeze(detector)  # the final evaluation and the saved model use the stock (frozen) layers
+    final = trainer.test(module, valid_loader, verbose=False)[0]  # the module's final evaluation, with mAP
+    if not trainer.is_global_zero:
+        return None
+    summary = _summary(str(model), dataset, settings, trainer, state, module, final, criterion)
+    table.save()
+    save(detector, out / "model", processor=processor, overwrite=True)
+    summary.write(out)  # last: its presence means the run is complete
+    return summary
+
+
+def _check_run(out: Path, settings: TrainSettings, *, resume: bool, lead: bool) -> bool:
+    """Everything about the run folder and settings that can fail before loading; whether it resumes."""
     if lead and out.exists() and any(out.iterdir()) and not resume:
         raise InterpruneError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     check_trainer(settings)
     if settings.distill_data and not settings.teacher:
         raise InterpruneError("--distill-data needs --teacher: unlabelled images only carry a distillation term")
+    ckpt = out / CHECKPOINTS / "last.ckpt"
     resuming = resume and ckpt.is_file()
     if resuming:
         check_checkpoint(ckpt)
-    dataset = data if isinstance(data, DetectionData) else open_dataset(data, images=images, seed=settings.seed)
+    return resuming
+
+
+def _load(model: str | os.PathLike, dataset: DetectionData, settings: TrainSettings) -> tuple[Any, Any, Any]:
+    """The detector to train (for the dataset's classes), its processor and the distillation criterion."""
+    import lightning as L
+
     config = load_config(model)
     check_detector(config, str(model))
     processor = load_processor(model, config, settings.image_size)
@@ -103,31 +140,40 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         for param in detector.parameters():
             param.requires_grad_(True)
     criterion = make_distillation(settings, model, detector, dataset.names) if settings.teacher else None
-    module = DetectionModule(detector, processor, lr=settings.lr, lr_backbone=settings.lr_backbone,
-                             weight_decay=settings.weight_decay, map_every_val=settings.map_every_val,
-                             warmup_steps=settings.warmup_steps, lr_decay=settings.lr_decay, lr_end=settings.lr_end,
-                             criterion=criterion)
+    return detector, processor, criterion
+
+
+def _loaders(dataset: DetectionData, processor: Any, settings: TrainSettings) -> tuple[Any, Any]:
+    """Training loader (paired with unlabelled images when distilling on them) and validation loader."""
     train_loader, valid_loader = make_loaders(
         dataset, processor, batch_size=settings.batch_size, val_batch_size=settings.val_batch_size,
         augment=settings.augment, copies=settings.copies, workers=settings.workers, seed=settings.seed,
         steps=settings.steps)
-    sampler = train_loader.sampler  # its position is part of the run's state (exact resume)
     if settings.distill_data:  # Lightning pairs the two loaders, cycling the shorter one
         from ..data.images import image_loader
 
         train_loader = {"labelled": train_loader, "unlabelled": image_loader(
             settings.distill_data, processor, batch_size=settings.batch_size, augment=settings.augment,
             workers=settings.workers, seed=settings.seed)}
-    if lead:
-        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        for folder in (out, out / CHECKPOINTS):
-            clean_stale(folder)  # what killed earlier segments left half-written
-        if not resuming:  # a fresh start: nothing of an earlier attempt may be mistaken for this run's
-            for name in (METRICS, SUMMARY):
-                (out / name).unlink(missing_ok=True)
-    table = MetricsTable(out / METRICS)
-    state = RunState(ckpt, sampler, table)
-    trainer = L.Trainer(
+    return train_loader, valid_loader
+
+
+def _prepare_folder(out: Path, resuming: bool) -> None:
+    """The run folder, cleaned of what killed earlier segments left half-written."""
+    (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / CHECKPOINTS):
+        clean_stale(folder)
+    if not resuming:  # a fresh start: nothing of an earlier attempt may be mistaken for this run's
+        for name in (METRICS, SUMMARY):
+            (out / name).unlink(missing_ok=True)
+
+
+def _build_trainer(settings: TrainSettings, out: Path, table: MetricsTable, state: RunState, progress: bool) -> Any:
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return L.Trainer(
         max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
         num_nodes=settings.num_nodes, strategy=settings.strategy, precision=settings.precision,
@@ -137,36 +183,24 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
         callbacks=[state, LearningRateMonitor("step")] + ([StepProgressBar()] if progress else []),
         plugins=[AtomicCheckpointIO()],
     )
-    if not resuming:  # validate at step 0: every curve starts from what the initialisation inherited
-        trainer.validate(module, valid_loader, verbose=False)
-    try:
-        trainer.fit(module, train_loader, valid_loader, ckpt_path=str(ckpt) if resuming else None)
-    except NonFiniteLoss as err:
-        saved = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint had been written yet"
-        raise InterpruneError(f"{err}; {saved}. Lower --lr or check the data") from None
-    batchnorm.freeze(detector)  # the final evaluation and the saved model use the stock (frozen) layers
-    module.compute_map = True
-    table.recording = False  # the final evaluation goes into the summary, not the per-step table
-    final = trainer.validate(module, valid_loader, verbose=False)[0]
-    if not trainer.is_global_zero:
-        return None
-    val = [r["val_loss"] for r in table.state() if "val_loss" in r]
-    summary = RunSummary(
-        model=str(model), data=dataset.source, steps=int(trainer.global_step), seconds=round(state.seconds, 2),
-        segments=state.segments, final_val_loss=float(final["val_loss"]),
-        best_val_loss=min(val + [float(final["val_loss"])]),
-        map=float(final["map"]), map_50=float(final["map_50"]), map_75=float(final["map_75"]),
-        map_per_class={dataset.names[c]: v for c, v in getattr(module, "last_per_class", {}).items()
-                       if 0 <= c < len(dataset.names)},
+
+
+def _summary(model: str, dataset: DetectionData, settings: TrainSettings, trainer: Any, state: RunState,
+             module: DetectionModule, final: dict[str, float], criterion: Any) -> RunSummary:
+    """The run's summary: the final evaluation (``final_*`` metrics) and the best validation loss on the way."""
+    detector = module.model
+    last = float(final[f"{FINAL}val_loss"])
+    val = [r["val_loss"] for r in state.table.state() if "val_loss" in r]
+    return RunSummary(
+        model=model, data=dataset.source, steps=int(trainer.global_step), seconds=round(state.seconds, 2),
+        segments=state.segments, final_val_loss=last, best_val_loss=min(val + [last]),
+        map=float(final[f"{FINAL}map"]), map_50=float(final[f"{FINAL}map_50"]), map_75=float(final[f"{FINAL}map_75"]),
+        map_per_class={dataset.names[c]: v for c, v in module.last_per_class.items() if 0 <= c < len(dataset.names)},
         parameters=count_parameters(detector),
         trainable_parameters=sum(p.numel() for p in detector.parameters() if p.requires_grad),
         seed=settings.seed, settings=settings,
         teacher=teacher_summary(criterion, int(trainer.global_step)) if criterion is not None else None,
     )
-    table.save()
-    save(detector, out / "model", processor=processor, overwrite=True)
-    summary.write(out)  # last: its presence means the run is complete
-    return summary
 
 
 def evaluate(model: str | os.PathLike, data: DetectionData, *, batch_size: int = 8) -> dict[str, float]:
@@ -178,10 +212,9 @@ def evaluate(model: str | os.PathLike, data: DetectionData, *, batch_size: int =
     if names != data.names:
         raise InterpruneError(f"{model} detects {names}, the dataset has {data.names}; evaluate on its own classes")
     module = DetectionModule(detector, processor)
-    module.compute_map = True
     _, loader = make_loaders(data, processor, val_batch_size=batch_size, augment=False)
     _quiet()
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="auto",
                         devices=1)
-    result = trainer.validate(module, loader, verbose=False)[0]
-    return {key: float(result[key]) for key in ("val_loss", "map", "map_50", "map_75")}
+    result = trainer.test(module, loader, verbose=False)[0]  # the module's final evaluation, with mAP
+    return {key: float(result[FINAL + key]) for key in ("val_loss", "map", "map_50", "map_75")}

@@ -20,9 +20,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .plan import RULES
-from .plan.fused import PART_MARK
-from .walk import Batches
+from ..plan import RULES
+from ..plan.fused import PART_MARK
+from ..walk import Batches
 
 __all__ = ["rotate_heads", "query_key_axes"]
 

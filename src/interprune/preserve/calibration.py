@@ -15,16 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import InterpruneError
+from ..errors import InterpruneError
 
-__all__ = ["calibration_inputs", "model_processor"]
+__all__ = ["calibration_inputs"]
 
 
 def _image_files(data: Path) -> list[Path]:
     """The training images of a Roboflow export or COCO JSON, else every image in the folder (one split
     of an export is such a folder)."""
-    from .data.coco import ROBOFLOW_JSON, open_dataset
-    from .data.images import image_files
+    from ..data.coco import ROBOFLOW_JSON, open_dataset
+    from ..data.images import image_files
 
     if data.suffix == ".json" or (data / "train" / ROBOFLOW_JSON).is_file():
         dataset = open_dataset(data)
@@ -32,19 +32,6 @@ def _image_files(data: Path) -> list[Path]:
     if data.is_dir():
         return image_files(data)
     return []
-
-
-def model_processor(source: str | os.PathLike) -> Any:
-    """The source's own image processor, else its tokenizer: what turns raw examples into its inputs."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    for auto in (AutoImageProcessor, AutoTokenizer):
-        try:
-            return auto.from_pretrained(str(source))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    raise InterpruneError(f"{source} has no image processor or tokenizer files, so calibration data cannot be "
-                          f"prepared for it; save them beside the model (e.g. preprocessor_config.json)")
 
 
 def _warn_short(path: Path, found: int, count: int) -> None:
@@ -84,13 +71,13 @@ def calibration_inputs(
         return dict(encoded)
     files = _image_files(path)
     if not files:
-        from .data.images import IMAGE_SUFFIXES
+        from ..data.images import IMAGE_SUFFIXES
 
         raise InterpruneError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in calibration data {path}")
     if not hasattr(processor, "image_mean") and not hasattr(processor, "size"):
         raise InterpruneError(f"calibration data {path} holds images, but the model has no image processor; "
                               f"give a text file")
-    from .data.loader import load_image
+    from ..data.loader import load_image
 
     _warn_short(path, len(files), count)
     files = sorted(rng.sample(files, count)) if len(files) > count else files

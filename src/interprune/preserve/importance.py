@@ -24,18 +24,18 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .plan import grouped_heads
+from ..methods import LAYER_CHOICES
+from ..plan import grouped_heads
+from ..plan.fused import real_name, split_state
+from ..weights.resample import select_indices
 from .expert_stats import expert_scores
-from .plan.fused import real_name, split_state
-from .resample import select_indices
-from .walk import Batches
+from ..walk import Batches
 
 __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "layer_influence",
-           "layer_name_map", "DEPTH_CHOICES", "SCORED_KINDS"]
+           "layer_name_map", "SCORED_KINDS"]
 
 Batch = dict[str, Any]
 SCORED_KINDS = ("residual", "ffn", "heads", "head_dim", "kv_heads", "channels", "experts")
-DEPTH_CHOICES = ("first", "uniform", "importance")
 
 
 def _units(value: Tensor, axis: Any, units: int) -> Tensor:
@@ -219,7 +219,7 @@ def choose_layers(how: str, source_layers: int, target_layers: int, influence: T
             raise ValueError("layer choice 'importance' needs calibration data")
         order = torch.sort(influence, descending=True, stable=True).indices
         return order[:target_layers].sort().values
-    raise ValueError(f"unknown layer choice {how!r}; use one of {', '.join(DEPTH_CHOICES)}")
+    raise ValueError(f"unknown layer choice {how!r}; use one of {', '.join(LAYER_CHOICES)}")
 
 
 def layer_name_map(kept: dict[str, Tensor]) -> Callable[[str], str]:

@@ -4,20 +4,21 @@ Every method works one axis at a time. The operations we offer (nearest, linear,
 selection) are separable, so resizing axis by axis equals resizing all axes at once, and a single
 1-D kernel serves tensors of any rank: a bias, a linear weight, a conv kernel, an embedding table.
 
-Adding a method is one function plus one ``@register`` line; it then appears in ``interprune
-methods``, the CLI, sweeps and reports.
+Adding a method is one record in ``interprune.methods`` plus one function here with ``@register(name)``;
+it then appears in ``interprune methods``, the CLI, sweeps and reports.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["METHODS", "Method", "resample", "resample_axis", "select_indices", "register"]
+from ..methods import METHODS, Kind
+
+__all__ = ["RESAMPLERS", "resample", "resample_axis", "select_indices", "register"]
 
 
 class AxisFn(Protocol):
@@ -25,22 +26,17 @@ class AxisFn(Protocol):
         """Resize the last axis of a 2-D ``(rows, n)`` float tensor to ``size``."""
 
 
-@dataclass(frozen=True)
-class Method:
-    """A named way of filling a resized tensor from its larger (or smaller) counterpart."""
-
-    name: str
-    description: str
-    axis_fn: AxisFn | None  # None: the method does not look at the source (``random``)
-    paper: bool = False  # one of the four methods of Samar & Tavassoli
+# method name -> its axis function; ``None``: the method does not look at the source (``random``)
+RESAMPLERS: dict[str, AxisFn | None] = {}
 
 
-METHODS: dict[str, Method] = {}
+def register(name: str) -> Callable[[AxisFn], AxisFn]:
+    """Register the axis function of a per-tensor or structured method recorded in ``interprune.methods``."""
+    if name not in METHODS or METHODS[name].kind is Kind.DATA_AWARE:
+        raise ValueError(f"method {name!r} has no per-tensor or structured record in interprune.methods")
 
-
-def register(name: str, description: str, *, paper: bool = False) -> Callable[[AxisFn], AxisFn]:
     def wrap(fn: AxisFn) -> AxisFn:
-        METHODS[name] = Method(name, description, fn, paper)
+        RESAMPLERS[name] = fn
         return fn
 
     return wrap
@@ -92,34 +88,30 @@ def _pool(reduce: str) -> AxisFn:
     return fn
 
 
-register("nearest-exact", "nearest neighbour at pixel centres (torch 'nearest-exact'); paper", paper=True)(
-    _interp("nearest-exact")
-)
-register("area", "area interpolation: adaptive average over each target cell (torch 'area'); paper", paper=True)(
-    _interp("area")
-)
-register("avg-pool", "average pooling with equal windows tiling the axis; paper", paper=True)(_pool("avg"))
-register("max-pool", "max pooling with equal windows tiling the axis; paper", paper=True)(_pool("max"))
-register("nearest", "nearest neighbour, left-aligned (torch 'nearest')")(_interp("nearest"))
-register("linear", "linear interpolation along each changed axis (bi/trilinear for 2/3 axes)")(_interp("linear"))
+register("nearest-exact")(_interp("nearest-exact"))
+register("area")(_interp("area"))
+register("avg-pool")(_pool("avg"))
+register("max-pool")(_pool("max"))
+register("nearest")(_interp("nearest"))
+register("linear")(_interp("linear"))
 
 
-@register("select", "uniform element selection, same indices for every tensor of a dimension (Xu et al. 2024)")
+@register("select")
 def _select(x: Tensor, size: int) -> Tensor:
     return x.index_select(-1, select_indices(x.shape[-1], size).to(x.device))
 
 
-@register("first", "keep the leading slice; growing pads with the target's own initial values")
+@register("first")
 def _first(x: Tensor, size: int) -> Tensor:
     return x[..., :size]  # growth is handled in resample(), where the target's values are known
 
 
-METHODS["random"] = Method("random", "the target's own initialisation for every resized tensor (baseline)", None)
+RESAMPLERS["random"] = None  # reads nothing from the source: ``resample`` returns the target's own values
 
 
 def resample_axis(tensor: Tensor, axis: int, size: int, method: str) -> Tensor:
     """Resize one axis of ``tensor`` to ``size`` with ``method`` (any rank, any float dtype)."""
-    fn = METHODS[method].axis_fn
+    fn = RESAMPLERS[method]
     assert fn is not None, f"method {method!r} does not read the source"
     moved = tensor.movedim(axis, -1)
     rows = moved.reshape(-1, moved.shape[-1])
@@ -143,8 +135,8 @@ def resample(
     be selected, never averaged, so they always use ``select``. Same shape means an exact copy.
     """
     shape = tuple(int(s) for s in shape)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method not in RESAMPLERS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(RESAMPLERS)}")
     if len(shape) != tensor.dim():
         raise ValueError(f"cannot resample a {tensor.dim()}-D tensor to {len(shape)}-D shape {shape}")
     if tuple(tensor.shape) == shape:

@@ -18,9 +18,10 @@ from torch import nn
 
 from torch import Tensor
 
-from .models import count_parameters
-from .plan import STRUCTURED, Grid, Plan, axis_index, default_choices, make_plan
-from .resample import METHODS, resample
+from ..hf.models import count_parameters
+from ..methods import Kind, names
+from ..plan import Grid, Plan, axis_index, default_choices, make_plan
+from .resample import RESAMPLERS, resample
 
 __all__ = ["TensorRecord", "TransferReport", "transfer", "count_parameters"]
 
@@ -99,25 +100,16 @@ def transfer(
     ``put(name, slot, value)`` receives each target tensor instead of copying it into the slot (``None``:
     the target keeps its own value), so a target on the meta device can be written out as it is filled.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method not in RESAMPLERS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(RESAMPLERS)}")
     pattern = re.compile(reinit) if reinit else None
     generator = torch.Generator().manual_seed(seed)
     plan = plan if plan is not None else make_plan(source, target)
-    structured = method in STRUCTURED or choices is not None
-    picked = default_choices(plan, method if method in STRUCTURED else "select")
-    if choices:
-        unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
-        if unknown:
-            raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
-        for name, value in choices.items():
-            dim, value = plan[name], torch.as_tensor(value, dtype=torch.long)
-            if value.shape != (dim.target,) or value.min() < -1 or value.max() >= dim.source:
-                raise ValueError(f"choices[{name!r}] must hold {dim.target} source indices in 0..{dim.source - 1} "
-                                 f"(-1: the target's own value); got {value.tolist()}")
-            picked[name] = value
+    structured = method in names(Kind.STRUCTURED) or choices is not None
+    picked = default_choices(plan, method if method in names(Kind.STRUCTURED) else "select")
+    picked.update(_checked_choices(plan, choices or {}))
     state = source.state_dict() if state is None else state
-    names = _renamed(state, plan, picked)  # target name -> source name
+    names_ = _renamed(state, plan, picked)  # target name -> source name
     params = {name for name, _ in target.named_parameters(remove_duplicate=False)}
     report = TransferReport(method, count_parameters(source), count_parameters(target), seed)
     report.plan = plan.to_dict()
@@ -126,7 +118,7 @@ def transfer(
     tgt = target.state_dict(keep_vars=True)
     put = put or (lambda name, slot, value: None if value is None else slot.data.copy_(value))
     for name, slot in tgt.items():
-        value = state.get(names[name]) if name in names else None
+        value = state.get(names_[name]) if name in names_ else None
         kind = "parameter" if name in params else "buffer"
         shape = list(slot.shape)
         if value is None or value.dim() != slot.dim() or (pattern and pattern.search(name)) or name in computed:
@@ -135,7 +127,7 @@ def transfer(
         elif value.shape == slot.shape:
             put(name, slot, value)
             action = COPIED
-        elif METHODS[method].axis_fn is None:  # ``random``: the target's own initial values
+        elif RESAMPLERS[method] is None:  # ``random``: the target's own initial values
             action = INITIALISED
             put(name, slot, None)
         else:
@@ -144,12 +136,27 @@ def transfer(
         source_shape = list(value.shape) if value is not None else None
         report.tensors.append(TensorRecord(name, source_shape, shape, action, kind))
         del value
-    used = {names[name] for name in tgt if name in names}
+    used = {names_[name] for name in tgt if name in names_}
     if isinstance(state, dict):  # tied tensors: a name whose tensor another used name holds is used too
         ids = {id(state[name]) for name in used}
         used |= {name for name, value in state.items() if id(value) in ids}
     report.dropped = [name for name in state if name not in used]
     return report
+
+
+def _checked_choices(plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A caller's choices (dimension name -> source indices kept, -1 for the target's own value), checked."""
+    unknown = sorted(set(choices) - {d.name for d in plan.dimensions})
+    if unknown:
+        raise ValueError(f"choices for unknown dimensions {unknown}; the plan has {[d.name for d in plan.dimensions]}")
+    out = {}
+    for name, value in choices.items():
+        dim, value = plan[name], torch.as_tensor(value, dtype=torch.long)
+        if value.shape != (dim.target,) or value.min() < -1 or value.max() >= dim.source:
+            raise ValueError(f"choices[{name!r}] must hold {dim.target} source indices in 0..{dim.source - 1} "
+                             f"(-1: the target's own value); got {value.tolist()}")
+        out[name] = value
+    return out
 
 
 def _renamed(state: Any, plan: Plan, choices: dict[str, Tensor]) -> dict[str, str]:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .refit import GRID, Choice, Moments, channel_moments, choose_strength, moments
-from .walk import Batches, Spill, Stop, Walker
+from ..walk import Batches, Spill, Stop, Walker
 
 __all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments", "NormMoments", "LayerStats",
            "record", "refit", "solve_linear", "solve_norm"]

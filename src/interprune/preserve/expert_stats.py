@@ -15,10 +15,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .plan.experts import expert_modules
-from .plan.fused import PART_MARK
+from ..plan.experts import expert_modules
+from ..plan.fused import PART_MARK
 
-from .walk import Batches
+from ..walk import Batches
 
 __all__ = ["expert_scores"]
 

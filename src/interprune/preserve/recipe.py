@@ -25,21 +25,16 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..methods import Kind, check_recipe, names
+from ..plan import Plan, make_plan, output_index
+from ..weights.transfer import transfer
 from .compensate import compensate
-from .errors import InterpruneError
-from .importance import (DEPTH_CHOICES, activation_scores, choose, choose_layers, layer_influence, layer_name_map,
+from .importance import (activation_scores, choose, choose_layers, layer_influence, layer_name_map,
                          magnitude_scores)
-from .plan import STRUCTURED, Plan, make_plan, output_index
 from .rotate import query_key_axes, rotate_heads
-from .transfer import transfer
-from .walk import Batches
+from ..walk import Batches
 
-__all__ = ["PRESERVING", "Preservation", "fill", "check_options"]
-
-PRESERVING = {
-    "magnitude": "keep the units with the largest weight norms, one choice per dimension (no data)",
-    "calibrated": "keep the units with the most activation on --calibration data, one choice per dimension",
-}
+__all__ = ["Preservation", "fill"]
 
 
 @dataclass
@@ -63,19 +58,6 @@ class Preservation:
         return asdict(self)
 
 
-def check_options(method: str, *, calibration: bool, compensate: bool, layers: str, rotate: bool) -> None:
-    """Reject inconsistent options before any work, naming the fix."""
-    if layers not in DEPTH_CHOICES:
-        raise InterpruneError(f"unknown layer choice {layers!r}; use one of {', '.join(DEPTH_CHOICES)}")
-    if method not in PRESERVING and method not in STRUCTURED:
-        raise InterpruneError(f"method {method!r} resamples each tensor on its own, so it cannot take layer, "
-                              f"rotation or compensation options; use one of {', '.join((*PRESERVING, *STRUCTURED))}")
-    needs = [flag for flag, on in (("--compensate", compensate), ("--rotate", rotate),
-                                   ("--layers importance", layers == "importance"),
-                                   ("--method calibrated", method == "calibrated")) if on]
-    if needs and not calibration:
-        raise InterpruneError(f"{', '.join(needs)} needs calibration inputs; pass --calibration DATA (a dataset "
-                              f"or image folder, or a text file with one example per line)")
 
 
 @torch.no_grad()
@@ -98,7 +80,7 @@ def fill(
     or ``Batches`` of them; a batch is split into mini-batches of ``batch_size`` examples. Every statistic
     is summed over the mini-batches, so the result does not depend on their size (within float rounding);
     ``budget`` bounds the boundary activations compensation keeps in memory (bytes; the rest spill to disk)."""
-    check_options(method, calibration=inputs is not None, compensate=compensate_layers, layers=layers, rotate=rotate)
+    check_recipe(method, calibration=inputs is not None, compensate=compensate_layers, layers=layers, rotate=rotate)
     batches = Batches.of(inputs, batch_size) if inputs is not None else None
     inputs = batches
     record = Preservation(method, layer_choice=layers, calibration_examples=batches.examples if batches else 0)
@@ -121,8 +103,8 @@ def fill(
     else:  # select / first: the plan's own choice for every dimension
         choices = {}
     choices.update({**rotated, **kept_layers})
-    report = transfer(full, target, method if method in STRUCTURED else "select", plan=plan, choices=choices,
-                      seed=seed)
+    structured = method if method in names(Kind.STRUCTURED) else "select"
+    report = transfer(full, target, structured, plan=plan, choices=choices, seed=seed)
     report.method = method
     if compensate_layers:
         assert inputs is not None

@@ -1,5 +1,5 @@
-"""One home for Hugging Face model handling: configs, model classes, building, loading, saving,
-processors, classification heads and parameter counts.
+"""Hugging Face models: loading configs, model classes, building, loading, saving, detectors,
+classification heads, parameter counts and fingerprints.
 
 Everything that knows how transformers stores and restores a model lives here, so the rest of
 interprune (the shrink, training, sweeps) works with model objects and one-line errors. Loading turns
@@ -10,10 +10,8 @@ any long work starts.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForObjectDetection, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
-from .errors import InterpruneError
+from ..errors import InterpruneError, first_line
+from .config import without_storage
+from .processors import copy_processor_files, load_processor
 
 # interprune loads and saves many small models in one run (sources, starts, fine-tuned runs, pictures); the
 # per-load bars of transformers ("Loading weights", "Writing model shards") would bury our own progress lines,
@@ -38,13 +38,9 @@ try:
 except ImportError:  # an older huggingface_hub: leave its bars as they are
     pass
 
-__all__ = ["PROCESSOR_FILES", "load_config", "fingerprint", "model_class", "build_model", "load_model", "save",
-           "copy_processor_files", "load_processor", "check_detector",
-           "load_for_inference", "load_detector", "head_tensors", "recreate_head", "count_parameters"]
+__all__ = ["load_config", "fingerprint", "model_class", "build_model", "load_model", "save", "check_writable",
+           "is_detector", "check_detector", "load_for_inference", "load_detector", "head_tensors", "recreate_head", "count_parameters"]
 
-PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
-                   "tokenizer.model")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 HUB_HOST = ("huggingface.co", 443)
@@ -93,12 +89,6 @@ def load_config(source: str | os.PathLike) -> PretrainedConfig:
             f"cannot load model {str(source)!r}: it is neither a folder with a config.json nor a Hugging Face "
             f"Hub id that can be reached; check the path or the name (Hub ids need network access)"
         ) from None
-
-
-def first_line(err: BaseException) -> str:
-    """An exception as one line of at most 300 characters, for one-line errors."""
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return (text or type(err).__name__)[:300]
 
 
 def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
@@ -183,7 +173,7 @@ def save(
     Besides ``config.json`` and ``model.safetensors``, it gets ``interprune.json`` (the report) and
     the source's processor files (or ``processor`` itself), so processor settings travel with the weights.
     """
-    from .atomic import atomic_folder
+    from ..atomic import atomic_folder
 
     out = Path(out)
     check_writable(out)
@@ -213,7 +203,7 @@ def fingerprint(folder: str | os.PathLike) -> str | None:
     if not folder.is_dir() or not files:
         return None
     digest = sha256()
-    config = _without_volatile(AutoConfig.from_pretrained(str(folder)).to_dict())
+    config = without_storage(AutoConfig.from_pretrained(str(folder)).to_dict())
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for file in files:
         with safe_open(str(file), "pt") as handle:
@@ -222,14 +212,6 @@ def fingerprint(folder: str | os.PathLike) -> str | None:
                 digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
                 digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
-
-
-def _without_volatile(value: Any) -> Any:
-    """A config dict without what says where or how it was stored (paths, versions, storage dtype), at any depth."""
-    if isinstance(value, dict):
-        return {k: _without_volatile(v) for k, v in value.items()
-                if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype")}
-    return [_without_volatile(v) for v in value] if isinstance(value, list) else value
 
 
 def check_writable(out: str | os.PathLike) -> None:
@@ -244,68 +226,18 @@ def check_writable(out: str | os.PathLike) -> None:
         raise InterpruneError(f"cannot write {out}: {parent} is not writable; choose another --out")
 
 
-def copy_processor_files(source: str | os.PathLike, dest: Path) -> None:
-    """Copy image-processor/tokenizer files from a local folder, or fetch them for a Hub id."""
-    folder = Path(source)
-    if folder.is_dir():
-        for name in PROCESSOR_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, dest / name)
-        return
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    for name in PROCESSOR_FILES:
-        try:
-            shutil.copy2(hf_hub_download(str(source), name), dest / name)
-        except EntryNotFoundError:  # the Hub model simply has no such file; other failures are real errors
-            continue
+def is_detector(config: PretrainedConfig) -> bool:
+    """Whether transformers has an object-detection model for this config (DETR family, YOLOS, ...)."""
+    return type(config) in AutoModelForObjectDetection._model_mapping
 
 
-def tokenizer_size(source: str | os.PathLike) -> int | None:
-    """How many token ids the source's tokenizer files know, or None when it has none (local folders)."""
-    folder = Path(source)
-    if not folder.is_dir():
-        return None
-    if (folder / "tokenizer.json").is_file():
-        data = json.loads((folder / "tokenizer.json").read_text())
-        vocab = data.get("model", {}).get("vocab") or {}
-        size = len(vocab) if isinstance(vocab, (dict, list)) else 0
-        ids = [t.get("id", -1) for t in data.get("added_tokens", [])] + (list(vocab.values()) if isinstance(vocab, dict) else [])
-        return max([size - 1, *ids]) + 1 if (size or ids) else None
-    if (folder / "vocab.txt").is_file():
-        return sum(1 for _ in (folder / "vocab.txt").open())
-    if (folder / "vocab.json").is_file():
-        return len(json.loads((folder / "vocab.json").read_text()))
-    return None
-
-
-def check_detector(config: PretrainedConfig, source: str) -> None:
-    if type(config) not in AutoModelForObjectDetection._model_mapping:
+def check_detector(config: PretrainedConfig, source: str, role: str = "") -> None:
+    """Refuse a model that is not a detector before any work; ``role`` names the option (``--teacher ``)."""
+    if not is_detector(config):
         raise InterpruneError(
-            f"{source} is a {config.model_type} model, not an object-detection model; give a DETR-family "
+            f"{role}{source} is a {config.model_type} model, not an object-detection model; give a DETR-family "
             f"model (e.g. a folder written by 'interprune shrink facebook/detr-resnet-50 ...')"
         )
-
-
-def load_processor(source: str | os.PathLike | None, config: PretrainedConfig, image_size: int | None = None) -> Any:
-    """The model's own image processor; a default one for its type when the folder has none (or when there is
-    no folder yet: ``source`` None, so a path is never mistaken for a Hub id and looked up)."""
-    from transformers import AutoImageProcessor
-
-    try:
-        if source is None:
-            raise OSError("no saved processor")
-        processor = AutoImageProcessor.from_pretrained(str(source))
-    except (OSError, ValueError):
-        from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
-
-        names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type) or {}  # {"torchvision": ..., "pil": ...}
-        name = (names.get("torchvision") or names.get("pil")) if isinstance(names, dict) else names
-        processor = getattr(transformers, name)()
-    if image_size:
-        processor.size = {"shortest_edge": image_size, "longest_edge": math.ceil(image_size * 5 / 3)}
-    return processor
 
 
 def load_for_inference(source: str | os.PathLike) -> tuple[PretrainedConfig, Any, Any]:

@@ -1,0 +1,2 @@
+"""Everything that knows about Hugging Face: configs and their rebuild (``config``), model classes, builds,
+loads and saves (``models``), processors and tokenizers (``processors``), dummy inputs (``inputs``)."""

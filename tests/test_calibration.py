@@ -1,0 +1,75 @@
+"""Calibration inputs: a seeded sample of the user's examples, through the model's own processor."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from interprune.errors import InterpruneError
+from interprune.preserve.calibration import calibration_inputs
+
+
+class Tokenizer:
+    """Records the lines it is given; ids are the lines' lengths."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def batch_decode(self, ids):  # what marks a tokenizer
+        return ids
+
+    def __call__(self, lines, padding, truncation, return_tensors):
+        self.seen = list(lines)
+        return {"input_ids": torch.tensor([[len(line)] for line in lines])}
+
+
+class ImageProcessor:
+    size = {"shortest_edge": 8}
+
+    def __call__(self, images, return_tensors):
+        pixels = torch.stack([torch.as_tensor(im).float().mean() * torch.ones(3, 4, 4) for im in images])
+        return {"pixel_values": pixels, "pixel_mask": torch.ones(len(images), 4, 4), "labels": None}
+
+
+def test_text_is_a_seeded_sample_of_the_non_empty_lines(tmp_path):
+    lines = [f"example {i}" for i in range(10)]
+    path = tmp_path / "text.txt"
+    path.write_text("\n".join(lines[:5] + ["", "   "] + lines[5:]) + "\n")
+    tokenizer = Tokenizer()
+    batch = calibration_inputs(path, tokenizer, count=4, seed=7)
+    assert tokenizer.seen == random.Random(7).sample(lines, 4)
+    assert batch["input_ids"].tolist() == [[len(line)] for line in tokenizer.seen]
+    calibration_inputs(path, tokenizer, count=50)
+    assert tokenizer.seen == lines  # fewer lines than asked: all of them, in order
+
+
+def test_images_are_a_sorted_seeded_sample_with_only_what_the_model_reads(tmp_path):
+    for i in range(5):
+        Image.new("L", (6, 6), color=i * 10).convert("RGB").save(tmp_path / f"{i}.png")
+    batch = calibration_inputs(tmp_path, ImageProcessor(), count=3, seed=1)
+    assert set(batch) == {"pixel_values", "pixel_mask"}
+    chosen = sorted(random.Random(1).sample(sorted(tmp_path.glob("*.png")), 3))
+    expected = [int(p.stem) * 10 for p in chosen]  # each image's grey level survives as its mean
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == expected
+
+
+@pytest.mark.parametrize("setup, processor, message", [
+    (lambda p: p / "missing", Tokenizer(), "does not exist"),
+    (lambda p: (p / "empty.txt").write_text("\n \n") and p / "empty.txt", Tokenizer(), "has no non-empty lines"),
+    (lambda p: (p / "t.txt").write_text("a\n") and p / "t.txt", ImageProcessor(), "is text, but the model has no tokenizer"),
+    (lambda p: p, ImageProcessor(), "no images"),
+])
+def test_unusable_data_is_one_line_before_any_work(tmp_path, setup, processor, message):
+    with pytest.raises(InterpruneError, match=message):
+        calibration_inputs(setup(tmp_path), processor)
+
+
+def test_images_need_an_image_processor(tmp_path):
+    Image.new("RGB", (6, 6)).save(tmp_path / "a.png")
+    with pytest.raises(InterpruneError, match="holds images, but the model has no image processor"):
+        calibration_inputs(tmp_path, Tokenizer())
+    with pytest.raises(InterpruneError, match="at least 1"):
+        calibration_inputs(tmp_path, ImageProcessor(), count=0)

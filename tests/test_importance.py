@@ -1,0 +1,99 @@
+"""Importance: weight-norm and activation scores, the choice they make, and which layers a shallower stack keeps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from interprune.plan import make_plan
+from interprune.preserve.importance import (activation_scores, choose, choose_layers, layer_influence, layer_name_map,
+                                            magnitude_scores)
+
+from .conftest import tiny_bert
+
+
+def ffn_of_layer0(plan):
+    return next(d for d in plan.dimensions if d.kind == "ffn" and ".0." in d.name)
+
+
+def test_magnitude_score_is_the_sum_of_normalised_squared_norms_over_every_tensor_of_the_dimension():
+    source, target = tiny_bert(), tiny_bert(intermediate_size=32)
+    plan = make_plan(source, target)
+    dim = ffn_of_layer0(plan)
+    state = source.state_dict()
+    up, down = state["encoder.layer.0.intermediate.dense.weight"], state["encoder.layer.0.output.dense.weight"]
+    bias = state["encoder.layer.0.intermediate.dense.bias"]
+    bias.copy_(torch.randn(64, generator=torch.Generator().manual_seed(1)))  # BERT starts its biases at zero
+    expected = sum(n / n.mean() for n in (up.pow(2).sum(1), bias.pow(2), down.pow(2).sum(0)))
+    assert torch.allclose(magnitude_scores(state, plan)[dim.name], expected, atol=1e-5)
+
+
+def test_choose_keeps_the_highest_scores_in_source_order_and_breaks_ties_the_same_way():
+    source, target = tiny_bert(), tiny_bert(intermediate_size=32)
+    plan = make_plan(source, target)
+    dim = ffn_of_layer0(plan)
+    scores = {d.name: torch.zeros(d.source) for d in plan.dimensions}
+    scores[dim.name] = torch.arange(64.0).flip(0)  # unit 0 scores highest
+    assert choose(plan, scores)[dim.name].tolist() == list(range(32))
+    scores[dim.name] = torch.ones(64)  # all tied: the stable sort keeps the first ones
+    assert choose(plan, scores)[dim.name].tolist() == list(range(32))
+
+
+def test_activation_scores_prefer_units_that_fire():
+    source, target = tiny_bert(), tiny_bert(intermediate_size=32)
+    dead = torch.arange(0, 64, 2)  # make every even FFN unit of layer 0 silent
+    with torch.no_grad():
+        source.encoder.layer[0].intermediate.dense.weight[dead] = 0
+        source.encoder.layer[0].intermediate.dense.bias[dead] = 0  # written as 0, read as GELU(0) = 0
+    plan = make_plan(source, target)
+    dim = ffn_of_layer0(plan)
+    inputs = {"input_ids": torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(0))}
+    kept = choose(plan, activation_scores(source, plan, inputs))[dim.name]
+    assert kept.tolist() == list(range(1, 64, 2))  # exactly the units that fire
+
+
+@pytest.mark.parametrize("how, influence, kept", [
+    ("first", None, [0, 1, 2]), ("uniform", None, [0, 2, 4]),
+    ("importance", torch.tensor([0.1, 0.5, 0.3, 0.9, 0.0, 0.4]), [1, 3, 5]),
+])
+def test_choose_layers(how, influence, kept):
+    assert choose_layers(how, 6, 3, influence).tolist() == kept
+
+
+def test_choose_layers_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="needs calibration data"):
+        choose_layers("importance", 6, 3)
+    with pytest.raises(ValueError, match="unknown layer choice 'last'"):
+        choose_layers("last", 6, 3)
+
+
+def test_layer_name_map_points_target_layers_at_the_source_layers_they_came_from():
+    rename = layer_name_map({"encoder.layer": torch.tensor([0, 2])})
+    assert rename("encoder.layer.1.attention.self.query.weight") == "encoder.layer.2.attention.self.query.weight"
+    assert rename("encoder.layer.1") == "encoder.layer.2"
+    assert rename("encoder.layer.0.output.dense.bias") == "encoder.layer.0.output.dense.bias"
+    assert rename("encoder.layers_extra.1.weight") == "encoder.layers_extra.1.weight"  # another stack
+    assert rename("embeddings.word_embeddings.weight") == "embeddings.word_embeddings.weight"
+
+
+class Stack(nn.Module):
+    """Two layers: one that leaves the hidden state alone, one that turns it around."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        flip = nn.Linear(4, 4, bias=False)
+        nn.init.constant_(flip.weight, 0.0)
+        with torch.no_grad():
+            flip.weight.copy_(-torch.eye(4))
+        self.layers = nn.ModuleList([nn.Identity(), flip])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_layer_influence_is_one_minus_the_cosine_of_input_and_output():
+    influence = layer_influence(Stack(), "layers", {"x": torch.randn(3, 5, 4)})
+    assert torch.allclose(influence, torch.tensor([0.0, 2.0]), atol=1e-6)
