@@ -45,7 +45,7 @@ start = time.perf_counter()
 if job == "imports":
     pass
 elif job == "load+save":
-    from interprune.shrink import load_model
+    from interprune.hf.models import load_model
     load_model(source).save_pretrained(out, max_shard_size=extra.get("shard", "5GB"))
 else:
     code = main(["shrink", source, "--out", out, *extra["args"]])
