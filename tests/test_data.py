@@ -106,6 +106,29 @@ def test_rocks_generator_is_deterministic_and_sized_like_the_paper(tmp_path):
         write_dataset(a, draw_rocks, NAMES, "rocks", train=1, valid=1)
 
 
+def test_rocks_are_big_and_show_their_ore_colour():
+    """A rock fills a good part of the image and most boxes are mostly covered by their own ore's colour, more
+    than by any other ore's: the classes are told apart by what a detector at stride 16 can see."""
+    import numpy as np
+
+    from interprune.data.rocks import ORES
+
+    colours = np.asarray([ORES[n][0] for n in NAMES], np.float32)
+    rng, sides, own_wins, boxes_seen = np.random.default_rng(0), [], 0, 0
+    for _ in range(30):
+        image, boxes = draw_rocks(rng, 160)
+        pixels = np.asarray(image, np.float32)
+        for label, (x, y, w, h) in boxes:
+            sides.append(max(w, h))
+            crop = pixels[int(y): int(y + h), int(x): int(x + w)].reshape(-1, 1, 3)
+            near = (np.linalg.norm(crop - colours[None], axis=-1) < 50).mean(0)  # share of each ore's colour
+            near[NAMES.index("coal")] *= label == NAMES.index("coal")  # shadows and rims are as dark as coal
+            own_wins += int(near.argmax() == label and near[label] > 0.08)
+            boxes_seen += 1
+    assert np.median(sides) >= 0.25 * 160 and min(sides) >= 4  # the old rocks: about 0.15
+    assert own_wins >= 0.85 * boxes_seen, (own_wins, boxes_seen)
+
+
 def test_augmentation_keeps_every_box_valid():
     torch.manual_seed(0)
     image = tv_tensors.Image(torch.randint(0, 255, (3, 60, 80), dtype=torch.uint8))

@@ -55,3 +55,12 @@ def test_demo_end_to_end_in_miniature(tmp_path, capsys):
     assert "[full-transfer seed 0] starts from exactly the weights of full-pretrained" in printed
     assert "[small-avg-pool seed 0] starts from exactly the weights of small-area" in printed
     assert (tmp_path / "demo" / "report.html").is_file() and (tmp_path / "demo" / "figures" / "fig4_small_models.png").is_file()
+    # the README's table, written from the run so the README's numbers can be regenerated from it
+    table = (tmp_path / "demo" / "readme_table.md").read_text().splitlines()
+    assert table[0].startswith("| experiment | parameters | val loss at step 0 | final val loss | mAP@50 |")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table[2:]}
+    assert "full-transfer (= full-pretrained, trained once)" in rows and "small-avg-pool (= small-area, trained once)" in rows
+    assert "small-calibrated (+ rotate, compensate)" in rows
+    distilled = next(r for name, r in rows.items() if name.startswith("**small-distilled**"))
+    assert distilled[5] == "2"  # pipeline steps: its own and its teacher's
+    assert rows["full-pretrained"][1] == "2,575,255"

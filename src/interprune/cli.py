@@ -35,6 +35,7 @@ def run_shrink(args: argparse.Namespace) -> None:
         raise InterpruneError(f"{out} already exists; choose another --out or pass --overwrite")
     check_writable(out)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    recovery = _shrink_recovery(args)
     shard = parse_size(args.max_shard_size)
     overrides = parse_overrides(args.set)
     data_aware = args.method in names(Kind.DATA_AWARE) or args.compensate or args.rotate or args.layers != "first"
@@ -59,6 +60,28 @@ def run_shrink(args: argparse.Namespace) -> None:
               f"rotated, {len(kept['compensated'])} layers refit on {kept['calibration_examples']} calibration "
               f"examples" + (f"; {layers}" if layers else ""))
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
+    if recovery is not None:
+        from .recover import recover
+
+        data, settings = recovery
+        _print_recovery(recover(out, args.source, data, out, settings), out)
+
+
+def _shrink_recovery(args: argparse.Namespace):
+    """``shrink --recover N``: its data and settings, checked before the shrink does any work."""
+    if args.recover is None:
+        if args.recover_data:
+            raise InterpruneError("--recover-data is read only with --recover N; add it or drop --recover-data")
+        return None
+    from .hf.processors import model_processor
+    from .recover.data import open_unlabelled
+
+    data = args.recover_data or args.calibration
+    if not data:
+        raise InterpruneError("--recover needs unlabelled inputs: pass --recover-data DATA (or --calibration DATA)")
+    settings = _recover_settings(args, steps=args.recover)
+    open_unlabelled(data, model_processor(args.source), held_out=settings.held_out, seed=settings.seed)
+    return data, settings
 
 
 def run_plan(args: argparse.Namespace) -> None:
@@ -147,7 +170,7 @@ def run_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/")
 
 
-def run_sweep(args: argparse.Namespace) -> None:
+def run_sweep(args: argparse.Namespace) -> int:
     from .sweep.config import load_sweep, preset_path
     from .sweep.report import write_report
     from .sweep.run import run_sweep
@@ -155,9 +178,39 @@ def run_sweep(args: argparse.Namespace) -> None:
     if bool(args.file) == bool(args.preset):
         raise InterpruneError("give a sweep YAML file or --preset NAME (e.g. --preset paper), not both")
     source = str(Path(args.source).resolve()) if args.source and Path(args.source).exists() else args.source
+    check_launcher_flags(args)
     config = load_sweep(args.file or preset_path(args.preset), {"data": args.data, "source": source})
-    run_sweep(config, args.out, only=args.only)
-    _print_report(write_report(args.out))
+    if args.launcher == "serial":
+        run_sweep(config, args.out, only=args.only)
+        _print_report(write_report(args.out))
+        return 0
+    return run_launched_sweep(config, args)
+
+
+def run_launched_sweep(config, args: argparse.Namespace) -> int:
+    """``sweep --launcher ray|slurm``: the runs spread over a cluster; the report of what finished; exit 1
+    (after the report) when some run failed for good."""
+    from .sweep.launch import launched_sweep, ray_launcher, slurm_launcher
+    from .sweep.report import write_report
+
+    if args.launcher == "ray":
+        def make():
+            return ray_launcher(args.address, args.cpus_per_run, args.gpus_per_run)
+    else:
+        def make():
+            return slurm_launcher(Path(args.out).resolve(), local=args.local, partition=args.partition,
+                                  cpus=int(args.cpus_per_run), gpus=int(args.gpus_per_run), minutes=args.time,
+                                  parallelism=args.array_parallelism)
+    outcomes = launched_sweep(config, args.out, make, retries=args.retries, only=args.only)
+    bad = {key: o for key, o in outcomes.items() if o.status != "done"}
+    if len(bad) < len(outcomes):
+        _print_report(write_report(args.out))
+    for key, outcome in bad.items():
+        print(f"interprune: {key} {outcome.status}: {outcome.message}", file=sys.stderr)
+    if bad:
+        print(f"interprune: {len(bad)} of {len(outcomes)} runs did not finish; logs in {Path(args.out) / 'logs'}/; "
+              f"run the same command again to retry them", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def run_report(args: argparse.Namespace) -> None:
@@ -229,6 +282,9 @@ def add_shrink_parser(sub: Any) -> None:
                    "directions (same function) before cutting it")
     p.add_argument("--layers", default="first", choices=list(LAYER_CHOICES),
                    help="which source layers a shallower target keeps (default first)")
+    p.add_argument("--recover", type=int, metavar="N", help="then distil the result from the source for N steps "
+                   "on unlabelled inputs (see 'interprune recover'); OUT gets the recovered model")
+    p.add_argument("--recover-data", metavar="DATA", help="unlabelled inputs for --recover (default: --calibration)")
     p.set_defaults(func=run_shrink)
 
 
@@ -304,6 +360,7 @@ def add_sweep_parser(sub: Any) -> None:
                    "e.g. a local copy of facebook/detr-resnet-50 for --preset paper")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--only", help="run only this experiment (spread a sweep over machines)")
+    add_launcher_flags(p)
     p.set_defaults(func=run_sweep)
 
 
@@ -341,9 +398,55 @@ def add_demo_parser(sub: Any) -> None:
 
 
 # one entry per command, in the order 'interprune --help' lists them
+def add_recover_parser(sub: Any) -> None:
+    """``interprune recover SMALL --teacher SOURCE --data UNLABELLED --steps N --out OUT``."""
+    from .recover.settings import RecoverSettings
+
+    p = sub.add_parser("recover", help="distil a shrunk model from its source on unlabelled images or text")
+    p.add_argument("small", help="the shrunk model folder (its interprune.json says what it kept)")
+    p.add_argument("--teacher", required=True, help="the model it was shrunk from (folder or Hub id)")
+    p.add_argument("--data", required=True, help="unlabelled inputs: a text file (one example per line) for text "
+                   "models, an image folder or COCO/Roboflow dataset for vision models")
+    p.add_argument("--out", required=True, help="folder for the recovered model (its run goes into OUT/recover/)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/recover/checkpoints/last.ckpt")
+    for name, field in RecoverSettings.model_fields.items():
+        kinds = [a for a in (get_args(field.annotation) or (field.annotation,)) if a is not type(None)]
+        convert = kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else str
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=convert, default=None, choices=choices,
+                       help=f"{field.description or ''} (default {field.default})".strip())
+    p.set_defaults(func=run_recover)
+
+
+def _recover_settings(args: argparse.Namespace, **fixed):
+    from .recover.settings import RecoverSettings
+
+    fields = {k: getattr(args, k) for k in RecoverSettings.model_fields if getattr(args, k, None) is not None}
+    try:
+        return RecoverSettings(**{**fields, **fixed})
+    except ValueError as err:
+        raise InterpruneError("--" + _first_pydantic_error(err).replace("_", "-", 1)) from None
+
+
+def run_recover(args: argparse.Namespace) -> None:
+    from .recover import recover
+
+    summary = recover(args.small, args.teacher, args.data, args.out, _recover_settings(args), resume=args.resume)
+    _print_recovery(summary, args.out)
+
+
+def _print_recovery(summary, out) -> None:
+    if summary is None:  # another process of a multi-process run
+        return
+    print(f"recovered for {summary['steps']} steps in {summary['seconds']:.0f} s: held-out distillation loss "
+          f"{summary['val_loss_start']:.4f} -> {summary['val_loss_end']:.4f} ({summary['states_matched']} block "
+          f"outputs matched)")
+    print(f"wrote {out}/ (config.json, model.safetensors, interprune.json; the run in {out}/recover/)")
+
+
 COMMANDS = (add_methods_parser, add_shrink_parser, add_plan_parser, add_data_parser, add_train_parser,
             add_pretrain_parser, add_predict_parser, add_sweep_parser, add_report_parser, add_bench_parser,
-            add_demo_parser)
+            add_demo_parser, add_recover_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,13 +476,46 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
                            help=f"{field.description or ''} (default {field.default})".strip())
 
 
+def check_launcher_flags(args: argparse.Namespace) -> None:
+    """Flags that belong to another launcher, or counts that cannot be, in one line before any work."""
+    own = {"address": "ray", "partition": "slurm", "local": "slurm"}
+    for flag, launcher in own.items():
+        if getattr(args, flag) and args.launcher != launcher:
+            raise InterpruneError(f"--{flag} is for --launcher {launcher}, not {args.launcher}")
+    if args.retries < 0:
+        raise InterpruneError(f"--retries {args.retries}: give 0 or more")
+    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+        raise InterpruneError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
+    if args.launcher == "slurm" and (args.cpus_per_run != int(args.cpus_per_run) or args.gpus_per_run != int(args.gpus_per_run)):
+        raise InterpruneError("--launcher slurm takes whole CPUs and GPUs per run")
+
+
+def add_launcher_flags(p: argparse.ArgumentParser) -> None:
+    """Where a sweep's runs execute (see ``sweep.launch``)."""
+    g = p.add_argument_group("launchers (README: Running on a cluster)")
+    g.add_argument("--launcher", default="serial", choices=["serial", "ray", "slurm"],
+                   help="serial (default: one run after another here), ray (a Ray task per run) or slurm "
+                   "(a Slurm job per run, through submitit)")
+    g.add_argument("--address", help="ray: the cluster (auto, host:port or ray://host:port); default: a local Ray "
+                   "instance started and stopped here")
+    g.add_argument("--cpus-per-run", type=float, default=1, help="CPUs each run asks for (default 1)")
+    g.add_argument("--gpus-per-run", type=float, default=0, help="GPUs each run asks for (default 0)")
+    g.add_argument("--retries", type=int, default=2, help="times a run whose worker or job died is started "
+                   "again, resuming from its checkpoint (default 2)")
+    g.add_argument("--partition", help="slurm: the partition")
+    g.add_argument("--time", type=int, default=240, help="slurm: minutes per run (default 240)")
+    g.add_argument("--array-parallelism", type=int, default=64, help="slurm: runs of one job array at once "
+                   "(default 64)")
+    g.add_argument("--local", action="store_true", help="slurm: submitit's local executor on this machine "
+                   "instead of a Slurm cluster (same code path)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded where a command's output should say how it was made
     try:
-        args.func(args)
+        return args.func(args) or 0
     except InterpruneError as err:
         print(f"interprune: error: {err}", file=sys.stderr)
         return 2
-    return 0

@@ -381,5 +381,10 @@ def make_plan(source: nn.Module, target: nn.Module) -> Plan:
     dims = [d for d in ctx.dims if d.axes or d.kind == Kind.LAYERS]
     covered = {(a.tensor, a.axis) for d in dims for a in d.axes}
     unplanned = {real_name(n) for n, axis, *_ in ctx.changed() if (n, axis) not in covered and n not in computed}
+    for name, axis, s, t in ctx.changed():  # a table with one entry per layer after the first (YOLOS)
+        stack = next((d for d in dims if d.kind == Kind.LAYERS and (d.source - 1, d.target - 1) == (s, t)), None)
+        if real_name(name) in unplanned and stack is not None and axis == 0:
+            ctx.reasons.setdefault(real_name(name), f"one entry per layer of {stack.name} after the first; "
+                                                    f"no rule ties it to the layers kept")
     reasons = {n: why for n, why in ctx.reasons.items() if n in unplanned}
     return Plan(dims, sorted(unplanned), computed, ctx.fused, reasons)

@@ -133,7 +133,8 @@ class Plan:
         """One line per changed dimension and the tensor axes it covers (``interprune plan``)."""
         lines = []
         for d in self.dimensions:
-            extra = " (aligned with the sine position encoding)" if d.aligned is not None else ""
+            encoding = "rotary" if d.kind == Kind.HEAD_DIM else "sine"
+            extra = f" (aligned with the {encoding} position encoding)" if d.aligned is not None else ""
             if d.grid:
                 g = d.grid
                 extra += f" grid {g.source[0]}x{g.source[1]} -> {g.target[0]}x{g.target[1]}"

@@ -53,6 +53,18 @@ class SweepLayout:
         return self.out / "bench" / f"{name}.json"
 
     @property
+    def logs(self) -> Path:
+        """What launched runs print (``sweep --launcher``), one file per run."""
+        return self.out / "logs"
+
+    def log(self, name: str, seed: int) -> Path:
+        return self.logs / f"{name}-seed{seed}.log"
+
+    def lock(self, name: str, seed: int) -> Path:
+        """The run's writer lock (``sweep.locks``), beside ``runs/`` so no reader mistakes it for a run."""
+        return self.out / "locks" / f"{name}-seed{seed}.lock"
+
+    @property
     def figures(self) -> Path:
         return self.out / "figures"
 

@@ -28,10 +28,12 @@ from ..train.summary import SUMMARY, RunSummary, UnreadableSummary
 from ..weights.shrink import shrink
 from .config import Experiment, SweepConfig
 from .costs import bench_experiments
+from .locks import run_lock
 from .progress import SweepProgress
 from .results import SweepLayout
 
-__all__ = ["check_sweep", "run_sweep", "prepare_model", "settings_for"]
+__all__ = ["check_sweep", "run_sweep", "run_one", "start_sweep", "prepare_data", "prepare_model", "settings_for",
+           "finished_twins", "is_finished", "SourceCache"]
 
 
 def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None = None) -> None:
@@ -42,7 +44,7 @@ def check_sweep(config: SweepConfig, only: str | None = None, out: Path | None =
     if only and out is not None:
         experiment = config.experiment(only)
         for dep in dict.fromkeys(d for d in (experiment.from_, experiment.teacher) if d):
-            missing = [s for s in config.seeds if not _finished(SweepLayout(out).run(dep, s))]
+            missing = [s for s in config.seeds if not is_finished(SweepLayout(out).run(dep, s))]
             if missing:
                 raise InterpruneError(
                     f"--only {only}: it needs {dep}'s result, which {out} does not have yet for seed(s) "
@@ -98,56 +100,89 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
 
 
 def run_sweep(config: SweepConfig, out: str | Path, *, only: str | None = None, progress: bool = True) -> list[Path]:
-    """Run every (experiment, seed) not yet finished; return the run folders that now have summaries."""
+    """Run every (experiment, seed) not yet finished, one after another; return the run folders that now
+    have summaries. (``sweep.launch`` spreads the same runs over a Ray cluster or Slurm.)"""
     out = Path(out)
-    layout = SweepLayout(out)
     check_sweep(config, only, out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(layout.config, json.dumps(config.model_dump(), indent=1))
-    data = prepare_data(config, out)
-    source = None
-    done = []
+    data = start_sweep(config, out)
     order = [e for e in config.ordered() if not only or e.name == only]  # each after what it starts from
     counter = SweepProgress(len(order) * len(config.seeds))
+    sources = SourceCache(config)
     twins: dict[tuple[str, str], Path] = {}  # (start fingerprint, settings) -> the run that trained it
+    done = []
     for experiment in order:
         for seed in config.seeds:
-            run = layout.run(experiment.name, seed)
-            tag = f"[{experiment.name} seed {seed}]"
-            if _finished_before(run, tag, twins, counter):
-                done.append(run)
-                continue
-            folder = layout.start(experiment.name, seed)
-            origin = layout.model(experiment.from_, seed) if experiment.from_ else None
-            needed = experiment.init != "pretrained" and not folder.exists()
-            if origin is None and source is None and needed:
-                source = load_model(config.source)
-            start_from = (load_model(origin) if needed else None) if origin is not None else source
-            start = prepare_model(config, experiment, seed, folder, start_from, origin, data)
-            settings = settings_for(config, experiment, seed, out)
-            digest = fingerprint(start)
-            key = (digest, _settings_key(settings))
-            if digest is not None and key in twins:  # bit-identical start, same settings: the same run
-                copy_run(twins[key], run)
-                print(f"{counter.next(skipped=True)} {tag} starts from exactly the weights of {twins[key].parent.name} "
-                      f"with the same settings: its results are copied, not recomputed")
-                done.append(run)
-                continue
-            print(f"{counter.next()} {tag} {experiment.size} model, init {experiment.init}"
-                  f"{f' from {experiment.from_}' if experiment.from_ else ''}"
-                  f"{f', teacher {experiment.teacher}' if experiment.teacher else ''}: training "
-                  f"{settings.steps} steps -> {run}")
-            _train(start, data, run, settings, tag, progress, digest)
-            if digest is not None:
-                twins.setdefault(key, run)
-            counter.done()
-            done.append(run)
+            with run_lock(out, experiment.name, seed):
+                done.append(run_one(config, out, experiment, seed, data, sources=sources, twins=twins,
+                                    counter=counter, progress=progress))
     if config.bench:
         bench_experiments(config, out, only=only)
     return done
 
 
-def _finished_before(run: Path, tag: str, twins: dict[tuple[str, str], Path], counter: SweepProgress) -> bool:
+def start_sweep(config: SweepConfig, out: Path) -> DetectionData:
+    """The results folder with the sweep it holds (``sweep.json``), and the data, written once if generated."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(SweepLayout(out).config, json.dumps(config.model_dump(), indent=1))
+    return prepare_data(config, out)
+
+
+class SourceCache:
+    """The sweep's source model, loaded once and only when a run needs it."""
+
+    def __init__(self, config: SweepConfig) -> None:
+        self.config, self.model = config, None
+
+    def get(self) -> Any:
+        if self.model is None:
+            self.model = load_model(self.config.source)
+        return self.model
+
+
+def run_one(config: SweepConfig, out: Path, experiment: Experiment, seed: int, data: DetectionData, *,
+            sources: SourceCache, twins: dict[tuple[str, str], Path], counter: SweepProgress | None = None,
+            progress: bool = True) -> Path:
+    """Bring one (experiment, seed) run to its summary: skip it if finished, copy a twin's results (a
+    bit-identical start with the same settings), or prepare its starting model and train it, resuming
+    from its checkpoint when it has one. Every launcher calls this, so a run is the same wherever it runs."""
+    layout = SweepLayout(out)
+    run = layout.run(experiment.name, seed)
+    tag = f"[{experiment.name} seed {seed}]"
+    if _finished_before(run, tag, twins, counter):
+        return run
+    folder = layout.start(experiment.name, seed)
+    origin = layout.model(experiment.from_, seed) if experiment.from_ else None
+    needed = experiment.init != "pretrained" and not folder.exists()
+    start_from = None
+    if needed:
+        start_from = load_model(origin) if origin is not None else sources.get()
+    start = prepare_model(config, experiment, seed, folder, start_from, origin, data)
+    settings = settings_for(config, experiment, seed, out)
+    digest = fingerprint(start)
+    key = (digest, _settings_key(settings))
+    if digest is not None and key in twins:  # bit-identical start, same settings: the same run
+        copy_run(twins[key], run)
+        print(f"{_prefix(counter, True)}{tag} starts from exactly the weights of {twins[key].parent.name} "
+              f"with the same settings: its results are copied, not recomputed")
+        return run
+    print(f"{_prefix(counter)}{tag} {experiment.size} model, init {experiment.init}"
+          f"{f' from {experiment.from_}' if experiment.from_ else ''}"
+          f"{f', teacher {experiment.teacher}' if experiment.teacher else ''}: training "
+          f"{settings.steps} steps -> {run}")
+    _train(start, data, run, settings, tag, progress, digest)
+    if digest is not None:
+        twins.setdefault(key, run)
+    if counter:
+        counter.done()
+    return run
+
+
+def _prefix(counter: SweepProgress | None, skipped: bool = False) -> str:
+    """``[j/n] `` when the sweep counts its runs here (serial); launchers count as runs finish instead."""
+    return f"{counter.next(skipped=skipped)} " if counter else ""
+
+
+def _finished_before(run: Path, tag: str, twins: dict[tuple[str, str], Path], counter: SweepProgress | None) -> bool:
     """Whether ``run`` has a readable summary already (then its start becomes a known twin)."""
     try:
         finished = RunSummary.find(run)
@@ -158,8 +193,24 @@ def _finished_before(run: Path, tag: str, twins: dict[tuple[str, str], Path], co
         return False
     if finished.start_fingerprint:
         twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
-    print(f"{counter.next(skipped=True)} {tag} finished before: skipped")
+    print(f"{_prefix(counter, True)}{tag} finished before: skipped")
     return True
+
+
+def finished_twins(config: SweepConfig, out: Path) -> dict[tuple[str, str], Path]:
+    """The twins table of the runs already finished on disk: what a run started on another machine knows."""
+    twins: dict[tuple[str, str], Path] = {}
+    layout = SweepLayout(out)
+    for experiment in config.experiments:
+        for seed in config.seeds:
+            run = layout.run(experiment.name, seed)
+            try:
+                finished = RunSummary.find(run)
+            except UnreadableSummary:
+                continue
+            if finished is not None and finished.start_fingerprint and not finished.copied_from:
+                twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
+    return twins
 
 
 def _train(start: Path, data: DetectionData, run: Path, settings: TrainSettings, tag: str, progress: bool,
@@ -193,7 +244,8 @@ def settings_for(config: SweepConfig, experiment: Experiment, seed: int, out: Pa
     return config.train.model_copy(update=update)
 
 
-def _finished(run: Path) -> bool:
+def is_finished(run: Path) -> bool:
+    """The run has a readable summary."""
     try:
         return RunSummary.find(run) is not None
     except UnreadableSummary:

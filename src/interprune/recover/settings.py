@@ -1,0 +1,38 @@
+"""Recovery settings as data: one validated object for ``interprune recover`` and ``shrink --recover``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RecoverSettings(BaseModel):
+    """A short distillation: AdamW with warm-up and cosine decay, the output term plus hidden-state
+    matching at block outputs on the teacher channels the student kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(300, gt=0, description="optimiser steps")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, description="linear warm-up; default a tenth of the steps")
+    lr_decay: Literal["constant", "cosine", "linear"] = "cosine"
+    clip: float = Field(1.0, gt=0, description="gradient-norm clipping")
+    batch_size: int = Field(16, gt=0)
+    max_length: int = Field(128, gt=1, description="tokens per text example (longer ones are cut)")
+    temperature: float = Field(2.0, gt=0, description="softening temperature of the logits KL")
+    output_weight: float = Field(1.0, ge=0, description="weight of the output term")
+    hidden_weight: float = Field(1.0, ge=0, description="weight of the hidden-state term (0: off)")
+    train_mode: bool = Field(False, description="run the student in training mode (dropout, batch-norm updates); "
+                             "by default it learns in evaluation mode, as it will be used")
+    held_out: int = Field(32, ge=1, description="unlabelled examples held out to validate the distillation loss")
+    val_every: int = Field(100, gt=0, description="validate (and checkpoint) every N steps")
+    seed: int = 0
+    workers: int = Field(0, ge=0)
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = Field(1, gt=0)
+    strategy: str = "auto"
+    precision: str | None = None
+    log_every: int = Field(10, gt=0)

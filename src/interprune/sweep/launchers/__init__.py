@@ -1,0 +1,1 @@
+"""Launchers: where a sweep's runs execute (see ``sweep.launch``)."""
