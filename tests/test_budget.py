@@ -166,7 +166,7 @@ def test_plan_with_a_budget_writes_nothing(resnet_detr, tmp_path, capsys, monkey
 
 @pytest.mark.parametrize("argv, says", [
     (["--budget", "speed=0.5"], "unknown budget kind 'speed'"),
-    (["--budget", "latency=0.5", "--device", "cuda:7"], "no CUDA device"),
+    (["--budget", "latency=0.5", "--latency-device", "cuda:7"], "no CUDA device"),
     (["--budget", "params=0.001"], "smallest reachable"),
     (["--budget", "params=0.5", "--set", "d_model=64"], "contradicts --budget params=0.5"),
 ])

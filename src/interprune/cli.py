@@ -24,6 +24,10 @@ def run_shrink(args: argparse.Namespace) -> None:
 
     from .hf.models import check_writable, save
     from .plan import plan_summary
+    from .hf.config import parse_overrides
+    from .methods import Kind, names
+    from .progress import progress_printer
+    from .stream import Checkpoint, parse_size, stream_shrink
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -32,8 +36,15 @@ def run_shrink(args: argparse.Namespace) -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     recovery = _shrink_recovery(args)
     budgets = _budgets(args)
-    model, report, result = _shrink_for(args, budgets, dtype)
-    save(model, out, report=report, source=args.source, overwrite=args.overwrite)
+    shard = parse_size(args.max_shard_size)
+    data_aware = args.method in names(Kind.DATA_AWARE) or args.compensate or args.rotate or args.layers != "first"
+    report, result = None, None
+    if not budgets and not data_aware and args.calibration is None and Checkpoint.found(args.source):
+        report = stream_shrink(args.source, parse_overrides(args.set), args.method, out, seed=args.seed, dtype=dtype,
+                               max_shard_size=shard, overwrite=args.overwrite, progress=progress_printer("tensors"))
+    if report is None:
+        model, report, result = _shrink_for(args, budgets, dtype)
+        save(model, out, report=report, source=args.source, overwrite=args.overwrite, max_shard_size=shard)
     if result is not None:
         from .budget.output import write_outputs
 
@@ -61,10 +72,17 @@ def _shrink_for(args: argparse.Namespace, budgets, dtype):
     from .hf.config import parse_overrides
     from .weights.shrink import shrink
 
+    from .progress import progress_printer
+    from .stream import parse_size
+
     options = dict(calibration=args.calibration, calibration_size=args.calibration_size, seed=args.seed,
                    compensate=args.compensate, rotate=args.rotate, layers=args.layers, dtype=dtype)
     if not budgets:
-        return (*shrink(args.source, parse_overrides(args.set), args.method, **options), None)
+        model, report = shrink(args.source, parse_overrides(args.set), args.method, **options,
+                               calibration_batch=args.calibration_batch, device=args.device,
+                               budget=parse_size(args.memory_budget) if args.memory_budget else None,
+                               progress=progress_printer("stages"))
+        return model, report, None
     from .budget.apply import shrink_to_budget
     from .budget.output import describe
 
@@ -115,14 +133,14 @@ def _budgets(args: argparse.Namespace) -> list:
 
     budgets = [parse_budget(text) for text in args.budget]
     if any(b.kind == "latency" for b in budgets):
-        check_device(args.device)
+        check_device(args.latency_device)
     if args.multiple < 1 or args.top_k < 1 or args.candidates < 1:
         raise InterpruneError("--multiple, --top-k and --candidates must be at least 1")
     return budgets
 
 
 def _search_options(args: argparse.Namespace) -> dict:
-    return dict(multiple=args.multiple, top_k=args.top_k, device=args.device, threads=args.threads,
+    return dict(multiple=args.multiple, top_k=args.top_k, device=args.latency_device, threads=args.threads,
                 clock=args.clock, image_size=args.image_size, max_candidates=args.candidates)
 
 
@@ -141,7 +159,7 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
                    "64 suits tensor cores)")
     p.add_argument("--top-k", type=int, default=3, help="candidates that fit scored on --calibration (default 3)")
     p.add_argument("--candidates", type=int, default=96, help="at most this many candidates (default 96)")
-    p.add_argument("--device", default="cpu", help="where latency is measured (default cpu)")
+    p.add_argument("--latency-device", default="cpu", help="where --budget latency= is measured (default cpu)")
     p.add_argument("--threads", type=int, help="CPU threads for the latency runs (default: torch's)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall time or the process's CPU time "
                    "for latency (cpu: robust on a shared machine, with --threads 1)")
@@ -353,6 +371,15 @@ def add_shrink_parser(sub: Any) -> None:
                    "--rotate and --layers importance: a COCO/Roboflow dataset or image folder (vision models), "
                    "a text file with one example per line (text models)")
     p.add_argument("--calibration-size", type=int, default=32, help="calibration examples used (default 32)")
+    p.add_argument("--calibration-batch", type=int, default=8, metavar="N",
+                   help="calibration examples run together (default 8); memory grows with it, the result does not "
+                        "change beyond float rounding")
+    p.add_argument("--device", default="auto", help="where data-aware shrinking computes: auto (a GPU when there "
+                   "is one), cpu, cuda or cuda:N")
+    p.add_argument("--memory-budget", metavar="SIZE", help="activations the sequential engine keeps in memory "
+                   "(e.g. 2GB); past it they go to a temporary folder on disk (default: no limit)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest weight file of OUT (e.g. 500MB); bigger "
+                   "models are written as shards with an index (default 5GB)")
     p.add_argument("--compensate", action="store_true", help="refit every resized layer in closed form so its "
                    "outputs on the calibration data match the source's")
     p.add_argument("--rotate", action="store_true", help="rotate each attention head's width to its principal "

@@ -59,7 +59,7 @@ def check_device(device: str) -> None:
         raise InterpruneError(f"unknown device {device!r} for the latency budget; use cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InterpruneError(f"--budget latency=... is measured on {device}, but this machine has no CUDA device; "
-                              f"use --device cpu or a params/flops budget")
+                              f"use --latency-device cpu or a params/flops budget")
     if dev.type not in ("cpu", "cuda"):
         raise InterpruneError(f"latency is measured on cpu or cuda, not {device!r}")
 

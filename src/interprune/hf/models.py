@@ -192,6 +192,7 @@ def save(
     source: str | os.PathLike | None = None,
     processor: Any = None,
     overwrite: bool = False,
+    max_shard_size: int | str | None = None,
 ) -> Path:
     """Write ``out`` atomically: a temporary sibling folder that is renamed only once complete.
 
@@ -203,7 +204,7 @@ def save(
     out = Path(out)
     check_writable(out)
     with atomic_folder(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
         if report is not None:
             (tmp / "interprune.json").write_text(json.dumps(report.to_dict(), indent=1))
         if source is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,12 @@ def _image_files(data: Path) -> list[Path]:
     if data.is_dir():
         return image_files(data)
     return []
+
+
+def _warn_short(path: Path, found: int, count: int) -> None:
+    if found < count:
+        print(f"warning: calibration data {path} has {found} examples, fewer than the {count} asked for; "
+              f"using all {found}", file=sys.stderr)
 
 
 def calibration_inputs(
@@ -58,6 +65,7 @@ def calibration_inputs(
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not lines:
             raise InterpruneError(f"calibration file {path} has no non-empty lines")
+        _warn_short(path, len(lines), count)
         lines = rng.sample(lines, count) if len(lines) > count else lines
         encoded = processor(lines, padding=True, truncation=True, return_tensors="pt")
         return dict(encoded)
@@ -71,6 +79,7 @@ def calibration_inputs(
                               f"give a text file")
     from ..data.loader import load_image
 
+    _warn_short(path, len(files), count)
     files = sorted(rng.sample(files, count)) if len(files) > count else files
     encoded = processor(images=[load_image(f) for f in files], return_tensors="pt")
     return {k: encoded[k] for k in ("pixel_values", "pixel_mask") if k in encoded}

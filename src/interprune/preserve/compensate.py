@@ -2,8 +2,7 @@
 
 Keeping a subset of units throws away what the dropped units contributed; every layer that reads a
 resized dimension then sees inputs the source never produced. Least squares repairs most of that
-without training: for each resized ``nn.Linear`` (and convolution: k x k ones as a linear map of their
-input patches, ``conv_patches``) of the small model, find the
+without training: for each resized ``nn.Linear`` (and 1x1 convolution) of the small model, find the
 weights that best map *its own* inputs on calibration data to the source layer's outputs at the kept
 output units (ridge regression, one solve per layer); for each resized ``nn.LayerNorm``, refit its
 per-channel gain and shift the same way, which corrects the statistics the cut changed (a mean and a
@@ -15,9 +14,10 @@ them. Every fourth calibration example is held out; for each layer the strength 
 chosen weights is picked from a grid by the error on those examples (including "no refit at all"), then
 the layer is refit on every example with it. ``interprune.json`` records each layer's strength.
 
-Order matters. The refit runs in forward order inside one forward pass of the small model: a
-pre-hook refits each layer just before it runs, so every later layer is fitted to the inputs the
-already-repaired earlier layers really produce, parameter-free parts included (the small model's own
+Order matters. Layers are refit in forward order, each on the small model's own inputs after the
+refits before it (the sequential engine, ``walk.py``, runs each stage over every mini-batch from the
+last stored boundary; recording a layer's statistics is apart from solving for it), so every later layer
+is fitted to the inputs the already-repaired earlier layers really produce, parameter-free parts included (the small model's own
 sine position embeddings, which differ from the source's at some cuts). Fitting on the source's
 inputs instead ignores those differences and keeps much less (see ``benchmarks/retention.py``).
 """
@@ -31,9 +31,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .refit import GRID, Choice, channel_moments, choose_strength, moments
+from .refit import GRID, Choice, Moments, channel_moments, choose_strength, moments
+from ..walk import Batches, Spill, Stop, Walker
 
-__all__ = ["Compensation", "compensate", "refittable", "layer_errors", "held_out_rows", "conv_patches", "sample_rows"]
+__all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments", "NormMoments", "LayerStats",
+           "record", "refit", "solve_linear", "solve_norm", "held_out_rows", "conv_patches", "sample_rows"]
 
 Batch = dict[str, Any]
 HOLD_OUT_EVERY = 4  # every fourth calibration example is held out to choose each refit's strength
@@ -116,149 +118,47 @@ def held_out_rows(shape: torch.Size, examples: int, every: int = HOLD_OUT_EVERY)
     return torch.arange(rows) % every == every - 1
 
 
-def _batch_size(inputs: Batch) -> int:
-    first = next((v for v in inputs.values() if isinstance(v, Tensor)), None)
-    return int(first.shape[0]) if first is not None and first.dim() else 0
+# ------------------------------------------------------------------------------ recording and refitting
+@dataclass
+class LayerStats:
+    """What recording keeps for one layer: statistics of its fitted rows and of its held-out rows
+    (``refit.Moments``, they add over mini-batches and calls), and its weights as chosen (the prior)."""
+
+    fit: Moments | None
+    held: Moments | None
+    prior: Tensor
+
+    @property
+    def rows(self) -> int:
+        return (self.fit.n if self.fit is not None else 0) + (self.held.n if self.held is not None else 0)
 
 
-@torch.no_grad()
-def compensate(
-    source: nn.Module,
-    target: nn.Module,
-    inputs: Batch,
-    kept: Callable[[str], Tensor | None],
-    *,
-    source_name: Callable[[str], str] = lambda name: name,
-    scale: Callable[[str], float] = lambda name: 1.0,
-    ridge: float | None = None,
-    grid: tuple[float, ...] = GRID,
-    layers: list[str] | None = None,
-) -> Compensation:
-    """Refit ``target``'s resized layers in place so their outputs on ``inputs`` match ``source``'s.
-
-    ``inputs`` is one batch of model inputs (all calibration examples at once: the refit of a layer
-    sees every example). ``kept(name)`` gives the source output indices that target layer ``name``
-    keeps (None: all), ``source_name`` maps a target module name to its source counterpart (they
-    differ when layers were dropped), and ``scale(name)`` multiplies the layer's target outputs (the
-    attention-temperature correction for query/key projections when the head width changes). Each refit
-    is pulled towards the layer's weights as chosen (``refit.choose_strength``): with ``ridge`` None the
-    strength is chosen from ``grid`` on every fourth calibration example, held out, else ``ridge`` is
-    used as given. By default every layer with a resized parameter is refit; ``layers`` names them.
-    """
-    src_state = source.state_dict()
-    modules = dict(target.named_modules())
-    names = layers if layers is not None else [
-        n for n, m in modules.items() if refittable(m) and _resized(n, m, src_state)]
-    report = Compensation()
-    convs = {n for n in names if isinstance(modules.get(n), nn.Conv2d)}
-    recorded = _record_source(source, inputs, names, kept, source_name, report, convs)
-    examples = _batch_size(inputs)
-    fixed = None if ridge is None else (ridge,)
-    if fixed is None and examples >= HOLD_OUT_EVERY:
-        report.held_out_examples = examples // HOLD_OUT_EVERY
-    sums: dict[str, list] = {}  # per layer: [fit stats, held-out stats, the choice's weights]
-
-    def refit(name: str) -> Callable:
-        calls = {"n": 0}
-
-        def hook(module: nn.Module, args: tuple) -> None:
-            k = calls["n"]
-            calls["n"] += 1
-            outputs = recorded.get(name) or []
-            if not outputs or not args or not isinstance(args[0], Tensor):
-                report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
-                return
-            conv = isinstance(module, nn.Conv2d)
-            x = conv_patches(args[0], module) if conv else _rows(args[0], False)
-            # conv: rows are (example, output position); the source's outputs were sampled at the same rows
-            raw = torch.Size([args[0].shape[0], x.shape[0] // max(args[0].shape[0], 1), 1]) if conv else args[0].shape
-            index = sample_rows(x.shape[0]) if conv else None
-            x = _sampled(x, index)
-            y = outputs[min(k, len(outputs) - 1)]
-            y = (y.double() if conv else _rows(y, False)) * scale(name)  # call k of the source's calls
-            width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
-            if x.shape[0] != y.shape[0] or y.shape[1] != width:
-                report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
-                return
-            held = _sampled(held_out_rows(raw, examples), index) if fixed is None else torch.zeros(
-                x.shape[0], dtype=torch.bool)
-            choice = _refit(module, x, y, held, sums.setdefault(name, []), fixed or grid)
-            report.strengths[name] = "inf" if math.isinf(choice.strength) else choice.strength
-            if choice.errors:
-                report.held_out[name] = round(min(choice.errors.values()), 6)
-            if name not in report.layers:
-                report.layers.append(name)
-                report.rows = max(report.rows, x.shape[0])
-
-        return hook
-
-    handles = [modules[n].register_forward_pre_hook(refit(n)) for n in names if n in modules and n in recorded]
-    try:
-        target.eval()(**inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return report
+def _add(total: Moments | None, part: Moments | None) -> Moments | None:
+    return part if total is None else (total if part is None else total + part)
 
 
-def _record_source(source: nn.Module, inputs: Batch, names: list[str], kept: Callable[[str], Tensor | None],
-                   source_name: Callable[[str], str], report: Compensation,
-                   convs: set[str] = frozenset()) -> dict[str, list[Tensor]]:
-    """One forward pass of the source, keeping each refit layer's outputs at the units its target keeps
-    (for a convolution of the target, ``convs``: as rows, sampled positions only; its source may be a block)."""
-    src_modules = dict(source.named_modules())
-    recorded: dict[str, list[Tensor]] = {n: [] for n in names}
-
-    def record(name: str, index: Tensor | None) -> Callable:
-        conv = name in convs
-
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            out = output.detach()  # only the kept outputs are stored: a fraction of the memory when cutting
-            if index is not None:
-                out = out.index_select(1 if conv else -1, index.to(out.device))
-            if conv:  # positions sampled: a backbone's maps are large
-                rows = _rows(out, True)
-                out = _sampled(rows, sample_rows(rows.shape[0])).float()
-            recorded[name].append(out)
-        return hook
-
-    handles = []
-    for name in names:
-        counterpart = src_modules.get(source_name(name))
-        index = kept(name)
-        if counterpart is None:
-            report.skipped[name] = "no source counterpart"
-        elif index is not None and bool((index < 0).any()):
-            report.skipped[name] = "grown: its new units have no source output to match"
-        else:
-            handles.append(counterpart.register_forward_hook(record(name, index)))
-    try:
-        source.eval()(**inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return recorded
-
-
-def _refit(module: nn.Module, x: Tensor, y: Tensor, held: Tensor, stats: list, grid: tuple[float, ...]) -> Choice:
-    """Accumulate this call's statistics (fit and held-out rows apart) and set the module's weights to the
-    refit the held-out rows prefer; the prior is the module's weights as they were before its first refit."""
-    norm = isinstance(module, nn.LayerNorm)
-    bias = getattr(module, "bias", None) is not None
+def record(module: nn.Module, stats: LayerStats | None, x: Tensor, y: Tensor, held: Tensor) -> LayerStats:
+    """Add one mini-batch of a layer's input rows ``x`` and target rows ``y`` to its statistics; ``held``
+    marks the held-out rows. The first call also keeps the layer's weights as chosen."""
+    norm, bias = isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None
     if norm:
         x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + module.eps)
         make = channel_moments
     else:
         x = torch.cat([x, torch.ones_like(x[:, :1])], 1) if bias else x
         make = moments
-    parts = (make(x[~held], y[~held]), make(x[held], y[held]) if bool(held.any()) else None)
-    if not stats:
-        stats.extend([*parts, _prior(module, norm, bias)])
-    else:
-        stats[0] = stats[0] + parts[0]
-        stats[1] = parts[1] if stats[1] is None else (stats[1] if parts[1] is None else stats[1] + parts[1])
-    choice = choose_strength(stats[0], stats[1], stats[2], grid)
-    _assign(module, choice.weight, norm, bias)
+    fit = make(x[~held], y[~held]) if bool((~held).any()) else None
+    out = make(x[held], y[held]) if bool(held.any()) else None
+    if stats is None:
+        return LayerStats(fit, out, _prior(module, norm, bias))
+    return LayerStats(_add(stats.fit, fit), _add(stats.held, out), stats.prior)
+
+
+def refit(module: nn.Module, stats: LayerStats, grid: tuple[float, ...]) -> Choice:
+    """Solve for the layer from its statistics (the strength the held-out rows prefer) and write it."""
+    choice = choose_strength(stats.fit if stats.fit is not None else stats.held, stats.held if stats.fit is not None
+                             else None, stats.prior, grid)
+    _assign(module, choice.weight, isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None)
     return choice
 
 
@@ -282,6 +182,215 @@ def _assign(module: nn.Module, solution: Tensor, norm: bool, bias: bool) -> None
     module.weight.data.copy_(solution[:inputs].T.reshape(module.weight.shape).to(module.weight.dtype))
     if bias:
         module.bias.data.copy_(solution[-1].to(module.bias.dtype))
+
+
+# ------------------------------------------------------------------------------------------- the walk
+@torch.no_grad()
+def compensate(
+    source: nn.Module,
+    target: nn.Module,
+    inputs: Batch | Batches,
+    kept: Callable[[str], Tensor | None],
+    *,
+    source_name: Callable[[str], str] = lambda name: name,
+    scale: Callable[[str], float] = lambda name: 1.0,
+    ridge: float | None = None,
+    grid: tuple[float, ...] = GRID,
+    layers: list[str] | None = None,
+    budget: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Compensation:
+    """Refit ``target``'s resized layers in place so their outputs on ``inputs`` match ``source``'s.
+
+    ``inputs`` is one batch of model inputs or ``Batches`` of them. Layers are refit in forward order,
+    each on the target's own inputs (after the refits before it) over every mini-batch: the sequential
+    engine (``walk.Walker``) runs each stage from the last stored boundary. ``kept(name)`` gives the
+    source output indices that target layer ``name`` keeps (None: all), ``source_name`` maps a target
+    module name to its source counterpart (they differ when layers were dropped), and ``scale(name)``
+    multiplies the layer's target outputs (the attention-temperature correction for query/key projections
+    when the head width changes). Each refit is pulled towards the layer's weights as chosen
+    (``refit.choose_strength``): with ``ridge`` None the strength is chosen from ``grid`` on every fourth
+    calibration example, held out, else ``ridge`` is used as given. By default every layer with a resized
+    parameter is refit; ``layers`` names them explicitly. ``budget`` (bytes) bounds the boundaries kept in
+    memory; the rest go to disk.
+    """
+    batches = Batches.of(inputs)
+    report = Compensation()
+    fixed = None if ridge is None else (ridge,)
+    holdout = fixed is None and batches.examples >= HOLD_OUT_EVERY
+    report.held_out_examples = batches.examples // HOLD_OUT_EVERY if holdout else 0
+    modules = dict(target.named_modules())
+    active = _active(source, target, kept, source_name, layers, report)
+    spill = Spill(budget)
+    walkers = Walker(target.eval(), batches, spill), Walker(source.eval(), batches, spill)
+    try:
+        for walker in walkers:
+            walker.trace()
+        stages = _stages(walkers[0], active, report)
+        stats: dict[str, LayerStats] = {}
+        versions = _versions(walkers[0], active)
+        for done, stage in enumerate(stages):
+            _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout)
+            for name, k in stage:
+                if name in stats and name not in report.skipped:
+                    choice = refit(modules[name], stats[name], fixed or grid)
+                    report.strengths[name] = "inf" if math.isinf(choice.strength) else choice.strength
+                    if choice.errors:
+                        report.held_out[name] = round(min(choice.errors.values()), 6)
+                    if name in versions:
+                        versions[name][k] = [p.detach().clone() for p in modules[name].parameters(recurse=False)]
+                    if name not in report.layers:
+                        report.layers.append(name)
+                    report.rows = max(report.rows, stats[name].rows)
+            if progress is not None:
+                progress(done + 1, len(stages))
+        for name, saved in versions.items():  # the model keeps each layer's last refit
+            _use_version(modules[name], saved, len(walkers[0].calls[name]))
+    finally:
+        for walker in walkers:
+            walker.close()
+        spill.close()
+    return report
+
+
+def _versions(target: Walker, active: list[str]) -> dict[str, dict[int, list[Tensor]]]:
+    """A layer called several times per forward is refit at each call (on all its calls so far), and
+    call ``k`` runs with the weights of its ``k``-th refit, as one forward with a refit before each call
+    would; later passes of the walk put those weights back for that call."""
+    versions: dict[str, dict[int, list[Tensor]]] = {}
+    for name in active:
+        if len(target.calls.get(name, [])) > 1:
+            versions[name] = {}
+            target.on_call[name] = (lambda saved: lambda module, k: _use_version(module, saved, k))(versions[name])
+    return versions
+
+
+def _use_version(module: nn.Module, saved: dict[int, list[Tensor]], call: int) -> None:
+    done = [k for k in saved if k <= call]
+    if done:
+        for param, value in zip(module.parameters(recurse=False), saved[max(done)]):
+            param.data.copy_(value)
+
+
+def _active(source: nn.Module, target: nn.Module, kept: Callable, source_name: Callable, layers: list[str] | None,
+            report: Compensation) -> list[str]:
+    """The target layers to refit: resized refittable ones with a source counterpart that was not grown."""
+    src_state = source.state_dict()
+    modules, src_modules = dict(target.named_modules()), dict(source.named_modules())
+    names = layers if layers is not None else [
+        n for n, m in modules.items() if refittable(m) and _resized(n, m, src_state)]
+    active = []
+    for name in names:
+        index = kept(name)
+        if src_modules.get(source_name(name)) is None:
+            report.skipped[name] = "no source counterpart"
+        elif index is not None and bool((index < 0).any()):
+            report.skipped[name] = "grown: its new units have no source output to match"
+        elif name in modules:
+            active.append(name)
+    return active
+
+
+def _stages(target: Walker, active: list[str], report: Compensation) -> list[list[tuple[str, int]]]:
+    """(layer, call) pairs in forward order; consecutive ones that read the same tensor form one stage
+    (queries, keys and values: one pass over the data refits all three)."""
+    events = []
+    for name in active:
+        calls = target.calls.get(name, [])
+        if not calls:
+            report.skipped[name] = "not run on the calibration inputs, or called with keywords"
+        events += [(c.enter, c.input_id, name, k) for k, c in enumerate(calls)]
+    events.sort()
+    stages: list[list[tuple[str, int]]] = []
+    last = None
+    for _, input_id, name, k in events:
+        if stages and input_id is not None and input_id == last:
+            stages[-1].append((name, k))
+        else:
+            stages.append([(name, k)])
+        last = input_id
+    return stages
+
+
+def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], stats: dict[str, LayerStats],
+               kept: Callable, source_name: Callable, scale: Callable, report: Compensation, holdout: bool) -> None:
+    """One pass over the mini-batches: the stage's inputs from the target, the kept outputs of their
+    counterparts from the source, recorded into ``stats``."""
+    target, source = walkers
+    counterparts = {}
+    for name, k in stage:
+        src = source_name(name)
+        calls = source.calls.get(src, [])
+        if calls:
+            counterparts[(name, k)] = (src, min(k, len(calls) - 1))
+        else:
+            report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
+    if not counterparts:
+        return
+    target.prepare(min(target.enter(n, k) for n, k in counterparts))
+    source.prepare(min(source.enter(*c) for c in counterparts.values()))
+    index = {key: kept(key[0]) for key in counterparts}
+    offset = 0  # examples before this mini-batch: every fourth example of the whole set is held out
+    for i in range(len(target.batches)):
+        xs = _capture(target, list(counterparts), i, "pre")
+        ys = _capture(source, list(dict.fromkeys(counterparts.values())), i, "post")
+        size = target.batches.sizes[i]
+        rows: dict[tuple[int, bool], Tensor] = {}  # layers reading one tensor share its rows
+        for (name, k), src in counterparts.items():
+            module = target.modules[name]
+            x, y = xs.get((name, k)), ys.get(src)
+            if x is None or y is None:
+                report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
+                continue
+            conv = isinstance(module, nn.Conv2d)
+            if index[(name, k)] is not None:
+                y = y.index_select(1 if conv else -1, index[(name, k)].to(y.device))
+            if conv:  # rows are (example, output position): a k x k convolution is linear in its input patches
+                shape = torch.Size([y.shape[0], y.shape[2] * y.shape[3], 1])
+                layout = (id(x), module.kernel_size, module.stride, module.padding, module.dilation)
+            else:
+                shape, layout = x.shape, (id(x),)
+            if layout not in rows:
+                rows[layout] = conv_patches(x, module) if conv else _rows(x, False)
+            x = rows[layout]
+            y = _rows(y, conv) * scale(name)
+            sample = sample_rows(x.shape[0]) if conv else None  # a backbone's maps are large: spread positions
+            x, y = _sampled(x, sample), _sampled(y, sample)
+            width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
+            if x.shape[0] != y.shape[0] or y.shape[1] != width:
+                report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
+                continue
+            held = _sampled(_held(shape, size, offset, target.batches.examples), sample) if holdout else torch.zeros(
+                x.shape[0], dtype=torch.bool)
+            stats[name] = record(module, stats.get(name), x, y, held.to(x.device))
+        offset += size
+
+
+def _held(shape: torch.Size, size: int, offset: int, examples: int) -> Tensor:
+    """``held_out_rows`` for a mini-batch of ``size`` examples starting at example ``offset``."""
+    rows = math.prod(shape[:-1])
+    if len(shape) >= 2 and shape[0] == size:
+        held = (torch.arange(size) + offset) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
+        return held.repeat_interleave(rows // size)
+    return held_out_rows(shape, examples if size == examples else size)
+
+
+def _capture(walker: Walker, calls: list[tuple[str, int]], i: int, kind: str) -> dict[tuple[str, int], Tensor]:
+    """First positional input (``pre``) or output (``post``) of each ``(module, call)`` on mini-batch ``i``,
+    stopping the forward once all are seen."""
+    seen: dict[tuple[str, int], Tensor] = {}
+
+    def grab(key: tuple[str, int]) -> Callable:
+        def fn(module: nn.Module, args: tuple, kwargs: dict, *output: Any) -> None:
+            value = output[0] if output else (args[0] if args and isinstance(args[0], Tensor) else None)
+            if isinstance(value, Tensor):
+                seen[key] = value.detach()
+            if len(seen) == len(calls):
+                raise Stop
+        return fn
+
+    walker.run(i, [(name, k, kind, grab((name, k))) for name, k in calls])
+    return seen
 
 
 @torch.no_grad()

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from ..plan.experts import expert_modules
 from ..plan.fused import PART_MARK
 
+from ..walk import Batches
+
 __all__ = ["expert_scores"]
 
 
@@ -45,7 +47,7 @@ def _supported(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def expert_scores(model: nn.Module, plan: Any, inputs: dict[str, Any],
+def expert_scores(model: nn.Module, plan: Any, inputs: dict[str, Any] | Batches,
                   rename: Callable[[str], str] = lambda name: name) -> dict[str, Tensor]:
     """Per expert FFN dimension of ``plan``: its units' routed-activation scores on ``inputs``."""
     owners = {}
@@ -57,9 +59,12 @@ def expert_scores(model: nn.Module, plan: Any, inputs: dict[str, Any],
     named = dict(model.named_modules())
     prefixes = {p for p, _ in owners.values() if p in expert_modules(named) and _supported(named[p])}
     energy: dict[str, Tensor] = {}
+    if not prefixes:  # no routed experts: no pass over the data
+        return {}
     handles = [named[p].register_forward_hook(_hook(energy, p)) for p in prefixes]
     try:
-        model.eval()(**inputs)
+        for batch in Batches.of(inputs):  # sums over mini-batches: the per-block statistics hook of the walk
+            model.eval()(**batch)
     finally:
         for h in handles:
             h.remove()

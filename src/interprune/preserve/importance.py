@@ -29,6 +29,7 @@ from ..plan import grouped_heads
 from ..plan.fused import real_name, split_state
 from ..weights.resample import select_indices
 from .expert_stats import expert_scores
+from ..walk import Batches
 
 __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "layer_influence",
            "layer_name_map", "SCORED_KINDS"]
@@ -64,9 +65,11 @@ def magnitude_scores(state: dict[str, Tensor], plan: Any,
 
 
 @torch.no_grad()
-def _energies(model: nn.Module, inputs: Batch, modules: set[str]) -> dict[str, tuple[Tensor, Tensor]]:
-    """Mean squared input and output per feature (last axis; channels for convolutions) of ``modules``."""
-    found: dict[str, list[Tensor]] = {}
+def _energies(model: nn.Module, inputs: Batch | Batches, modules: set[str]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Mean squared input and output per feature (last axis; channels for convolutions) of ``modules``,
+    over every mini-batch; a module called several times per forward sums the means of its calls."""
+    sums: dict[tuple[str, int], list] = {}  # (module, call) -> [sum x^2, sum y^2, rows]
+    calls: dict[str, int] = {}
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, output: Tensor) -> None:
@@ -75,26 +78,35 @@ def _energies(model: nn.Module, inputs: Batch, modules: set[str]) -> dict[str, t
             x, y = args[0], output
             if isinstance(module, nn.Conv2d):
                 x, y = x.movedim(1, -1), y.movedim(1, -1)
-            ex = x.reshape(-1, x.shape[-1]).double().pow(2).mean(0)
-            ey = y.reshape(-1, y.shape[-1]).double().pow(2).mean(0)
-            if name in found:
-                found[name][0] += ex
-                found[name][1] += ey
+            x, y = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+            key = (name, calls.get(name, 0))
+            calls[name] = key[1] + 1
+            ex, ey = x.pow(2).sum(0), y.pow(2).sum(0)
+            if key in sums:
+                sums[key][0] += ex
+                sums[key][1] += ey
+                sums[key][2] += x.shape[0]
             else:
-                found[name] = [ex, ey]
+                sums[key] = [ex, ey, x.shape[0]]
         return fn
 
     named = dict(model.named_modules())
     handles = [named[n].register_forward_hook(hook(n)) for n in modules if n in named]
     try:
-        model.eval()(**inputs)
+        for batch in Batches.of(inputs):
+            calls.clear()
+            model.eval()(**batch)
     finally:
         for h in handles:
             h.remove()
+    found: dict[str, list[Tensor]] = {}
+    for (name, _), (ex, ey, rows) in sorted(sums.items(), key=lambda kv: kv[0]):
+        mean = [ex / rows, ey / rows]
+        found[name] = mean if name not in found else [found[name][0] + mean[0], found[name][1] + mean[1]]
     return {n: (v[0].float(), v[1].float()) for n, v in found.items()}
 
 
-def activation_scores(model: nn.Module, plan: Any, inputs: Batch,
+def activation_scores(model: nn.Module, plan: Any, inputs: Batch | Batches,
                       rename: Callable[[str], str] = lambda name: name) -> dict[str, Tensor]:
     """Per dimension, activation-based scores on ``inputs`` (see the module docstring); a dimension no
     hooked layer touches falls back to weight magnitude, so every dimension gets a score. ``rename``
@@ -164,26 +176,35 @@ def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:
 # ----------------------------------------------------------------------------------------------- depth
 
 @torch.no_grad()
-def layer_influence(model: nn.Module, prefix: str, inputs: Batch) -> Tensor:
+def layer_influence(model: nn.Module, prefix: str, inputs: Batch | Batches) -> Tensor:
     """Per layer of the stack ``prefix``: ``1 - cos(input, output)`` of the hidden state, averaged over
     tokens (ShortGPT's block influence). A layer that barely turns the hidden state can go first."""
     layers = dict(model.named_modules())[prefix]
-    found: dict[int, float] = {}
+    found: dict[int, list[float]] = {}  # layer -> [sum over tokens, tokens] of its first call per forward
+    seen: set[int] = set()
 
     def hook(i: int) -> Callable:
         def fn(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if i in seen:
+                return
+            seen.add(i)
             x = args[0] if args else next(iter(kwargs.values()))
             y = output[0] if isinstance(output, tuple) else output
-            found.setdefault(i, float(1 - torch.cosine_similarity(x.float(), y.float(), dim=-1).mean()))
+            cos = torch.cosine_similarity(x.float(), y.float(), dim=-1)
+            total = found.setdefault(i, [0.0, 0])
+            total[0] += float((1 - cos).double().sum())
+            total[1] += cos.numel()
         return fn
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
-        model.eval()(**inputs)
+        for batch in Batches.of(inputs):
+            seen.clear()
+            model.eval()(**batch)
     finally:
         for h in handles:
             h.remove()
-    return torch.tensor([found.get(i, 0.0) for i in range(len(layers))])
+    return torch.tensor([found[i][0] / found[i][1] if i in found else 0.0 for i in range(len(layers))])
 
 
 def choose_layers(how: str, source_layers: int, target_layers: int, influence: Tensor | None = None) -> Tensor:

@@ -32,6 +32,7 @@ from .compensate import compensate
 from .importance import (activation_scores, choose, choose_layers, layer_influence, layer_name_map,
                          magnitude_scores)
 from .rotate import query_key_axes, rotate_heads
+from ..walk import Batches
 
 __all__ = ["Preservation", "fill"]
 
@@ -57,9 +58,6 @@ class Preservation:
         return asdict(self)
 
 
-def _batch_size(inputs: dict[str, Any]) -> int:
-    first = next((v for v in inputs.values() if isinstance(v, Tensor)), None)
-    return int(first.shape[0]) if first is not None else 0
 
 
 @torch.no_grad()
@@ -68,16 +66,24 @@ def fill(
     target: nn.Module,
     method: str,
     *,
-    inputs: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | Batches | None = None,
     compensate_layers: bool = False,
     layers: str = "first",
     rotate: bool = False,
     seed: int = 0,
+    batch_size: int | None = None,
+    budget: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, Preservation]:
     """Fill ``target`` in place from ``source`` with a preserving ``method``; return the transfer report
-    and what was chosen. ``inputs`` is one batch of calibration inputs (``calibration.calibration_inputs``)."""
+    and what was chosen. ``inputs`` is one batch of calibration inputs (``calibration.calibration_inputs``)
+    or ``Batches`` of them; a batch is split into mini-batches of ``batch_size`` examples. Every statistic
+    is summed over the mini-batches, so the result does not depend on their size (within float rounding);
+    ``budget`` bounds the boundary activations compensation keeps in memory (bytes; the rest spill to disk)."""
     check_recipe(method, calibration=inputs is not None, compensate=compensate_layers, layers=layers, rotate=rotate)
-    record = Preservation(method, layer_choice=layers, calibration_examples=_batch_size(inputs or {}))
+    batches = Batches.of(inputs, batch_size) if inputs is not None else None
+    inputs = batches
+    record = Preservation(method, layer_choice=layers, calibration_examples=batches.examples if batches else 0)
     plan = make_plan(source, target)
     kept_layers = {}
     for dim in plan.dimensions:
@@ -106,7 +112,7 @@ def fill(
         assert inputs is not None
         everything = {name: torch.as_tensor(index) for name, index in report.choices.items()}
         done = compensate(full, target, inputs, _kept(plan, everything, full.state_dict(), rename),
-                          source_name=rename, scale=_temperature(plan))
+                          source_name=rename, scale=_temperature(plan), budget=budget, progress=progress)
         record.compensated, record.not_compensated = done.layers, done.skipped
         record.strengths, record.held_out, record.held_out_examples = done.strengths, done.held_out, \
             done.held_out_examples

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..plan import RULES
 from ..plan.fused import PART_MARK
+from ..walk import Batches
 
 __all__ = ["rotate_heads", "query_key_axes"]
 
@@ -68,7 +69,8 @@ def _covariances(model: nn.Module, groups: dict[tuple[str, str], list[Any]], uni
     named = dict(model.named_modules())
     handles = [named[n].register_forward_hook(hook(n)) for n in owners if isinstance(named.get(n), nn.Linear)]
     try:
-        model.eval()(**inputs)
+        for batch in Batches.of(inputs):
+            model.eval()(**batch)
     finally:
         for h in handles:
             h.remove()
@@ -88,6 +90,14 @@ def _covariances(model: nn.Module, groups: dict[tuple[str, str], list[Any]], uni
     return out
 
 
+def _signed(vectors: Tensor) -> Tensor:
+    """Eigenvectors with a fixed sign (largest component positive): ``eigh`` may return either sign,
+    and a covariance summed in another order (other mini-batches) must give the same model."""
+    largest = vectors.abs().argmax(dim=-2, keepdim=True)
+    signs = torch.sign(vectors.gather(-2, largest))
+    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
 @torch.no_grad()
 def rotate_heads(source: nn.Module, plan: Any, inputs: Batch,
                  rename: Callable[[str], str] = lambda name: name) -> tuple[nn.Module, dict[str, Tensor]]:
@@ -95,9 +105,9 @@ def rotate_heads(source: nn.Module, plan: Any, inputs: Batch,
     to its principal directions, and the choices that keep the leading channels (``{name: arange(target)}``).
     ``rename`` maps the plan's (target) tensor names to the source's when layers were dropped."""
     dims = [d for d in plan.dimensions if _rotatable(d)]
+    if not dims:  # nothing to turn (rotary heads, no head cut): the source itself, not a copy of it
+        return source, {}
     rotated = copy.deepcopy(source)
-    if not dims:
-        return rotated, {}
     groups = {}
     for dim in dims:
         qk, vo = query_key_axes(dim)
@@ -106,7 +116,7 @@ def rotate_heads(source: nn.Module, plan: Any, inputs: Batch,
     state = rotated.state_dict(keep_vars=True)
     for (name, _), axes in groups.items():
         _, vectors = torch.linalg.eigh(covariances[(name, _)])  # ascending eigenvalues
-        rotation = vectors.flip(-1)  # (heads, width, width): columns by falling energy
+        rotation = _signed(vectors.flip(-1))  # (heads, width, width): columns by falling energy
         for axis in axes:
             slot = state[rename(axis.tensor)]
             w = slot.data.double().movedim(axis.axis, 0)

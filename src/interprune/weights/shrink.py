@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..errors import InterpruneError
-from ..hf.config import target_config
+from ..hf.config import HIDDEN_SIZES, target_config
 from ..hf.inputs import check_target
 from ..hf.models import build_model, load_config, load_model
 from ..hf.processors import tokenizer_size
@@ -51,6 +52,10 @@ def shrink(
     compensate: bool = False,
     layers: str = "first",
     rotate: bool = False,
+    calibration_batch: int | None = None,
+    budget: int | None = None,
+    device: str | None = None,
+    progress: Any = None,
 ) -> tuple[PreTrainedModel, TransferReport]:
     """Build the model ``source`` would be with ``overrides`` and fill it from ``source``'s weights.
 
@@ -60,8 +65,15 @@ def shrink(
     the method would keep, see ``transfer``. The importance methods (``magnitude``, ``calibrated``) and
     the options ``layers``, ``rotate`` and ``compensate`` are ``preserve.fill``'s; ``calibration`` is a
     data path (prepared by the source's own processor, ``calibration_size`` examples) or an already
-    prepared batch of inputs.
+    prepared batch of inputs, run ``calibration_batch`` examples at a time (all at once for None) through
+    the sequential engine (``walk``); ``budget`` bounds its stored activations in bytes (the rest spill to
+    disk); ``device`` is where the data-aware math runs (``auto``: a GPU when there is one).
     """
+    from ..progress import resolve_device
+
+    device = resolve_device(device)  # a GPU asked for where there is none: refused before any work
+    if calibration_batch is not None and calibration_batch < 1:
+        raise InterpruneError(f"--calibration-batch must be at least 1, got {calibration_batch}")
     if method not in METHODS:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
     preserving = check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
@@ -81,7 +93,7 @@ def shrink(
     if preserving:
         report = _preserve(source, model, target, method, calibration=calibration,
                            calibration_size=calibration_size, compensate=compensate, layers=layers, rotate=rotate,
-                           seed=seed)
+                           seed=seed, run=Run(calibration_batch, budget, device, progress))
         target = target.to(dtype)
     else:
         try:
@@ -95,7 +107,7 @@ def shrink(
 
 def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, method: str, *,
               calibration: Any, calibration_size: int, compensate: bool, layers: str, rotate: bool,
-              seed: int) -> TransferReport:
+              seed: int, run: "Run") -> TransferReport:
     """Fill ``target`` (in place, in float32) with the data-aware recipe, on calibration inputs from ``calibration``."""
     inputs = calibration
     if calibration is not None and not isinstance(calibration, dict):
@@ -104,14 +116,57 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
 
         processor = model_processor(source if not isinstance(source, PreTrainedModel) else source.name_or_path)
         inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
+    _check_budget(run.budget, model.config, inputs, run.batch)
     # least squares in full precision, without changing a caller's half-precision model
-    work = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
+    ours = not isinstance(source, PreTrainedModel)  # loaded here: converted in place, not copied
+    work = model if model.dtype == torch.float32 else (model.float() if ours else copy.deepcopy(model).float())
+    if run.device != "cpu":
+        work = copy.deepcopy(work) if work is model and not ours else work
+        work, target, inputs = work.to(run.device), target.to(run.device), _on(inputs, run.device)
     report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
-                          layers=layers, rotate=rotate, seed=seed)
+                          layers=layers, rotate=rotate, seed=seed, batch_size=run.batch, budget=run.budget,
+                          progress=run.progress)
+    target.cpu()
     if calibration is not None and not isinstance(calibration, dict):
         record.calibration = str(calibration)
     report.preserved = record.to_dict()
     return report
+
+
+@dataclass(frozen=True)
+class Run:
+    """How the data-aware recipe runs: mini-batch size, memory budget (bytes), device, progress callback."""
+
+    batch: int | None
+    budget: int | None
+    device: str
+    progress: Any
+
+
+def _check_budget(budget: int | None, config: PretrainedConfig, inputs: Any, batch: int | None) -> None:
+    """The engine keeps at least one block boundary of one mini-batch in memory: refuse a budget below it."""
+    if budget is None or not isinstance(inputs, dict):
+        return
+    config = getattr(config, "text_config", None) or config
+    width = next((getattr(config, k) for k in HIDDEN_SIZES if isinstance(getattr(config, k, None), int)), None)
+    first = next((v for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 1), None)
+    if width is None or first is None:
+        return
+    examples = min(batch or first.shape[0], first.shape[0])
+    tokens = first.shape[1] if first.dim() == 2 else (first.shape[-2] // 32) * (first.shape[-1] // 32)
+    needed = examples * tokens * width * 4
+    if budget < needed:
+        size = f"{needed / 1e6:.1f}MB" if needed >= 10**5 else f"{needed}B"
+        raise InterpruneError(f"--memory-budget {budget:,} bytes is too small for one block boundary of a mini-batch "
+                              f"({examples} examples x {tokens} positions x {width} channels in float32); give at "
+                              f"least {size} or a smaller --calibration-batch")
+
+
+def _on(inputs: Any, device: str) -> Any:
+    """Calibration inputs moved to ``device`` (one batch of tensors)."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return inputs
 
 
 def _check_vocabulary(source: Any, config: PretrainedConfig, target: PretrainedConfig) -> None:

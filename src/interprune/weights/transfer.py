@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -82,6 +83,8 @@ def transfer(
     reinit: str | None = None,
     plan: Plan | None = None,
     choices: dict[str, Tensor] | None = None,
+    state: Mapping[str, Tensor] | None = None,
+    put: Callable[[str, Tensor, Tensor | None], None] | None = None,
 ) -> TransferReport:
     """Fill ``target`` in place from ``source`` and report what happened to every tensor.
 
@@ -93,6 +96,9 @@ def transfer(
     extended, 2-D position grids are resized as grids with their extra tokens kept). Tensors without a
     same-rank counterpart, those whose name matches the ``reinit`` regex, and integer buffers the target
     computes from its config keep the target's own initial values (the target must be freshly initialised).
+    ``state`` replaces ``source.state_dict()`` (a checkpoint read lazily, one tensor at a time) and
+    ``put(name, slot, value)`` receives each target tensor instead of copying it into the slot (``None``:
+    the target keeps its own value), so a target on the meta device can be written out as it is filled.
     """
     if method not in RESAMPLERS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(RESAMPLERS)}")
@@ -102,32 +108,39 @@ def transfer(
     structured = method in names(Kind.STRUCTURED) or choices is not None
     picked = default_choices(plan, method if method in names(Kind.STRUCTURED) else "select")
     picked.update(_checked_choices(plan, choices or {}))
-    state = source.state_dict()
-    src = _renamed(state, plan, picked)
+    state = source.state_dict() if state is None else state
+    names_ = _renamed(state, plan, picked)  # target name -> source name
     params = {name for name, _ in target.named_parameters(remove_duplicate=False)}
     report = TransferReport(method, count_parameters(source), count_parameters(target), seed)
     report.plan = plan.to_dict()
     report.choices = {k: v.tolist() for k, v in picked.items()}
     computed = set(plan.computed)
     tgt = target.state_dict(keep_vars=True)
+    put = put or (lambda name, slot, value: None if value is None else slot.data.copy_(value))
     for name, slot in tgt.items():
-        value = src.get(name)
+        value = state.get(names_[name]) if name in names_ else None
         kind = "parameter" if name in params else "buffer"
         shape = list(slot.shape)
         if value is None or value.dim() != slot.dim() or (pattern and pattern.search(name)) or name in computed:
             action = INITIALISED
+            put(name, slot, None)
         elif value.shape == slot.shape:
-            slot.data.copy_(value)
+            put(name, slot, value)
             action = COPIED
         elif RESAMPLERS[method] is None:  # ``random``: the target's own initial values
             action = INITIALISED
+            put(name, slot, None)
         else:
-            slot.data.copy_(_fill(name, value, slot.data, method, plan, picked, structured, generator))
+            put(name, slot, _fill(name, value, slot.data, method, plan, picked, structured, generator))
             action = RESAMPLED
         source_shape = list(value.shape) if value is not None else None
         report.tensors.append(TensorRecord(name, source_shape, shape, action, kind))
-    used = {id(src[name]) for name in tgt if name in src}
-    report.dropped = [name for name, value in state.items() if id(value) not in used]
+        del value
+    used = {names_[name] for name in tgt if name in names_}
+    if isinstance(state, dict):  # tied tensors: a name whose tensor another used name holds is used too
+        ids = {id(state[name]) for name in used}
+        used |= {name for name, value in state.items() if id(value) in ids}
+    report.dropped = [name for name in state if name not in used]
     return report
 
 
@@ -146,10 +159,10 @@ def _checked_choices(plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor
     return out
 
 
-def _renamed(state: dict[str, Tensor], plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The source state dict under the target's names: with fewer (or chosen) layers, target layer i
-    reads source layer ``choices[layers][i]``."""
-    out = dict(state)
+def _renamed(state: Any, plan: Plan, choices: dict[str, Tensor]) -> dict[str, str]:
+    """Target tensor name -> the source name it reads: with fewer (or chosen) layers, target layer i
+    reads source layer ``choices[layers][i]``. Names only, so a lazily read checkpoint stays unread."""
+    out = {name: name for name in state}
     for dim in plan.dimensions:
         if dim.kind != "layers":
             continue
@@ -200,7 +213,7 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
         mask = missing if mask is None else mask | missing
     if tuple(work.shape) != tuple(fresh.shape):
         work = resample(work, fresh.shape, method, fill=fresh if mask is None else None, generator=generator)
-    if mask is not None:
+    if mask is not None and bool(mask.any()):  # grown units keep the target's own values
         work = torch.where(mask.expand_as(work), fresh.to(work.dtype), work)
     return work
 

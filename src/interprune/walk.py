@@ -1,0 +1,448 @@
+"""The sequential engine: run calibration data through a model one stage at a time, in mini-batches.
+
+SliceGPT and Wanda calibrate huge models by catching what the first block is called with, then running
+one block at a time on stored inputs. We do the same without knowing any family: a ``Walker`` runs the
+model's own ``forward`` (so every mask, position embedding, rotary cache, encoder memory or cross-attention
+input is made exactly as the model makes it) but
+
+* **replays** every module that has already been dealt with: a module called once per forward whose call
+  ended before the current stage gets its output from a store (per mini-batch, in memory up to a budget,
+  then on disk) instead of computing it, so parts the shrink does not change (a backbone, embeddings) and
+  blocks already refit run once;
+* **skips** replayed modules whose output only feeds a later replayed module (the earlier blocks of a
+  stack): they return a zero placeholder of the same shape, checked on the first mini-batch to change
+  nothing the current stage sees, so only one boundary of activations stays stored;
+* **stops** as soon as the current stage has what it needs (``Stop``), so a stage costs the part of the
+  model between the stored boundary and itself.
+
+The first mini-batch is traced once (which module calls which, in what order, on which tensors); stages
+are named by a module and the index of its call, so modules called several times per forward (a shared
+norm, a query-scale MLP between decoder layers) are handled in order too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import weakref
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Stop", "Walker", "Batches", "split_batch", "Call"]
+
+Batch = dict[str, Any]
+
+
+class Stop(Exception):
+    """Raised inside a forward once a stage has seen what it needs."""
+
+
+def split_batch(inputs: Batch, size: int | None) -> list[Batch]:
+    """One batch of model inputs as mini-batches of ``size`` examples along the first axis (all at once
+    for ``None``). Slicing keeps the padding of the whole batch, so statistics match one big batch."""
+    tensors = [v for v in inputs.values() if isinstance(v, Tensor) and v.dim() > 0]
+    total = int(tensors[0].shape[0]) if tensors else 1
+    size = total if size is None or size >= total else max(1, size)
+    return [{k: v[i:i + size] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == total else v
+             for k, v in inputs.items()} for i in range(0, total, size)]
+
+
+class Batches(Sequence[Batch]):
+    """Mini-batches of calibration inputs, made on demand (``make(i)``) so that only one is alive."""
+
+    def __init__(self, count: int, make: Callable[[int], Batch], sizes: list[int]):
+        self.count, self.make, self.sizes = count, make, sizes
+        self.examples = sum(sizes)  # examples per mini-batch, and in all
+
+    @classmethod
+    def of(cls, inputs: Batch | Sequence[Batch], size: int | None = None) -> "Batches":
+        if isinstance(inputs, Batches):
+            return inputs
+        parts = split_batch(inputs, size) if isinstance(inputs, dict) else list(inputs)
+        return cls(len(parts), lambda i: parts[i], [_examples(p) for p in parts])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> Batch:  # type: ignore[override]
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return self.make(i)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return (self.make(i) for i in range(self.count))
+
+
+def _examples(batch: Batch) -> int:
+    first = next((v for v in batch.values() if isinstance(v, Tensor) and v.dim() > 0), None)
+    return int(first.shape[0]) if first is not None else 0
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a module in the traced forward: event counters at entry and exit, and the identities
+    of its first positional input and of the tensors it returned (to see what feeds what)."""
+
+    enter: int
+    exit: int
+    input_id: int | None
+    output_ids: frozenset[int]
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _placeholder(value: Any) -> Any:
+    """A value of the same structure whose tensors are zeros that take no memory (expanded scalars)."""
+    if isinstance(value, Tensor):
+        return torch.zeros((), dtype=value.dtype, device=value.device).expand(value.shape)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_placeholder(v) for v in value)
+    if isinstance(value, list):
+        return [_placeholder(v) for v in value]
+    return value
+
+
+def _skippable(value: Any) -> bool:
+    """Outputs a placeholder can stand for: tensors and plain tuples/lists of them (or None)."""
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return all(v is None or _skippable(v) for v in value)
+    return False
+
+
+def _nbytes(value: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensors(value))
+
+
+class Store:
+    """Per mini-batch outputs of one module: in memory while the walk's budget allows, else on disk."""
+
+    def __init__(self, spill: "Spill"):
+        self.spill, self.items, self.shapes = spill, {}, None
+
+    def put(self, i: int, value: Any) -> None:
+        value = _detached(value)
+        if self.shapes is None:
+            self.shapes = _placeholder(value)
+        self.items[i] = self.spill.keep(value)
+
+    def get(self, i: int) -> Any:
+        """A copy: models may change an output in place (DETR heads add reference points to theirs)."""
+        return _map(self.spill.load(self.items[i]), lambda t: t.clone())
+
+    def drop(self) -> None:
+        for item in self.items.values():
+            self.spill.release(item)
+        self.items.clear()
+
+
+def _detached(value: Any) -> Any:
+    return _map(value, lambda t: t.detach())
+
+
+def _map(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor inside tuples, lists and dicts (model outputs too)."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_map(v, fn) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map(v, fn) for v in value)
+    if isinstance(value, dict):
+        items = {k: _map(v, fn) for k, v in value.items()}
+        return items if type(value) is dict else type(value)(**items)
+    return value
+
+
+@dataclass
+class Spill:
+    """Stored boundaries share one budget (bytes, ``None``: no limit); past it they go to a private
+    temporary folder on disk, removed when the walk ends."""
+
+    budget: int | None = None
+    used: int = 0
+    peak: int = 0
+    spilled: int = 0
+    folder: str | None = None
+    _count: int = field(default=0, repr=False)
+
+    def keep(self, value: Any) -> Any:
+        size = _nbytes(value)
+        if self.budget is None or self.used + size <= self.budget:
+            self.used += size
+            self.peak = max(self.peak, self.used)
+            return ("mem", value, size)
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="interprune-walk-")
+        self._count += 1
+        path = os.path.join(self.folder, f"{self._count}.pt")
+        torch.save(_to_cpu(value), path)
+        self.spilled += size
+        return ("disk", (path, _device_of(value)), size)
+
+    def load(self, item: tuple) -> Any:
+        kind, value, _ = item
+        if kind == "mem":
+            return value
+        path, device = value
+        return _to(torch.load(path, weights_only=False), device)
+
+    def release(self, item: tuple) -> None:
+        kind, value, size = item
+        if kind == "mem":
+            self.used -= size
+        else:
+            os.unlink(value[0])
+
+    def close(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+def _device_of(value: Any) -> torch.device | None:
+    tensors = _tensors(value)
+    return tensors[0].device if tensors else None
+
+
+def _to_cpu(value: Any) -> Any:
+    return _to(value, torch.device("cpu"))
+
+
+def _to(value: Any, device: torch.device | None) -> Any:
+    return value if device is None else _map(value, lambda t: t.to(device))
+
+
+def _ancestors(name: str) -> Iterator[str]:
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        yield ".".join(parts[:i])
+
+
+def _block_level(name: str) -> bool:
+    """A block of a stack (``layers.3``) or a part outside every stack (``embed_tokens``, ``backbone``):
+    the modules worth skipping (a part inside a block holds one block's intermediate, not a boundary)."""
+    parts = name.split(".")
+    return parts[-1].isdigit() or not any(p.isdigit() for p in parts)
+
+
+def _outer_block(name: str) -> str | None:
+    """The outermost block of a stack that ``name`` lies in (``model.layers.3`` for its attention)."""
+    parts = name.split(".")
+    index = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    return ".".join(parts[: index + 1]) if index is not None else None
+
+
+class Walker:
+    """Runs ``model`` on mini-batch ``i`` with finished modules replayed or skipped (see the module doc)."""
+
+    def __init__(self, model: nn.Module, batches: Batches, spill: Spill | None = None):
+        self.model, self.batches = model, batches
+        self.spill = spill or Spill()
+        self.modules = dict(model.named_modules())
+        self.calls: dict[str, list[Call]] = {}
+        self.stores: dict[str, Store] = {}
+        self.replayed: set[str] = set()
+        self.skipped: dict[str, Any] = {}  # name -> placeholder output
+        self._verdicts: dict[tuple[str, str], bool] = {}  # (parent, class) -> whether skipping is safe
+        self.on_call: dict[str, Callable[[nn.Module, int], None]] = {}  # name -> fn(module, traced call index)
+
+    # ------------------------------------------------------------------------------------------ trace
+    @torch.no_grad()
+    def trace(self) -> None:
+        """Record every module call of one forward on the first mini-batch, in order."""
+        names = {id(m): n for n, m in self.modules.items()}
+        counter, open_calls, serials = [0], {}, {}
+
+        def serial(t: Tensor) -> int:
+            """A number per tensor object of this forward, without keeping the tensor alive (an ``id``
+            alone may be reused by a later tensor once the first one is freed)."""
+            known = serials.get(id(t))
+            if known is None or known[0]() is not t:
+                known = serials[id(t)] = (weakref.ref(t), len(serials) + counter[0] * 1_000_003)
+            return known[1]
+
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            counter[0] += 1
+            first = args[0] if args and isinstance(args[0], Tensor) else None
+            open_calls.setdefault(id(module), []).append((counter[0], None if first is None else serial(first)))
+
+        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            counter[0] += 1
+            enter, input_id = open_calls[id(module)].pop()
+            self.calls.setdefault(names[id(module)], []).append(
+                Call(enter, counter[0], input_id, frozenset(serial(t) for t in _tensors(output))))
+
+        handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in self.modules.values()]
+        handles += [m.register_forward_hook(post, with_kwargs=True) for m in self.modules.values()]
+        try:
+            self.model.eval()(**self.batches[0])
+        finally:
+            for h in handles:
+                h.remove()
+        for calls in self.calls.values():
+            calls.sort(key=lambda c: c.enter)
+
+    def enter(self, name: str, call: int) -> int:
+        return self.calls[name][call].enter
+
+    # ----------------------------------------------------------------------------------------- stages
+    def prepare(self, start: int) -> None:
+        """Before a stage that begins at trace event ``start``: replay the outermost modules called once
+        whose call ended before it, drop stores they subsume, and skip stored ones a later replayed module
+        consumes, when the first mini-batch shows that the stage sees the same inputs without them."""
+        done = {n for n, calls in self.calls.items() if n and len(calls) == 1 and calls[0].exit < start}
+        outer = {n for n in done if not any(a in done for a in _ancestors(n))}
+        complete = {n for n in outer if n in self.stores and len(self.stores[n].items) == len(self.batches)}
+        # a module replayed for the first time is recorded from its parts' stores, so it keeps the outputs
+        # they had when they ran (a norm refit again later must not change what an earlier block saw)
+        keep = outer | {n for n in (*self.stores, *self.skipped)
+                        if any(a in outer and a not in complete for a in _ancestors(n))}
+        for name in [n for n in self.stores if n not in keep]:
+            self.stores.pop(name).drop()
+        self.skipped = {n: v for n, v in self.skipped.items() if n in keep}
+        self.replayed = keep - set(self.skipped)
+        complete = {n for n in self.replayed if n in self.stores and len(self.stores[n].items) == len(self.batches)}
+        consumed = {self.calls[n][0].input_id for n in complete}
+        candidates = frozenset(n for n in complete if self.calls[n][0].output_ids & consumed
+                               and _skippable(self.stores[n].shapes) and _block_level(n))
+        for name in sorted(candidates):
+            role = re.sub(r"\.\d+(?=\.|$)", ".*", name)  # the same part of every block of a stack
+            key = (role, type(self.modules[name]).__name__)
+            if key not in self._verdicts:  # checked once per role, so the check costs one block, not the depth
+                self._verdicts[key] = self._same_view(frozenset([name]), start)
+            if self._verdicts[key]:
+                store = self.stores.pop(name)
+                self.skipped[name] = store.shapes
+                self.replayed.discard(name)
+                store.drop()
+
+    def _same_view(self, candidates: frozenset[str], start: int) -> bool:
+        """Whether every module call of the rest of the forward on the first mini-batch gets the same
+        inputs with ``candidates`` skipped (a mask or a position table hidden in a skipped output would
+        show here, not only at the stage)."""
+        name = next(n for n, calls in self.calls.items() for c in calls if c.enter == start)
+        until = _outer_block(name)
+        until = until if until in self.calls and len(self.calls[until]) == 1 else None
+        seen = [self._fingerprint({}, until), self._fingerprint({n: self.stores[n].shapes for n in candidates}, until)]
+        return seen[0] is not None and seen[0] == seen[1]
+
+    @torch.no_grad()
+    def _fingerprint(self, extra: dict[str, Any], until: str | None) -> list | None:
+        """Every module input of the first mini-batch's forward, up to the end of block ``until`` (the
+        block of the stage: what a skipped output could change first) or of the model."""
+        prints: list = []
+
+        def stop(module: nn.Module, args: tuple, output: Any) -> None:
+            raise Stop
+
+        def note(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            for t in _tensors((args, kwargs)):
+                v = t.detach().double() if t.is_floating_point() or t.is_complex() else t.detach().long()
+                prints.append((tuple(t.shape), float(v.sum()), float((v * v).sum())))
+
+        handles = [m.register_forward_pre_hook(note, with_kwargs=True) for m in self.modules.values()]
+        if until is not None:
+            handles.append(self.modules[until].register_forward_hook(stop))
+        try:
+            self.run(0, [], replayed=self.replayed - set(extra), skipped={**self.skipped, **extra}, record=False)
+        except Exception:  # a placeholder the model cannot take: not skippable
+            return None
+        finally:
+            for h in handles:
+                h.remove()
+        return prints
+
+    def observed(self, name: str, call: int, replayed: set[str] | None = None,
+                 skipped: dict[str, Any] | None = None) -> int:
+        """Index among the calls a walk really makes (calls inside replayed or skipped modules vanish)."""
+        hidden = [self.calls[n][0] for n in (self.replayed if replayed is None else replayed) | set(
+            self.skipped if skipped is None else skipped)]
+        return sum(1 for c in self.calls[name][:call] if not any(h.enter < c.enter and c.exit < h.exit for h in hidden))
+
+    # -------------------------------------------------------------------------------------------- run
+    @torch.no_grad()
+    def run(self, i: int, hooks: list[tuple[str, int, str, Callable]], *, replayed: set[str] | None = None,
+            skipped: dict[str, Any] | None = None, record: bool = True) -> None:
+        """Mini-batch ``i`` through the model; ``hooks`` are ``(module, call, "pre"|"post", fn)`` called at
+        that call only (``fn(module, args, kwargs[, output])``); any of them may raise ``Stop``."""
+        replayed = self.replayed if replayed is None else replayed
+        skipped = self.skipped if skipped is None else skipped
+        handles, patched = [], []
+        for name in replayed:
+            module, store = self.modules[name], self.stores.get(name)
+            if store is None and record:
+                store = self.stores[name] = Store(self.spill)
+            if store is not None and i in store.items:
+                module.forward = (lambda s: lambda *a, **k: s.get(i))(store)
+                patched.append(module)
+            elif record:
+                handles.append(module.register_forward_hook((lambda s: lambda m, a, o: s.put(i, o))(store)))
+        for name, shapes in skipped.items():
+            self.modules[name].forward = (lambda v: lambda *a, **k: _placeholder(v))(shapes)
+            patched.append(self.modules[name])
+        for name, call, kind, fn in hooks:
+            handles.append(self._at_call(name, self.observed(name, call, replayed, skipped), kind, fn))
+        for name, fn in self.on_call.items():
+            handles.append(self._every_call(name, self.visible(name, replayed, skipped), fn))
+        try:
+            self.model.eval()(**self.batches[i])
+        except Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+            for module in patched:
+                del module.forward
+
+    def visible(self, name: str, replayed: set[str], skipped: dict[str, Any]) -> list[int]:
+        """The traced indices of the calls of ``name`` a walk really makes, in order."""
+        hidden = [self.calls[n][0] for n in replayed | set(skipped)]
+        return [k for k, c in enumerate(self.calls.get(name, []))
+                if not any(h.enter < c.enter and c.exit < h.exit for h in hidden)]
+
+    def _every_call(self, name: str, visible: list[int], fn: Callable) -> Any:
+        count = [0]
+
+        def pre(m: nn.Module, args: tuple) -> None:
+            k = visible[count[0]] if count[0] < len(visible) else count[0]
+            count[0] += 1
+            fn(m, k)
+        return self.modules[name].register_forward_pre_hook(pre)
+
+    def _at_call(self, name: str, call: int, kind: str, fn: Callable) -> Any:
+        count = [0]
+        module = self.modules[name]
+
+        def pre(m: nn.Module, args: tuple, kwargs: dict) -> None:
+            count[0] += 1
+            if count[0] - 1 == call:
+                fn(m, args, kwargs)
+
+        def post(m: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            count[0] += 1
+            if count[0] - 1 == call:
+                fn(m, args, kwargs, output)
+
+        if kind == "pre":
+            return module.register_forward_pre_hook(pre, with_kwargs=True)
+        return module.register_forward_hook(post, with_kwargs=True)
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.drop()
+        self.stores.clear()

@@ -1,0 +1,92 @@
+"""Streamed weights: a sharded checkpoint read lazily, the target written shard by shard (data-free)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from interprune import InterpruneError
+from interprune.cli import main
+from interprune.hf.models import save
+from interprune.weights.shrink import shrink
+from interprune.stream import INDEX, Checkpoint, parse_size, stream_shrink
+
+from .engine_cases import tiny_qwen
+
+CUT = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2}
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    folder = tmp_path / "source"
+    tiny_qwen().to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
+    assert (folder / INDEX).is_file()
+    return folder
+
+
+def tensors(folder):
+    index = folder / INDEX
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
+        "model.safetensors"]
+    out = {}
+    for name in files:
+        out.update(load_file(folder / name))
+    return out
+
+
+@pytest.mark.parametrize("method", ["select", "area", "magnitude"])
+def test_streamed_shrink_of_a_sharded_checkpoint_equals_the_in_memory_result(sharded, tmp_path, method):
+    streamed = tmp_path / "streamed"
+    if method == "magnitude":  # a data-aware choice: not a streamed method
+        with pytest.raises(InterpruneError, match="unknown method"):
+            stream_shrink(sharded, CUT, method, streamed)
+        return
+    report = stream_shrink(sharded, CUT, method, streamed, max_shard_size=parse_size("10KB"))
+    assert report is not None and (streamed / INDEX).is_file()
+    model, expected = shrink(sharded, CUT, method)
+    save(model, tmp_path / "memory", report=expected, source=sharded)
+    a, b = tensors(streamed), tensors(tmp_path / "memory")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {v.dtype for v in a.values()} == {torch.bfloat16}
+    assert report.counts() == expected.counts() and report.choices == expected.choices
+    from transformers import AutoModel
+
+    loaded = AutoModel.from_pretrained(streamed)
+    assert loaded.config.hidden_size == 16
+
+
+def test_cli_streams_data_free_shrinks_and_refuses_a_missing_shard(sharded, tmp_path, capsys):
+    assert main(["shrink", str(sharded), "--set", "hidden_size=16", "--out", str(tmp_path / "a"),
+                 "--max-shard-size", "8KB"]) in (0, None)
+    assert (tmp_path / "a" / INDEX).is_file()
+    capsys.readouterr()
+    shard = sorted(sharded.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    assert main(["shrink", str(sharded), "--set", "hidden_size=16", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert shard.name in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+    with pytest.raises(InterpruneError, match="not in"):
+        Checkpoint(sharded)
+
+
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["shrink", "demo", "--method", "calibrated", "--calibration", "x.txt", "--device", "cuda",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no GPU" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_grown_target_is_not_streamed_and_leaves_nothing(sharded, tmp_path):
+    """Growing with `first` needs the target's own initial values, which a meta target lacks: ``None``, no folder."""
+    assert stream_shrink(sharded, {"intermediate_size": 96}, "first", tmp_path / "grown") is None
+    assert not (tmp_path / "grown").exists() and not list(tmp_path.glob(".grown*"))
+
+
+def test_a_memory_budget_below_one_boundary_is_one_line_naming_the_size(tmp_path):
+    from .engine_cases import text_ids
+
+    with pytest.raises(InterpruneError, match=r"too small for one block boundary.*give at least 2560B"):
+        shrink(tiny_qwen(), {"hidden_size": 16}, "calibrated", calibration=text_ids(), calibration_batch=2, budget=10)
