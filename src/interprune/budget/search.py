@@ -163,30 +163,41 @@ def search(source: str | os.PathLike, budgets: list[Budget], *, fixed: dict[str,
     fitting = sorted((c for c in candidates if c.fits), key=lambda c: (-c.params, -c.flops))
     if not fitting:
         raise InterpruneError(_unreachable(config, budgets, limits, origin, candidates, fixed, inputs, multiple))
-    check = None
-    if len(static) < len(budgets):
-        from ..hf.config import target_config
-
-        def check(c: Candidate) -> bool:
-            """The choice, measured again interleaved with the source: it must still fit."""
-            full, small = interleaved_latency([config, target_config(config, c.overrides)], inputs, device=device,
-                                              threads=threads, clock=clock)
-            c.checked = small / full
-            return all(c.checked <= b.value if b.relative else small <= b.value for b in budgets if b.kind == "latency")
-    while True:
-        best = _best(fitting[: max(1, top_k)], score)
-        if check is None or check(best):
-            break
-        best.fits = False  # a noisy first measurement: the next candidate that fits takes its place
-        fitting.remove(best)
-        if not fitting:
-            raise InterpruneError(f"no candidate meets --budget {' '.join(b.text for b in budgets)} when measured "
-                                  f"against the source: the closest measured {best.checked:.2f}x")
+    check = _recheck(config, inputs, budgets, device, threads, clock) if len(static) < len(budgets) else None
+    best = _chosen(fitting, top_k, score, check, budgets)
     best.chosen = True
     settings = {"multiple": multiple, "top_k": top_k, "device": device, "threads": threads, "clock": clock,
                 "input": {k: list(v.shape) for k, v in inputs.items()}, "max_candidates": max_candidates}
     return SearchResult(list(budgets), limits, origin, candidates, best, fixed, score is not None,
                         time.perf_counter() - start, measured, cache.hits, settings)
+
+
+def _recheck(config: PretrainedConfig, inputs: dict, budgets: list[Budget], device: str, threads: int | None,
+             clock: str) -> Callable[[Candidate], bool]:
+    """A latency budget's last word: the choice, measured again interleaved with the source, must still fit."""
+    from ..hf.config import target_config
+
+    def check(c: Candidate) -> bool:
+        full, small = interleaved_latency([config, target_config(config, c.overrides)], inputs, device=device,
+                                          threads=threads, clock=clock)
+        c.checked = small / full
+        return all(c.checked <= b.value if b.relative else small <= b.value for b in budgets if b.kind == "latency")
+    return check
+
+
+def _chosen(fitting: list[Candidate], top_k: int, score: Callable[[dict[str, Any]], float] | None,
+            check: Callable[[Candidate], bool] | None, budgets: list[Budget]) -> Candidate:
+    """The best of the top ``top_k`` that fit; a choice the re-check refuses (a noisy first measurement)
+    gives its place to the next candidate that fits."""
+    while True:
+        best = _best(fitting[: max(1, top_k)], score)
+        if check is None or check(best):
+            return best
+        best.fits = False
+        fitting.remove(best)
+        if not fitting:
+            raise InterpruneError(f"no candidate meets --budget {' '.join(b.text for b in budgets)} when measured "
+                                  f"against the source: the closest measured {best.checked:.2f}x")
 
 
 def _best(top: list[Candidate], score: Callable[[dict[str, Any]], float] | None) -> Candidate:

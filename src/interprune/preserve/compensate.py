@@ -233,15 +233,7 @@ def compensate(
             _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout)
             for name, k in stage:
                 if name in stats and name not in report.skipped:
-                    choice = refit(modules[name], stats[name], fixed or grid)
-                    report.strengths[name] = "inf" if math.isinf(choice.strength) else choice.strength
-                    if choice.errors:
-                        report.held_out[name] = round(min(choice.errors.values()), 6)
-                    if name in versions:
-                        versions[name][k] = [p.detach().clone() for p in modules[name].parameters(recurse=False)]
-                    if name not in report.layers:
-                        report.layers.append(name)
-                    report.rows = max(report.rows, stats[name].rows)
+                    _refit_call(modules[name], name, k, stats[name], fixed or grid, versions, report)
             if progress is not None:
                 progress(done + 1, len(stages))
         for name, saved in versions.items():  # the model keeps each layer's last refit
@@ -251,6 +243,21 @@ def compensate(
             walker.close()
         spill.close()
     return report
+
+
+def _refit_call(module: nn.Module, name: str, k: int, stats: LayerStats, grid: tuple[float, ...],
+                versions: dict[str, dict[int, list[Tensor]]], report: Compensation) -> None:
+    """Refit one layer after its call ``k`` and note it: its strength, held-out error, and for a layer
+    called several times the weights call ``k`` runs with."""
+    choice = refit(module, stats, grid)
+    report.strengths[name] = "inf" if math.isinf(choice.strength) else choice.strength
+    if choice.errors:
+        report.held_out[name] = round(min(choice.errors.values()), 6)
+    if name in versions:
+        versions[name][k] = [p.detach().clone() for p in module.parameters(recurse=False)]
+    if name not in report.layers:
+        report.layers.append(name)
+    report.rows = max(report.rows, stats.rows)
 
 
 def _versions(target: Walker, active: list[str]) -> dict[str, dict[int, list[Tensor]]]:

@@ -140,18 +140,24 @@ def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os
         raise InterpruneError(f"{err}; lower --lr (the last good checkpoint is {ckpt})") from None
     if not trainer.is_global_zero:
         return None
-    rows = [r for r in table.state() if "val_loss" in r]
-    summary = {"student": str(small), "teacher": str(teacher), "data": str(data), "kind": kind,
-               "steps": int(trainer.global_step), "seconds": round(state.seconds, 2), "segments": state.segments,
-               "val_loss_start": rows[0]["val_loss"] if rows else None,
-               "val_loss_end": rows[-1]["val_loss"] if rows else None,
-               "states_matched": sum(len(p) for p in (module.pairs or {}).values()),
-               "kept_channels": match.kept is not None, "teacher_seconds": round(module.teacher.seconds, 2),
-               "settings": settings.model_dump(mode="json")}
+    summary = _summary(small, teacher, data, kind, trainer, state, table, module, match, settings)
     table.save()
     _write_model(student.eval(), small, out, summary)
     write_text(run / "summary.json", json.dumps(summary, indent=1))  # last: the run is complete
     return summary
+
+
+def _summary(small: Any, teacher: Any, data: Any, kind: str, trainer: Any, state: Any, table: Any, module: Any,
+             match: Any, settings: RecoverSettings) -> dict:
+    """What the run did: its steps and time, the held-out loss before and after, what it matched."""
+    rows = [r for r in table.state() if "val_loss" in r]
+    return {"student": str(small), "teacher": str(teacher), "data": str(data), "kind": kind,
+            "steps": int(trainer.global_step), "seconds": round(state.seconds, 2), "segments": state.segments,
+            "val_loss_start": rows[0]["val_loss"] if rows else None,
+            "val_loss_end": rows[-1]["val_loss"] if rows else None,
+            "states_matched": sum(len(p) for p in (module.pairs or {}).values()),
+            "kept_channels": match.kept is not None, "teacher_seconds": round(module.teacher.seconds, 2),
+            "settings": settings.model_dump(mode="json")}
 
 
 def _trainer(settings: RecoverSettings, run: Path, ckpt: Path, sampler: Any, lead: bool, resuming: bool,

@@ -72,15 +72,8 @@ def shrink(
     from ..progress import resolve_device
 
     device = resolve_device(device)  # a GPU asked for where there is none: refused before any work
-    if calibration_batch is not None and calibration_batch < 1:
-        raise InterpruneError(f"--calibration-batch must be at least 1, got {calibration_batch}")
-    if method not in METHODS:
-        raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
-    preserving = check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
-                               rotate=rotate)
-    if preserving and (reinit or choices):
-        raise InterpruneError(f"method {method!r} with these options chooses its own units and fills every "
-                              f"tensor from the source; it takes no reinit or choices")
+    preserving = _check_request(method, calibration, calibration_batch, compensate, layers, rotate,
+                                bool(reinit or choices))
     overrides = dict(overrides or {})
     config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
     target = build_model(target_config(config, overrides), seed)
@@ -103,6 +96,22 @@ def shrink(
     report.source = str(getattr(source, "name_or_path", source))
     report.overrides = overrides
     return target, report
+
+
+def _check_request(method: str, calibration: Any, calibration_batch: int | None, compensate: bool, layers: str,
+                   rotate: bool, fixed: bool) -> bool:
+    """The method and its options, before any work; True when the data-aware recipe fills the target.
+    ``fixed``: the caller gave ``reinit`` or ``choices``, which only a plain transfer takes."""
+    if calibration_batch is not None and calibration_batch < 1:
+        raise InterpruneError(f"--calibration-batch must be at least 1, got {calibration_batch}")
+    if method not in METHODS:
+        raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
+    preserving = check_options(method, calibration=calibration is not None, compensate=compensate, layers=layers,
+                               rotate=rotate)
+    if preserving and fixed:
+        raise InterpruneError(f"method {method!r} with these options chooses its own units and fills every "
+                              f"tensor from the source; it takes no reinit or choices")
+    return preserving
 
 
 def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, method: str, *,

@@ -119,29 +119,40 @@ def transfer(
     put = put or (lambda name, slot, value: None if value is None else slot.data.copy_(value))
     for name, slot in tgt.items():
         value = state.get(names_[name]) if name in names_ else None
-        kind = "parameter" if name in params else "buffer"
-        shape = list(slot.shape)
-        if value is None or value.dim() != slot.dim() or (pattern and pattern.search(name)) or name in computed:
-            action = INITIALISED
-            put(name, slot, None)
-        elif value.shape == slot.shape:
-            put(name, slot, value)
-            action = COPIED
-        elif RESAMPLERS[method] is None:  # ``random``: the target's own initial values
-            action = INITIALISED
-            put(name, slot, None)
-        else:
-            put(name, slot, _fill(name, value, slot.data, method, plan, picked, structured, generator))
-            action = RESAMPLED
+        keep_own = value is None or value.dim() != slot.dim() or bool(pattern and pattern.search(name)) \
+            or name in computed
+        action = _put_one(name, slot, value, keep_own, put,
+                          lambda: _fill(name, value, slot.data, method, plan, picked, structured, generator),
+                          RESAMPLERS[method] is None)
         source_shape = list(value.shape) if value is not None else None
-        report.tensors.append(TensorRecord(name, source_shape, shape, action, kind))
+        kind = "parameter" if name in params else "buffer"
+        report.tensors.append(TensorRecord(name, source_shape, list(slot.shape), action, kind))
         del value
-    used = {names_[name] for name in tgt if name in names_}
-    if isinstance(state, dict):  # tied tensors: a name whose tensor another used name holds is used too
-        ids = {id(state[name]) for name in used}
-        used |= {name for name, value in state.items() if id(value) in ids}
-    report.dropped = [name for name in state if name not in used]
+    report.dropped = _dropped(state, {names_[name] for name in tgt if name in names_})
     return report
+
+
+def _put_one(name: str, slot: Tensor, value: Tensor | None, keep_own: bool, put: Callable,
+             resampled: Callable[[], Tensor], own_values: bool) -> str:
+    """Give one target tensor its value: its own (no counterpart, ``reinit``, computed, or ``random``'s
+    ``own_values``), the source's as it is (same shape), or the source's resampled; returns the action."""
+    if keep_own or (value is not None and value.shape != slot.shape and own_values):
+        put(name, slot, None)
+        return INITIALISED
+    if value.shape == slot.shape:
+        put(name, slot, value)
+        return COPIED
+    put(name, slot, resampled())
+    return RESAMPLED
+
+
+def _dropped(state: Mapping[str, Tensor], used: set[str]) -> list[str]:
+    """Source tensors the target has no room for. Tied tensors: a name whose tensor another used name holds
+    is used too (only an in-memory state dict can tell)."""
+    if isinstance(state, dict):
+        ids = {id(state[name]) for name in used}
+        used = used | {name for name, value in state.items() if id(value) in ids}
+    return [name for name in state if name not in used]
 
 
 def _checked_choices(plan: Plan, choices: dict[str, Tensor]) -> dict[str, Tensor]:
