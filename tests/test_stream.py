@@ -90,3 +90,27 @@ def test_a_memory_budget_below_one_boundary_is_one_line_naming_the_size(tmp_path
 
     with pytest.raises(InterpruneError, match=r"too small for one block boundary.*give at least 2560B"):
         shrink(tiny_qwen(), {"hidden_size": 16}, "calibrated", calibration=text_ids(), calibration_batch=2, budget=10)
+
+
+@pytest.mark.parametrize("family", ["tied", "fused"])
+def test_tied_and_fused_sources_stream_too(tmp_path, family):
+    """A checkpoint leaves a tied copy out, and fused q|k|v is filled part by part: neither needs the target's
+    own values, so both stream (no fall-back to memory) and equal the in-memory result."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "tied":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                                             tie_word_embeddings=True))
+        cut = {"hidden_size": 16, "intermediate_size": 32}
+    else:
+        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32))
+        cut = {"n_embd": 16}
+    model.save_pretrained(tmp_path / "source")
+    report = stream_shrink(tmp_path / "source", cut, "select", tmp_path / "streamed")
+    assert report is not None  # streamed, not handed back to the in-memory path
+    memory, expected = shrink(tmp_path / "source", cut, "select")
+    save(memory, tmp_path / "memory", report=expected, source=tmp_path / "source")
+    a, b = tensors(tmp_path / "streamed"), tensors(tmp_path / "memory")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

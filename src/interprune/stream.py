@@ -214,9 +214,9 @@ def _write(job: Write, checkpoint: Checkpoint, model: Any, target: Any, method: 
         done, total = [0], len(target.state_dict())
 
         def put(name: str, slot: Tensor, value: Tensor | None) -> None:
-            if value is None or value.device.type == "meta":
-                raise NeedsValues(name)
-            if name not in tied:
+            if name not in tied:  # a tied copy is not stored (the checkpoint leaves it out too)
+                if value is None or value.device.type == "meta":
+                    raise NeedsValues(name)
                 writer.add(name, value.to(job.dtype))
             done[0] += 1
             if job.progress is not None:

@@ -8,7 +8,7 @@ from enum import StrEnum
 from torch import Tensor, nn
 
 from .fused import PART_MARK
-from .rules import RULES, is_norm_like, module_type
+from .rules import RULES, int_attr, is_norm_like, module_type
 
 __all__ = ["Role", "Projection", "AttentionLayout", "attention_layout"]
 
@@ -73,8 +73,7 @@ def attention_layout(prefix: str, module: nn.Module, modules: dict[str, nn.Modul
     from its projections' widths. ``tensors`` holds the model's tensors with fused projections already
     split into their parts (``qkv_proj.weight#q``...), which count as projections of their own.
     """
-    ints = lambda names: next((getattr(module, a) for a in names if isinstance(getattr(module, a, None), int)), None)
-    heads, head_dim = ints(RULES.heads_attrs), ints(RULES.head_dim_attrs)
+    heads, head_dim = int_attr(module, RULES.heads_attrs), int_attr(module, RULES.head_dim_attrs)
     if heads is None and head_dim is None:
         return None
     children = {n: c for n, c in module.named_children()

@@ -250,7 +250,6 @@ class _Changed:
     parts: int
     known: bool  # its module is a type of MODULE_TYPES or a norm
     shared: bool  # outside every layer, or in a norm: its size meets other layers' (global)
-    structural: bool = False  # shared by structure alone (a norm, an embedding, a layer outside the blocks)
     meets: bool = False  # a norm's or an embedding's own axis: it meets the whole stream, whatever its size
     trace: object = None  # the class of axes a meta-device trace links it with, if any
 
@@ -277,13 +276,11 @@ def _leftovers(ctx: Context) -> list[_Changed]:
         # where its size is the stream's (a head's own MLP outside the blocks is not the stream)
         structural = is_norm_like(module) or (kind is not None and kind.ids)
         anchor = structural or _is_hidden(ctx, name, s, t)
-        out.append(_Changed(name, axis, s // parts, t // parts, parts, known, anchor, structural, structural))
+        out.append(_Changed(name, axis, s // parts, t // parts, parts, known, anchor, structural))
     anchored = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.shared}
-    by_structure = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.structural}
     for e in out:
         outside = not block_of(e.tensor, ctx.blocks)
         e.shared = e.shared or (outside and (ctx.scope(e.tensor), e.source, e.target) in anchored)
-        e.structural = e.structural or (outside and (ctx.scope(e.tensor), e.source, e.target) in by_structure)
     _traced(ctx, out)
     # an axis of parts counts as parts only when its part size is a plain global dimension's size
     plain = {(ctx.scope(e.tensor), e.source, e.target) for e in out if e.parts == 1 and e.known and e.shared}

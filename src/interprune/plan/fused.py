@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .rules import module_type
+from .rules import RULES, int_attr, module_type
 
 __all__ = ["FusedLayout", "FUSED_LAYOUTS", "Split", "Fused", "FusedPart", "find_splits", "pair_splits", "split_state", "PART_MARK",
-           "real_name", "part_of"]
+           "real_name"]
 
 PART_MARK = "#"  # a part of a fused tensor is named ``tensor#part``
 QKV = ("q", "k", "v")
@@ -60,11 +60,6 @@ FUSED_LAYOUTS: tuple[FusedLayout, ...] = (
     FusedLayout(None, "in_proj_weight", "blocks", parameter=True),  # nn.MultiheadAttention (SigLIP's head)
     FusedLayout(None, "in_proj_bias", "blocks", parameter=True),
 )
-
-HEADS_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
-HEAD_DIM_ATTRS = ("head_dim", "head_size", "attention_head_size")
-KV_ATTRS = ("num_key_value_heads", "num_kv_heads")
-
 
 @dataclass(frozen=True)
 class Split:
@@ -105,14 +100,6 @@ def real_name(name: str) -> str:
     return name.partition(PART_MARK)[0]
 
 
-def part_of(name: str) -> str | None:
-    return name.partition(PART_MARK)[2] or None
-
-
-def _int(obj: Any, names: tuple[str, ...]) -> int | None:
-    return next((getattr(obj, a) for a in names if isinstance(getattr(obj, a, None), int)), None)
-
-
 def _qkv_indices(order: str, width: int, heads: int | None, kv: int | None, d: int | None) -> list[Tensor] | None:
     """Indices of q, k and v along a fused axis of ``width``, or None when the numbers do not fit it."""
     if not d or width % d:
@@ -150,9 +137,9 @@ def _layout_for(family: str | None, name: str, module: nn.Module, parameter: boo
 def _part_indices(layout: FusedLayout, width: int, attention: nn.Module, config: Any) -> list[Tensor] | None:
     if layout.order == "halves":
         return None if width % 2 else [torch.arange(width // 2), width // 2 + torch.arange(width // 2)]
-    heads = _int(attention, HEADS_ATTRS) or _int(config, ("num_attention_heads",))
-    kv = _int(attention, KV_ATTRS) or _int(config, KV_ATTRS)
-    d = _int(attention, HEAD_DIM_ATTRS) or (_int(config, ("hidden_size",)) // heads if heads else None)
+    heads = int_attr(attention, RULES.heads_attrs) or int_attr(config, ("num_attention_heads",))
+    kv = int_attr(attention, RULES.kv_attrs) or int_attr(config, RULES.kv_attrs)
+    d = int_attr(attention, RULES.head_dim_attrs) or (int_attr(config, ("hidden_size",)) // heads if heads else None)
     return _qkv_indices(layout.order, width, heads, kv, d)
 
 

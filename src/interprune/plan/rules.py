@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
@@ -76,11 +76,17 @@ class PartsRule:
     parts: int
 
 
+def int_attr(obj: Any, names: tuple[str, ...]) -> int | None:
+    """The first of ``names`` that ``obj`` has as an int (modules and configs name their sizes differently)."""
+    return next((getattr(obj, a) for a in names if isinstance(getattr(obj, a, None), int)), None)
+
+
 @dataclass(frozen=True)
 class Rules:
     # attention head counts and widths, as the modules name them
     heads_attrs: tuple[str, ...] = ("num_heads", "num_attention_heads", "n_heads", "n_head")
     head_dim_attrs: tuple[str, ...] = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
+    kv_attrs: tuple[str, ...] = ("num_key_value_heads", "num_kv_heads")
     # the attention's output projection among its children, or kept in a sibling module (BERT, ViT, YOLOS)
     output_names: tuple[str, ...] = ("o_proj", "out_proj", "o", "out_lin", "c_proj", "output_proj", "dense", "Wo")
     output_elsewhere: tuple[str, ...] = ("output.dense",)

@@ -11,7 +11,6 @@ on the meta device; the plan then groups by sizes as before.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .experts import expert_modules
+from ..hf.inputs import dummy_inputs
 from .rules import is_norm_like, module_type
 
 __all__ = ["trace_links"]
@@ -114,25 +114,8 @@ def _hook(links: _Links, names: dict[int, str]):
 
 
 def _inputs(model: nn.Module) -> dict[str, Tensor]:
-    """The smallest inputs the model's forward takes, on the meta device."""
-    params = inspect.signature(model.forward).parameters
-    config = getattr(model, "config", None)
-    vision = getattr(config, "vision_config", None) or config
-    out: dict[str, Tensor] = {}
-    if "input_ids" in params:
-        out["input_ids"] = torch.zeros(1, 4, dtype=torch.long)
-    if "pixel_values" in params:
-        size = getattr(vision, "image_size", None) or 128
-        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        out["pixel_values"] = torch.zeros(1, getattr(vision, "num_channels", 3), h, w)
-    if "input_values" in params:
-        out["input_values"] = torch.zeros(1, 1600)
-    if "input_features" in params:
-        out["input_features"] = torch.zeros(1, getattr(config, "num_mel_bins", 80),
-                                            2 * getattr(config, "max_source_positions", 1500))
-    if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False):
-        out["decoder_input_ids"] = torch.zeros(1, 1, dtype=torch.long)
-    return {k: v.to("meta") for k, v in out.items()}
+    """The smallest inputs the model's forward takes (``hf.inputs``), on the meta device."""
+    return {k: v.to("meta") for k, v in dummy_inputs(model).items()}
 
 
 def _stream(hidden: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -150,8 +133,9 @@ def trace_links(model: nn.Module) -> dict[tuple[str, int], Any] | None:
             meta = type(model)(config).eval()
     except Exception:
         return None
-    for module in expert_modules(dict(meta.named_modules())):  # experts have their own rule; their grouped
-        dict(meta.named_modules())[module].forward = _stream  # matmuls cannot run on meta: pass the stream on
+    modules = dict(meta.named_modules())
+    for module in expert_modules(modules):  # experts have their own rule; their grouped
+        modules[module].forward = _stream  # matmuls cannot run on meta: pass the stream on
     links = _Links()
     names = {id(p): n for n, p in meta.named_parameters(remove_duplicate=False)}
     for name, p in meta.named_parameters(remove_duplicate=False):

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from .refit import GRID, Choice, Moments, channel_moments, choose_strength, moments
 from ..walk import Batches, Spill, Stop, Walker
 
-__all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments", "NormMoments", "LayerStats",
-           "record", "refit", "solve_linear", "solve_norm", "held_out_rows", "conv_patches", "sample_rows"]
+__all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments", "LayerStats", "record", "refit",
+           "held_out_rows", "conv_patches", "sample_rows"]
 
 Batch = dict[str, Any]
 HOLD_OUT_EVERY = 4  # every fourth calibration example is held out to choose each refit's strength

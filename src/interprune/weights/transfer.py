@@ -196,7 +196,9 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
         return fresh.clone()
     fused = plan.fused.get(name)
     if fused is not None and structured:  # fused q|k|v or gate|up: fill each part as planned, then join
-        out = fresh.clone()
+        covered = sum(part.target.numel() for part in fused.parts) == fresh.shape[fused.axis]
+        # parts that cover every row need nothing of the target's own values (so a meta target streams)
+        out = torch.empty(fresh.shape, dtype=fresh.dtype, device=value.device) if covered else fresh.clone()
         for part in fused.parts:
             piece = _fill(fused.part_name(part), value.index_select(fused.axis, part.source),
                           fresh.index_select(fused.axis, part.target), method, plan, choices, structured, generator)
