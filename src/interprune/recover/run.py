@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import clean_stale, temporary_name, write_text
+from ..atomic import temporary_name, write_text
 from ..errors import InterpruneError
 from ..hf.config import hidden_size
 from ..hf.models import check_writable, load_config, load_model, model_class
@@ -97,9 +97,9 @@ def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os
     import lightning as L
 
     from ..hf.processors import model_processor
+    from ..train.module import NonFiniteLoss
     from ..train.resume import check_checkpoint
     from ..train.run import _launching_process, _quiet, check_trainer
-    from ..train.settings import TrainSettings
     from .data import loaders, open_unlabelled
 
     settings = settings or RecoverSettings()
@@ -111,8 +111,7 @@ def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os
         raise InterpruneError(f"{out} already holds a recovery run; pass --resume to continue it or choose another "
                               f"--out")
     check_writable(out)
-    check_trainer(TrainSettings(**{k: getattr(settings, k) for k in ("accelerator", "devices", "num_nodes",
-                                                                     "strategy", "precision")}))
+    check_trainer(settings)
     s_config, t_config, kind = check_pair(small, teacher)
     processor = model_processor(small)
     train_set, held_set, collate = open_unlabelled(data, processor, held_out=settings.held_out, seed=settings.seed,
@@ -132,12 +131,9 @@ def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os
         trainer.validate(module, held_loader, verbose=False)
     try:
         trainer.fit(module, train_loader, held_loader, ckpt_path=str(ckpt) if resuming else None)
-    except Exception as err:
-        from ..train.module import NonFiniteLoss
-
-        if not isinstance(err, NonFiniteLoss):
-            raise
-        raise InterpruneError(f"{err}; lower --lr (the last good checkpoint is {ckpt})") from None
+    except NonFiniteLoss as err:
+        where = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
+        raise InterpruneError(f"{err}; lower --lr ({where})") from None
     if not trainer.is_global_zero:
         return None
     summary = _summary(small, teacher, data, kind, trainer, state, table, module, match, settings)
@@ -162,38 +158,20 @@ def _summary(small: Any, teacher: Any, data: Any, kind: str, trainer: Any, state
 
 def _trainer(settings: RecoverSettings, run: Path, ckpt: Path, sampler: Any, lead: bool, resuming: bool,
              progress: bool) -> tuple[Any, Any, Any]:
-    """The Lightning trainer with ``train``'s conventions: step progress, metrics table, exact-resume state
-    and atomic checkpoints after every validation."""
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor
-    from lightning.pytorch.loggers import TensorBoardLogger
-
+    """``train``'s trainer and run folder: step progress, metrics table, exact-resume state and atomic
+    checkpoints after every validation."""
     from ..train.metrics import METRICS, MetricsTable
-    from ..train.progress import StepProgressBar
-    from ..train.resume import AtomicCheckpointIO, RunState
+    from ..train.resume import RunState
+    from ..train.run import build_trainer, prepare_run_folder
 
     if lead:
-        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for folder in (run, run / "checkpoints"):
-            clean_stale(folder)
-        if not resuming:
-            for name in (METRICS, "summary.json"):
-                (run / name).unlink(missing_ok=True)
+        prepare_run_folder(run, resuming)
     table = MetricsTable(run / METRICS)
     state = RunState(ckpt, sampler, table)
     strategy = settings.strategy
     if strategy == "auto" and (settings.num_nodes > 1 or str(settings.devices).isdigit() and int(settings.devices) > 1):
         strategy = "ddp_find_unused_parameters_true"  # parts outside the loss (a pooler) get no gradient
-    trainer = L.Trainer(
-        max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
-        gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
-        num_nodes=settings.num_nodes, strategy=strategy, precision=settings.precision,
-        logger=[TensorBoardLogger(run, name="tensorboard", version=""), table], log_every_n_steps=settings.log_every,
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, deterministic="warn",
-        enable_checkpointing=False, use_distributed_sampler=False,
-        callbacks=[state, LearningRateMonitor("step")] + ([StepProgressBar()] if progress else []),
-        plugins=[AtomicCheckpointIO()])
-    return trainer, state, table
+    return build_trainer(settings, run, table, state, progress and lead, strategy), state, table
 
 
 def _write_model(student: Any, small: str | os.PathLike, out: Path, summary: dict) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from ..train.settings import LightningSettings
 
 
-class RecoverSettings(BaseModel):
+class RecoverSettings(LightningSettings):
     """A short distillation: AdamW with warm-up and cosine decay, the output term plus hidden-state
     matching at block outputs on the teacher channels the student kept."""
 
@@ -30,9 +32,3 @@ class RecoverSettings(BaseModel):
     val_every: int = Field(100, gt=0, description="validate (and checkpoint) every N steps")
     seed: int = 0
     workers: int = Field(0, ge=0)
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = Field(1, gt=0)
-    strategy: str = "auto"
-    precision: str | None = None
-    log_every: int = Field(10, gt=0)

@@ -26,7 +26,7 @@ from .announce import start_lines, unmeasured_classes
 from .progress import progress_callbacks
 from .queries import queries_warning, with_queries
 from .resume import AtomicCheckpointIO, RunState, check_checkpoint
-from .settings import TrainSettings
+from .settings import LightningSettings, TrainSettings
 from .summary import SUMMARY, RunSummary
 
 __all__ = ["train", "evaluate", "check_trainer"]
@@ -47,7 +47,7 @@ def _quiet() -> None:
                             category=FutureWarning)
 
 
-def check_trainer(settings: TrainSettings) -> None:
+def check_trainer(settings: LightningSettings) -> None:
     """Check ``accelerator``, ``devices``, ``num_nodes``, ``strategy`` and ``precision`` the way Lightning
     reads them, before any data or model is loaded: building a ``Trainer`` only validates them."""
     import lightning as L
@@ -60,7 +60,7 @@ def check_trainer(settings: TrainSettings) -> None:
     except Exception as err:  # Lightning raises MisconfigurationException, ValueError, RuntimeError, TypeError
         detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
         given = " ".join(f"--{k.replace('_', '-')} {getattr(settings, k)}" for k in TRAINER_FIELDS
-                         if getattr(settings, k) != TrainSettings.model_fields[k].default) or "the defaults"
+                         if getattr(settings, k) != LightningSettings.model_fields[k].default) or "the defaults"
         raise InterpruneError(f"{given}: {detail}") from None
 
 
@@ -98,10 +98,10 @@ def train(model: str | os.PathLike, data: str | os.PathLike | DetectionData, out
     train_loader, valid_loader = _loaders(dataset, processor, settings)
     sampler = (train_loader["labelled"] if isinstance(train_loader, dict) else train_loader).sampler
     if lead:
-        _prepare_folder(out, resuming)
+        prepare_run_folder(out, resuming)
     table = MetricsTable(out / METRICS)
     state = RunState(ckpt, sampler, table)  # the sampler's position is part of the run's state (exact resume)
-    trainer = _build_trainer(settings, out, table, state, progress and lead)
+    trainer = build_trainer(settings, out, table, state, progress and lead)
     if lead:
         _announce(model, dataset, settings, trainer, resuming)
     if not resuming:  # validate at step 0: every curve starts from what the initialisation inherited
@@ -169,7 +169,7 @@ def _loaders(dataset: DetectionData, processor: Any, settings: TrainSettings) ->
     return train_loader, valid_loader
 
 
-def _prepare_folder(out: Path, resuming: bool) -> None:
+def prepare_run_folder(out: Path, resuming: bool) -> None:
     """The run folder, cleaned of what killed earlier segments left half-written."""
     (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     for folder in (out, out / CHECKPOINTS):
@@ -190,7 +190,10 @@ def _announce(model: str | os.PathLike, dataset: DetectionData, settings: TrainS
     print("\n".join(lines + ([warning] if warning else [])), flush=True)
 
 
-def _build_trainer(settings: TrainSettings, out: Path, table: MetricsTable, state: RunState, progress: bool) -> Any:
+def build_trainer(settings: LightningSettings, out: Path, table: MetricsTable, state: RunState, progress: bool,
+                   strategy: str | None = None) -> Any:
+    """The trainer every run uses (``settings`` also has ``steps``, ``val_every`` and ``clip``): exact-resume
+    state, the metrics table, atomic checkpoints, progress fitted to where the output goes."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -199,7 +202,7 @@ def _build_trainer(settings: TrainSettings, out: Path, table: MetricsTable, stat
     return L.Trainer(
         max_steps=settings.steps, val_check_interval=settings.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=settings.clip, accelerator=settings.accelerator, devices=settings.devices,
-        num_nodes=settings.num_nodes, strategy=settings.strategy, precision=settings.precision,
+        num_nodes=settings.num_nodes, strategy=strategy or settings.strategy, precision=settings.precision,
         logger=[TensorBoardLogger(out, name="tensorboard", version=""), table],
         log_every_n_steps=settings.log_every, enable_progress_bar=any(isinstance(c, ProgressBar) for c in shown),
         enable_model_summary=False,

@@ -7,7 +7,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class TrainSettings(BaseModel):
+class LightningSettings(BaseModel):
+    """Where and how Lightning runs: what ``train`` and ``recover`` share, checked by ``check_trainer``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = Field(1, gt=0)
+    strategy: str = "auto"
+    precision: str | None = None
+    log_every: int = Field(10, gt=0)
+
+
+class TrainSettings(LightningSettings):
     """Hyper-parameters default to the paper's (DETR's own): AdamW, lr 1e-4, backbone lr 1e-5,
     weight decay 1e-4, gradient clipping 0.1, batches of 4 (training) and 2 (validation), 3000 steps."""
 
@@ -31,12 +44,6 @@ class TrainSettings(BaseModel):
     copies: int = Field(1, gt=0, description="augmented copies of each training image per epoch")
     image_size: int | None = Field(None, gt=15, description="shortest image edge; default: the model's processor")
     workers: int = Field(2, ge=0, description="data-loading worker processes")
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = Field(1, gt=0)
-    strategy: str = "auto"
-    precision: str | None = None
-    log_every: int = Field(10, gt=0)
     num_queries: int | None = Field(None, gt=0, description="give the model N object queries before training "
                                     "(a shrink with --set num_queries=N, written to the run's start/): for images "
                                     "with more objects than the model has queries")
