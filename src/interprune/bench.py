@@ -38,6 +38,7 @@ __all__ = ["BenchResult", "bench", "dummy_inputs", "load_measured", "Stopwatch",
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 DEFAULT_IMAGE_SIDE = 224  # for vision models whose config names no image size (ResNet, ...)
+RUNTIMES = ("torch", "onnxruntime")  # eager PyTorch here; ONNX Runtime in deploy.ortbench
 BACKBONE = "backbone"  # the Hugging Face name of a detector's (or any vision model's) feature extractor
 
 

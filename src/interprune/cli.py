@@ -307,20 +307,17 @@ def _print_report(report: Path) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    if args.runtime == "torch":
-        from .bench import bench
-    else:
-        from .deploy.ortbench import bench_onnx as bench, check_runtime
+    from .deploy.ortbench import bench_runtime, check_runtime
 
-        check_runtime(args.runtime)
+    check_runtime(args.runtime)
     size = args.image_size
     if size is not None and (len(size) > 2 or min(size) < 16):
         raise InterpruneError(f"--image-size {' '.join(map(str, size))}: give one shortest edge or HEIGHT WIDTH, "
                               f"each at least 16 pixels")
     size = (size[0] if len(size) == 1 else tuple(size)) if size else None
-    result = bench(args.model, device=args.device, batch=args.batch, warmup=args.warmup, repeat=args.repeat,
-                   image_size=size, tokens=args.tokens, threads=args.threads, dtype=args.dtype,
-                   memory=not args.no_memory, clock=args.clock)
+    result = bench_runtime(args.model, args.runtime, device=args.device, batch=args.batch, warmup=args.warmup,
+                           repeat=args.repeat, image_size=size, tokens=args.tokens, threads=args.threads,
+                           dtype=args.dtype, memory=not args.no_memory, clock=args.clock)
     print(result.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))

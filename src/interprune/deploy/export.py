@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_folder
-from ..bench import dummy_inputs
+from ..bench import DEFAULT_IMAGE_SIDE, ImageSize, dummy_inputs
 from ..errors import InterpruneError, first_line
 from ..hf.models import check_writable, is_detector, load_config, load_model
 from ..hf.processors import copy_processor_files, load_processor
@@ -206,7 +206,7 @@ def check_request(source: str, out: str | os.PathLike, quantize: str | None, ove
 
 
 def export_onnx(source: str | os.PathLike, out: str | os.PathLike, *, quantize: str | None = None,
-                real: str | os.PathLike | None = None, image_size: int | None = None, tokens: int = 16,
+                real: str | os.PathLike | None = None, image_size: ImageSize = None, tokens: int = 16,
                 overwrite: bool = False, exporter: str = "auto") -> ExportReport:
     """Export ``source`` to the folder ``out`` and check it (see the module docstring); return the report.
 
@@ -217,7 +217,8 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, *, quantize: 
     config = load_config(source)
     model = load_model(source, config, dtype=torch.float32)
     inputs, described = dummy_inputs(config, source, EXPORT_BATCH, image_size=image_size, tokens=tokens)
-    side = image_size or (inputs["pixel_values"].shape[-1] if "pixel_values" in inputs else 224)
+    side = image_size if isinstance(image_size, int) else (
+        inputs["pixel_values"].shape[-1] if "pixel_values" in inputs else DEFAULT_IMAGE_SIDE)
     outputs = output_names(model, inputs)
     axes, other = dynamic_axes(model, config, source, inputs, side, tokens)
     cases = [(f"dummy inputs (batch {EXPORT_BATCH}, {described})", inputs),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench import DEFAULT_IMAGE_SIDE, BenchResult, _cpu_peak_memory, _timed, bench, dummy_inputs, peak_rise
+from ..bench import DEFAULT_IMAGE_SIDE, RUNTIMES, BenchResult, ImageSize, _cpu_peak_memory, _timed, bench, dummy_inputs, peak_rise
 from ..errors import InterpruneError
 from ..hf.models import load_config
 from ..sources import resolve_source
@@ -27,9 +27,6 @@ from .export import ONNX_FILE, export_onnx
 from .runtime import feed, require_onnx, session, to_numpy
 
 __all__ = ["RUNTIMES", "bench_runtime", "bench_onnx", "onnx_path"]
-
-RUNTIMES = ("torch", "onnxruntime")
-
 
 def bench_runtime(model: str | os.PathLike, runtime: str = "torch", **options: Any) -> BenchResult:
     """``bench`` (eager PyTorch) or ``bench_onnx`` by name; an unknown runtime is one line."""
@@ -55,7 +52,7 @@ def onnx_path(model: str | os.PathLike) -> Path | None:
 
 
 def bench_onnx(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8, warmup: int = 3, repeat: int = 20,
-               budget_s: float = 10.0, image_size: int | None = None, tokens: int = 128, threads: int | None = None,
+               budget_s: float = 10.0, image_size: ImageSize = None, tokens: int = 128, threads: int | None = None,
                dtype: str = "float32", memory: bool = True, clock: str = "wall") -> BenchResult:
     """Measure ``model`` in ONNX Runtime (see the module docstring)."""
     if batch < 1 or repeat < 1 or warmup < 0:
@@ -78,7 +75,7 @@ def bench_onnx(model: str | os.PathLike, *, device: str = "cpu", batch: int = 8,
                            memory=memory, clock=clock, exported=True)
 
 
-def inputs_for(path: Path, batch: int, image_size: int | None, tokens: int) -> tuple[dict[str, np.ndarray], str]:
+def inputs_for(path: Path, batch: int, image_size: ImageSize, tokens: int) -> tuple[dict[str, np.ndarray], str]:
     """The PyTorch bench's dummy inputs when a config lies beside the file; else from the graph's inputs (free
     axes: the first is the batch, a second of two the tokens, the others the image side)."""
     if (path.parent / "config.json").is_file():
@@ -90,10 +87,12 @@ def inputs_for(path: Path, batch: int, image_size: int | None, tokens: int) -> t
     found = {}
     graph = onnx.load(str(path), load_external_data=False).graph
     stored = {t.name for t in graph.initializer}
+    height, width = (tuple(image_size) if isinstance(image_size, (tuple, list))
+                     else (image_size or DEFAULT_IMAGE_SIDE,) * 2)
     for spec in (i for i in graph.input if i.name not in stored):
         dims = spec.type.tensor_type.shape.dim
-        free = tokens if len(dims) == 2 else image_size or DEFAULT_IMAGE_SIDE
-        shape = [batch if i == 0 else (d.dim_value or free) for i, d in enumerate(dims)]
+        free = [tokens] * len(dims) if len(dims) == 2 else [height] * (len(dims) - 1) + [width]
+        shape = [batch if i == 0 else (d.dim_value or free[i]) for i, d in enumerate(dims)]
         kind = onnx.helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
         found[spec.name] = (gen.standard_normal(shape).astype(kind) if np.issubdtype(kind, np.floating)
                             else np.ones(shape, kind))

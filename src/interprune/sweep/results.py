@@ -13,15 +13,14 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..bench import BenchResult
+from ..bench import RUNTIMES, BenchResult
 from ..errors import InterpruneError
 from ..train.metrics import read_metrics
 from ..train.summary import RunSummary, UnreadableSummary
 from .config import SweepConfig
 
-__all__ = ["SweepLayout", "Result", "mean_std", "read_bench", "collect", "RUNTIMES"]
+__all__ = ["SweepLayout", "Result", "mean_std", "read_bench", "collect"]
 
-RUNTIMES = ("torch", "onnxruntime")  # what 'bench: {runtimes: [...]}' may ask for (sweep/config.py)
 
 
 @dataclass(frozen=True)
