@@ -72,11 +72,12 @@ def refittable(module: nn.Module) -> bool:
 def conv_patches(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """A k x k convolution's input as rows of patches, (examples x positions, channels x k x k), in the order
     of its weight's flattened axes: the convolution is then ``patches @ weight.reshape(out, -1).T``, and its
-    refit is least squares over these rows, as for a linear layer."""
+    refit is least squares over these rows, as for a linear layer. The rows keep ``x``'s dtype: a backbone's
+    maps are large, and only the sampled rows (``sample_rows``) are worth the float64 copy."""
     if conv.kernel_size == (1, 1) and conv.stride == (1, 1):
-        return _rows(x, True)
+        return _flat(x, True)
     cols = nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def sample_rows(count: int, limit: int = MAX_ROWS) -> Tensor | None:
@@ -91,11 +92,16 @@ def _sampled(rows: Tensor, index: Tensor | None) -> Tensor:
     return rows if index is None else rows[index]
 
 
-def _rows(x: Tensor, conv: bool) -> Tensor:
+def _flat(x: Tensor, conv: bool) -> Tensor:
     """Activations as (examples, features): channels last for convolutions."""
     if conv:
         x = x.movedim(1, -1)
-    return x.reshape(-1, x.shape[-1]).double()
+    return x.reshape(-1, x.shape[-1])
+
+
+def _rows(x: Tensor, conv: bool) -> Tensor:
+    """``_flat`` in float64, the precision the statistics are summed in."""
+    return _flat(x, conv).double()
 
 
 def _resized(name: str, module: nn.Module, source: dict[str, Tensor]) -> bool:
@@ -360,9 +366,8 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
             if layout not in rows:
                 rows[layout] = conv_patches(x, module) if conv else _rows(x, False)
             x = rows[layout]
-            y = _rows(y, conv) * scale(name)
             sample = sample_rows(x.shape[0]) if conv else None  # a backbone's maps are large: spread positions
-            x, y = _sampled(x, sample), _sampled(y, sample)
+            x, y = _sampled(x, sample).double(), _sampled(_flat(y, conv), sample).double() * scale(name)
             width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
             if x.shape[0] != y.shape[0] or y.shape[1] != width:
                 report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
