@@ -22,10 +22,10 @@ def run_methods(args: argparse.Namespace) -> None:
 def run_shrink(args: argparse.Namespace) -> None:
     import torch
 
-    from .hf.models import check_writable, save
-    from .plan import plan_summary
     from .hf.config import parse_overrides
-    from .methods import Kind, names
+    from .hf.models import check_writable, save
+    from .methods import check_options
+    from .plan import plan_summary
     from .progress import progress_printer
     from .stream import Checkpoint, parse_size, stream_shrink
 
@@ -37,9 +37,10 @@ def run_shrink(args: argparse.Namespace) -> None:
     recovery = _shrink_recovery(args)
     budgets = _budgets(args)
     shard = parse_size(args.max_shard_size)
-    data_aware = args.method in names(Kind.DATA_AWARE) or args.compensate or args.rotate or args.layers != "first"
+    data_aware = check_options(args.method, calibration=args.calibration is not None, compensate=args.compensate,
+                               layers=args.layers, rotate=args.rotate)
     report, result = None, None
-    if not budgets and not data_aware and args.calibration is None and Checkpoint.found(args.source):
+    if not budgets and not data_aware and Checkpoint.found(args.source):
         report = stream_shrink(args.source, parse_overrides(args.set), args.method, out, seed=args.seed, dtype=dtype,
                                max_shard_size=shard, overwrite=args.overwrite, progress=progress_printer("tensors"))
     if report is None:
@@ -70,24 +71,23 @@ def _shrink_for(args: argparse.Namespace, budgets, dtype):
     """The shrink itself: to the budgets when given (the search chooses what ``--set`` leaves open), else to
     the config ``--set`` describes. Returns the model, its report and the search's result (or None)."""
     from .hf.config import parse_overrides
-    from .weights.shrink import shrink
-
     from .progress import progress_printer
     from .stream import parse_size
+    from .weights.shrink import shrink
 
     options = dict(calibration=args.calibration, calibration_size=args.calibration_size, seed=args.seed,
                    compensate=args.compensate, rotate=args.rotate, layers=args.layers, dtype=dtype)
+    engine = dict(calibration_batch=args.calibration_batch, device=args.device, progress=progress_printer("stages"),
+                  budget=parse_size(args.memory_budget) if args.memory_budget else None)
     if not budgets:
-        model, report = shrink(args.source, parse_overrides(args.set), args.method, **options,
-                               calibration_batch=args.calibration_batch, device=args.device,
-                               budget=parse_size(args.memory_budget) if args.memory_budget else None,
-                               progress=progress_printer("stages"))
+        model, report = shrink(args.source, parse_overrides(args.set), args.method, **options, **engine)
         return model, report, None
     from .budget.apply import shrink_to_budget
     from .budget.output import describe
 
     model, report, result = shrink_to_budget(args.source, budgets, parse_overrides(args.set), args.method,
-                                             cache=_latency_cache(args), **options, **_search_options(args))
+                                             cache=_latency_cache(args), engine=engine, **options,
+                                             **_search_options(args))
     print(describe(result))
     return model, report, result
 

@@ -18,15 +18,16 @@ def shrink_to_budget(source: str | os.PathLike, budgets: list[Budget], fixed: di
                      method: str = "select", *, calibration: str | os.PathLike | None = None,
                      calibration_size: int = 32, seed: int = 0, compensate: bool = False, rotate: bool = False,
                      layers: str = "first", dtype: Any = None, cache: LatencyCache | None = None,
-                     **search_options: Any) -> tuple[Any, Any, SearchResult]:
+                     engine: dict[str, Any] | None = None, **search_options: Any) -> tuple[Any, Any, SearchResult]:
     """The model, its transfer report and the search. With ``calibration`` the top candidates are each shrunk
     with ``method`` and its options and scored by their output error on the calibration examples (the best
-    of them is the result, not shrunk again); without it the largest fitting candidate is shrunk."""
+    of them is the result, not shrunk again); without it the largest fitting candidate is shrunk. ``engine``
+    goes to every ``shrink`` as it is (``calibration_batch``, ``device``, ``budget``, ``progress``)."""
     from ..backbones import convert, hf_equivalent
     from ..hf.models import load_config, load_model
     from ..weights.shrink import shrink
 
-    options = dict(seed=seed, compensate=compensate, rotate=rotate, layers=layers)
+    options = dict(seed=seed, compensate=compensate, rotate=rotate, layers=layers, **(engine or {}))
     config = load_config(source)
     equivalent = hf_equivalent(config)
     if equivalent is not None and calibration is None:
