@@ -37,13 +37,18 @@ try:
 except ImportError:  # an older huggingface_hub: leave its bars as they are
     pass
 
-__all__ = ["load_config", "fingerprint", "model_class", "build_model", "load_model", "save", "check_writable",
+__all__ = ["class_names", "load_config", "fingerprint", "model_class", "build_model", "load_model", "save", "check_writable",
            "is_detector", "check_detector", "load_for_inference", "load_detector", "head_tensors", "recreate_head", "count_parameters"]
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 HEAD_SEED_OFFSET = 7919
 
+
+
+def class_names(config: Any) -> list[str | None]:
+    """The model's class names in class order (``None`` where ``id2label`` names none)."""
+    return [config.id2label.get(i) for i in range(config.num_labels)]
 
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (tied weights once), the number people quote for a model's size."""
@@ -305,7 +310,7 @@ def load_detector(source: str | os.PathLike, names: list[str], seed: int = 0,
     if config is None:
         config = load_config(source)
         check_detector(config, str(source))
-    if [config.id2label.get(i) for i in range(config.num_labels)] == names:
+    if class_names(config) == names:
         return load_model(source, config, dtype=torch.float32)  # train in fp32; --precision for mixed
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report would only announce the head we re-create

@@ -20,7 +20,7 @@ import torch
 from ..atomic import temporary_name, write_text
 from ..errors import InterpruneError
 from ..hf.config import hidden_size
-from ..hf.models import check_writable, load_config, load_model, model_class
+from ..hf.models import check_writable, class_names, load_config, load_model, model_class
 from ..hf.processors import copy_processor_files
 from ..train.distill import kept_channels
 from .module import STATES, Matching, RecoverModule
@@ -57,7 +57,7 @@ def check_pair(small: str | os.PathLike, teacher: str | os.PathLike) -> tuple[An
         raise InterpruneError(f"--teacher {teacher} is a {ct}, the student a {cs}: their outputs cannot be compared; "
                               f"give the model the student was shrunk from")
     if kind in ("detection", "logits") and ("Classification" in cs or kind == "detection"):
-        have, want = [t.id2label.get(i) for i in range(t.num_labels)], [s.id2label.get(i) for i in range(s.num_labels)]
+        have, want = class_names(t), class_names(s)
         if have != want:
             raise InterpruneError(f"--teacher {teacher} predicts {len(have)} classes {have[:4]}..., the student "
                                   f"{len(want)} {want[:4]}...: their outputs cannot be compared")

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InterpruneError
 from ..hf.config import hidden_size
-from ..hf.models import check_detector, load_config, load_model
+from ..hf.models import check_detector, class_names, load_config, load_model
 from .criterion import DistillCriterion, DistillWeights, Teacher
 from .settings import TrainSettings
 from .summary import RunSummary, TeacherCost, UnreadableSummary
@@ -29,7 +29,7 @@ def load_teacher(source: str | os.PathLike, names: list[str]) -> Teacher:
     """The teacher, checked before any work: a detector that knows exactly the dataset's classes."""
     config = load_config(source)
     check_detector(config, str(source), "--teacher ")
-    have = [config.id2label.get(i) for i in range(config.num_labels)]
+    have = class_names(config)
     if have != names:
         raise InterpruneError(f"--teacher {source} detects {have}, the dataset has {names}; give a teacher "
                               "fine-tuned on this dataset (e.g. runs/full/model from 'interprune train')")

@@ -16,7 +16,8 @@ from typing import Any
 from ..atomic import clean_stale
 from ..data import DetectionData, make_loaders, open_dataset
 from ..errors import InterpruneError
-from ..hf.models import check_detector, count_parameters, load_config, load_detector, load_for_inference, save
+from ..hf.models import (check_detector, class_names, count_parameters, load_config, load_detector, load_for_inference,
+                         save)
 from ..hf.processors import load_processor
 from . import batchnorm
 from .distill import make_distillation, teacher_summary
@@ -183,7 +184,7 @@ def _announce(model: str | os.PathLike, dataset: DetectionData, settings: TrainS
               resuming: bool) -> None:
     """Before any training: what was read, what will happen, and what cannot work (too few queries)."""
     config = load_config(model)
-    recreated = [config.id2label.get(i) for i in range(config.num_labels)] != dataset.names
+    recreated = class_names(config) != dataset.names
     device = f"{type(trainer.accelerator).__name__.removesuffix('Accelerator').lower()} x {trainer.num_devices}"
     lines = start_lines(dataset, config, str(model), settings, recreated=recreated, resuming=resuming, device=device)
     warning = queries_warning(dataset, config)
@@ -238,7 +239,7 @@ def evaluate(model: str | os.PathLike, data: DetectionData, *, batch_size: int =
     import lightning as L
 
     config, processor, detector = load_for_inference(model)
-    names = [config.id2label.get(i) for i in range(config.num_labels)]
+    names = class_names(config)
     if names != data.names:
         raise InterpruneError(f"{model} detects {names}, the dataset has {data.names}; evaluate on its own classes")
     module = DetectionModule(detector, processor)
