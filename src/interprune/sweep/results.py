@@ -45,6 +45,11 @@ class SweepLayout:
         """The starting model of a run, before fine-tuning."""
         return self.out / "models" / f"{name}-seed{seed}"
 
+    @property
+    def latency_cache(self) -> Path:
+        """Latencies the budget search measured (``budget.LatencyCache``), shared by the sweep's runs."""
+        return self.out / "models" / "latency.json"
+
     def data(self, domain: str) -> Path:
         """A generated dataset."""
         return self.out / "data" / domain

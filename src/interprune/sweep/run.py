@@ -99,7 +99,7 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
         from ..budget.output import write_outputs
 
         model, report, found = shrink_to_budget(origin, [parse_budget(experiment.budget)], {}, method, seed=seed,
-                                                cache=LatencyCache(folder.parent / "latency.json"), threads=1,
+                                                cache=LatencyCache(SweepLayout(folder.parent.parent).latency_cache),  # folder: out/models/<run>, threads=1,
                                                 clock="cpu", **options)
         save(model, folder, report=report, source=origin)
         write_outputs(found, folder)
@@ -163,7 +163,8 @@ def run_one(config: SweepConfig, out: Path, experiment: Experiment, seed: int, d
         return run
     folder = layout.start(experiment.name, seed)
     origin = layout.model(experiment.from_, seed) if experiment.from_ else None
-    needed = experiment.init != "pretrained" and not folder.exists()
+    # the source in memory, for the shrinks that take one (a budget's search reads it from its folder itself)
+    needed = experiment.init != "pretrained" and experiment.budget is None and not folder.exists()
     start_from = None
     if needed:
         start_from = load_model(origin) if origin is not None else sources.get()
@@ -202,8 +203,7 @@ def _finished_before(run: Path, tag: str, twins: dict[tuple[str, str], Path], co
         return False
     if finished is None:
         return False
-    if finished.start_fingerprint:
-        twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
+    _register(twins, finished, run)
     print(f"{_prefix(counter, True)}{tag} finished before: skipped")
     return True
 
@@ -219,9 +219,15 @@ def finished_twins(config: SweepConfig, out: Path) -> dict[tuple[str, str], Path
                 finished = RunSummary.find(run)
             except UnreadableSummary:
                 continue
-            if finished is not None and finished.start_fingerprint and not finished.copied_from:
-                twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
+            if finished is not None:
+                _register(twins, finished, run)
     return twins
+
+
+def _register(twins: dict[tuple[str, str], Path], finished: RunSummary, run: Path) -> None:
+    """A finished run becomes the twin of any later run with its start and settings (the first one kept)."""
+    if finished.start_fingerprint:
+        twins.setdefault((finished.start_fingerprint, _settings_key(finished.settings)), run)
 
 
 def _train(start: Path, data: DetectionData, run: Path, settings: TrainSettings, tag: str, progress: bool,
