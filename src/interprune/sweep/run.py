@@ -98,9 +98,9 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
         from ..budget.apply import shrink_to_budget
         from ..budget.output import write_outputs
 
+        cache = LatencyCache(SweepLayout(folder.parent.parent).latency_cache)  # folder is out/models/<run>
         model, report, found = shrink_to_budget(origin, [parse_budget(experiment.budget)], {}, method, seed=seed,
-                                                cache=LatencyCache(SweepLayout(folder.parent.parent).latency_cache),  # folder: out/models/<run>, threads=1,
-                                                clock="cpu", **options)
+                                                cache=cache, threads=1, clock="cpu", **options)
         save(model, folder, report=report, source=origin)
         write_outputs(found, folder)
         return folder
