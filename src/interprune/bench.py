@@ -183,7 +183,7 @@ class Stopwatch:
             handle.remove()
 
 
-def _timed(run: Callable[[], Any], sync: Callable[[], None], warmup: int, repeat: int, budget_s: float,
+def timed_calls(run: Callable[[], Any], sync: Callable[[], None], warmup: int, repeat: int, budget_s: float,
            clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Seconds per call after ``warmup`` calls: ``repeat`` calls, fewer (at least 3) when they exceed the budget."""
     for _ in range(warmup):
@@ -267,7 +267,7 @@ def _measure(source: str, name: str, config: PretrainedConfig, one: dict, many: 
     cast, cast_many = _to(one, device, getattr(torch, dtype)), _to(many, device, getattr(torch, dtype))
     part = _find_backbone(net)
     watch = Stopwatch(part, sync, timer) if part is not None else None
-    times = _timed(lambda: net(**cast), sync, warmup, repeat, budget_s, timer)
+    times = timed_calls(lambda: net(**cast), sync, warmup, repeat, budget_s, timer)
     backbone = statistics.median(watch.times[-len(times):]) * 1e3 if watch else None
     if watch:
         watch.remove()
@@ -275,7 +275,7 @@ def _measure(source: str, name: str, config: PretrainedConfig, one: dict, many: 
     if cuda:
         peak = (torch.cuda.max_memory_allocated() - before) / 1e6
         torch.cuda.reset_peak_memory_stats()
-    batch_times = _timed(lambda: net(**cast_many), sync, 1, max(3, repeat // 4), budget_s, timer)
+    batch_times = timed_calls(lambda: net(**cast_many), sync, 1, max(3, repeat // 4), budget_s, timer)
     if cuda:
         peak_many = (torch.cuda.max_memory_allocated() - before) / 1e6
         method = "torch.cuda.max_memory_allocated, weights included"

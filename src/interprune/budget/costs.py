@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import PretrainedConfig
 
 from ..errors import InterpruneError
+from ..bench import timed_calls
 from ..hf.models import build_model, count_parameters
 
 __all__ = ["static_costs", "LatencyCache", "measure_latency", "interleaved_latency", "check_device", "default_cache"]
@@ -122,19 +124,10 @@ def measure_latency(config: PretrainedConfig, inputs: dict[str, torch.Tensor], *
         feed = {k: v.to(device) for k, v in inputs.items()}
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         tick = time.process_time if clock == "cpu" else time.perf_counter
-        for _ in range(warmup):
-            model(**feed)
-        times: list[float] = []
-        spent = time.perf_counter()
-        while len(times) < repeat and (len(times) < 3 or time.perf_counter() - spent < seconds):
-            sync()
-            start = tick()
-            model(**feed)
-            sync()
-            times.append(tick() - start)
+        times = timed_calls(lambda: model(**feed), sync, warmup, repeat, seconds, tick)  # bench's own loop
     finally:
         torch.set_num_threads(previous)
-    value = sorted(times)[len(times) // 2] * 1e3
+    value = statistics.median(times) * 1e3
     if cache is not None:
         cache.put(key, value)
     return value
@@ -168,4 +161,4 @@ def interleaved_latency(configs: list[PretrainedConfig], inputs: dict[str, torch
                     kept.append(tick() - start)
     finally:
         torch.set_num_threads(previous)
-    return [sorted(t)[len(t) // 2] * 1e3 for t in times]
+    return [statistics.median(t) * 1e3 for t in times]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench import DEFAULT_IMAGE_SIDE, RUNTIMES, BenchResult, ImageSize, _cpu_peak_memory, _timed, bench, dummy_inputs, peak_rise
+from ..bench import DEFAULT_IMAGE_SIDE, RUNTIMES, BenchResult, ImageSize, _cpu_peak_memory, timed_calls, bench, dummy_inputs, peak_rise
 from ..errors import InterpruneError
 from ..hf.models import load_config
 from ..sources import resolve_source
@@ -107,8 +107,8 @@ def _bench_file(path: Path, name: str, *, device: str, batch: int, warmup: int, 
     many, _ = inputs_for(path, batch, image_size, tokens)
     one, many = feed(runner, one), feed(runner, many)
     timer = time.process_time if clock == "cpu" else time.perf_counter
-    times = _timed(lambda: runner.run(None, one), lambda: None, warmup, repeat, budget_s, timer)
-    batch_times = _timed(lambda: runner.run(None, many), lambda: None, 1, max(3, repeat // 4), budget_s, timer)
+    times = timed_calls(lambda: runner.run(None, one), lambda: None, warmup, repeat, budget_s, timer)
+    batch_times = timed_calls(lambda: runner.run(None, many), lambda: None, 1, max(3, repeat // 4), budget_s, timer)
     peak = peak_many = method = None
     if memory and device == "cpu":
         peak, peak_many = _cpu_peak_memory(str(path), "_memory_child", "interprune.deploy.ortbench", batch=batch,
