@@ -78,6 +78,21 @@ class Batches(Sequence[Batch]):
         return (self.make(i) for i in range(self.count))
 
 
+def hooked_pass(model: nn.Module, inputs: Batch | Sequence[Batch], hooks: list[tuple[nn.Module, Callable]], *,
+                with_kwargs: bool = False, before_batch: Callable[[], None] | None = None) -> None:
+    """One pass of ``model`` (in eval mode) over the mini-batches of ``inputs`` with forward ``hooks`` attached,
+    removed afterwards whatever happens: how scores and covariances are summed over a calibration set."""
+    handles = [module.register_forward_hook(hook, with_kwargs=with_kwargs) for module, hook in hooks]
+    try:
+        for batch in Batches.of(inputs):
+            if before_batch is not None:
+                before_batch()
+            model.eval()(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _examples(batch: Batch) -> int:
     first = next((v for v in batch.values() if isinstance(v, Tensor) and v.dim() > 0), None)
     return int(first.shape[0]) if first is not None else 0

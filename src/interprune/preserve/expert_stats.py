@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..plan.experts import expert_modules
 from ..plan.fused import PART_MARK
 
-from ..walk import Batches
+from ..walk import Batches, hooked_pass
 
 __all__ = ["expert_scores"]
 
@@ -61,13 +61,7 @@ def expert_scores(model: nn.Module, plan: Any, inputs: dict[str, Any] | Batches,
     energy: dict[str, Tensor] = {}
     if not prefixes:  # no routed experts: no pass over the data
         return {}
-    handles = [named[p].register_forward_hook(_hook(energy, p)) for p in prefixes]
-    try:
-        for batch in Batches.of(inputs):  # sums over mini-batches: the per-block statistics hook of the walk
-            model.eval()(**batch)
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_pass(model, inputs, [(named[p], _hook(energy, p)) for p in prefixes])  # sums over mini-batches
     scores = {}
     for name, (prefix, e) in owners.items():
         if prefix in energy:

@@ -29,7 +29,7 @@ from ..plan import grouped_heads
 from ..plan.fused import real_name, split_state
 from ..weights.resample import select_indices
 from .expert_stats import expert_scores
-from ..walk import Batches
+from ..walk import Batches, hooked_pass
 
 __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "layer_influence",
            "layer_name_map", "SCORED_KINDS"]
@@ -91,14 +91,7 @@ def _energies(model: nn.Module, inputs: Batch | Batches, modules: set[str]) -> d
         return fn
 
     named = dict(model.named_modules())
-    handles = [named[n].register_forward_hook(hook(n)) for n in modules if n in named]
-    try:
-        for batch in Batches.of(inputs):
-            calls.clear()
-            model.eval()(**batch)
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_pass(model, inputs, [(named[n], hook(n)) for n in modules if n in named], before_batch=calls.clear)
     found: dict[str, list[Tensor]] = {}
     for (name, _), (ex, ey, rows) in sorted(sums.items(), key=lambda kv: kv[0]):
         mean = [ex / rows, ey / rows]
@@ -196,14 +189,8 @@ def layer_influence(model: nn.Module, prefix: str, inputs: Batch | Batches) -> T
             total[1] += cos.numel()
         return fn
 
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        for batch in Batches.of(inputs):
-            seen.clear()
-            model.eval()(**batch)
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_pass(model, inputs, [(layer, hook(i)) for i, layer in enumerate(layers)], with_kwargs=True,
+                before_batch=seen.clear)
     return torch.tensor([found[i][0] / found[i][1] if i in found else 0.0 for i in range(len(layers))])
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..plan import RULES
 from ..plan.fused import PART_MARK
-from ..walk import Batches
+from ..walk import hooked_pass
 
 __all__ = ["rotate_heads", "query_key_axes"]
 
@@ -67,13 +67,7 @@ def _covariances(model: nn.Module, groups: dict[tuple[str, str], list[Any]], uni
         return fn
 
     named = dict(model.named_modules())
-    handles = [named[n].register_forward_hook(hook(n)) for n in owners if isinstance(named.get(n), nn.Linear)]
-    try:
-        for batch in Batches.of(inputs):
-            model.eval()(**batch)
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_pass(model, inputs, [(named[n], hook(n)) for n in owners if isinstance(named.get(n), nn.Linear)])
     out = {}
     for key, axes in groups.items():
         width = units[key[0]]
