@@ -58,9 +58,9 @@ def run_demo(out: str | Path = "demo-results", *, steps: int | None = None, seed
     print(f"source detector: mAP@50 {check['map_50']:.3f} (mAP {check['map']:.3f}) on 60 unseen synthetic-shapes "
           f"images, its own domain (how it was made: {source / 'pretrain.json'})")
     run_sweep(config, out, progress=progress)
-    report = write_report(out)
-    write_text(out / "source_check.json", json.dumps({**check, "recipe": recipe}, indent=1))
     config, results = collect(out)
+    report = write_report(out, (config, results))
+    write_text(out / "source_check.json", json.dumps({**check, "recipe": recipe}, indent=1))
     write_text(out / "readme_table.md", readme_table(config, results))
     rows = table_rows(config, results)
     width = max(len(r["experiment"]) for r in rows)

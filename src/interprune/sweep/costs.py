@@ -16,12 +16,11 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..atomic import write_text
-from ..bench import BenchResult, bench
+from ..bench import BenchResult
 from ..hf.config import NOT_ARCHITECTURE
 from .config import SweepConfig
 from .results import SweepLayout, read_bench
@@ -46,36 +45,34 @@ def bench_experiments(config: SweepConfig, out: str | Path, *, only: str | None 
                       device: str | None = None) -> dict[str, dict[str, BenchResult]]:
     """Measure every experiment (or ``only``) that has a finished run and no measurement yet, in each of the
     sweep's runtimes; returns runtime -> experiment -> costs."""
-    return {runtime: _bench_runtime(config, SweepLayout(Path(out)), runtime, only, device)
-            for runtime in config.runtimes}
-
-
-def _bench_runtime(config: SweepConfig, layout: SweepLayout, runtime: str, only: str | None,
-                   device: str | None) -> dict[str, BenchResult]:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    layout = SweepLayout(Path(out))
     models = {e.name: _finished_model(layout, config, e.name) for e in config.experiments}
-    models = {name: model for name, model in models.items() if model is not None}
+    keyed = {name: (model, architecture_key(model)) for name, model in models.items() if model is not None}
+    return {runtime: _bench_runtime(layout, keyed, runtime, only, device) for runtime in config.runtimes}
+
+
+def _bench_runtime(layout: SweepLayout, keyed: dict[str, tuple[Path, str]], runtime: str, only: str | None,
+                   device: str | None) -> dict[str, BenchResult]:
+    """``keyed``: experiment -> (its finished model, its architecture key); one measurement per architecture."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     measured: dict[str, BenchResult] = {}  # architecture -> costs, earlier measurements first
-    for name, model in models.items():
+    for name, (model, key) in keyed.items():
         earlier = read_bench(layout.bench(name, runtime))
         if earlier is not None:
-            measured.setdefault(architecture_key(model), earlier)
+            measured.setdefault(key, earlier)
     wanted = {}  # architecture -> (experiment, model) still to measure
-    for name, model in models.items():
-        key = architecture_key(model)
+    for name, (model, key) in keyed.items():
         if key not in measured and not (only and name != only):
             wanted.setdefault(key, (name, model))
     _measure(wanted, measured, runtime, device)
     results = {}
-    for name, model in models.items():
-        key = architecture_key(model)
+    for name, (model, key) in keyed.items():
         if key not in measured:
             continue
         results[name] = measured[key]
         path = layout.bench(name, runtime)
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text(path, json.dumps(measured[key].to_dict(), indent=1))
+            write_text(path, json.dumps(measured[key].to_dict(), indent=1))  # write_text makes the folder
     return results
 
 
@@ -88,6 +85,8 @@ def _measure(wanted: dict[str, tuple[str, Path]], measured: dict[str, BenchResul
 
         if "CUDAExecutionProvider" not in require_onnx()[1].get_available_providers():
             device = "cpu"  # the plain onnxruntime package: its CPU is the deployment it can tell about
+    from ..deploy.ortbench import bench_runtime
+
     cpu = device == "cpu"
     where = f"{device}, {'ONNX Runtime' if runtime == 'onnxruntime' else 'eager PyTorch'}"
     for key, (name, model) in wanted.items():
@@ -104,16 +103,10 @@ def _measure(wanted: dict[str, tuple[str, Path]], measured: dict[str, BenchResul
         for _ in range(ROUNDS):  # the fastest round of each is kept: load from elsewhere hits all alike
             for key, (name, target) in targets.items():
                 # on a CPU: CPU time on one thread, the cost of one dedicated core
-                result = _bench(target, runtime, device=device, batch=4, warmup=2, repeat=10, budget_s=5.0,
-                                memory=not cpu, clock="cpu" if cpu else "wall", threads=1 if cpu else None)
+                result = bench_runtime(target, runtime, device=device, batch=4, warmup=2, repeat=10, budget_s=5.0,
+                                       memory=not cpu, clock="cpu" if cpu else "wall", threads=1 if cpu else None)
                 result = dataclasses.replace(result, model=str(wanted[key][1]))
                 if key not in measured or result.latency_ms < measured[key].latency_ms:
                     measured[key] = result
 
 
-def _bench(model: Path, runtime: str, **options: Any) -> BenchResult:
-    if runtime == "onnxruntime":
-        from ..deploy.ortbench import bench_onnx
-
-        return bench_onnx(model, **options)
-    return bench(model, **options)

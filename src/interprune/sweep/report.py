@@ -84,11 +84,12 @@ def pipeline_cost(config: SweepConfig, result: Result, by_name: dict[str, Result
             "teacher s/step": _fmt(*mean_std(per_step)) if per_step else "-"}
 
 
-def write_report(out: str | Path) -> Path:
-    """Write ``summary.csv``, the figures, ``report.md`` and ``report.html``; return the Markdown path."""
+def write_report(out: str | Path, collected: tuple[SweepConfig, list[Result]] | None = None) -> Path:
+    """Write ``summary.csv``, the figures, ``report.md`` and ``report.html``; return the Markdown path.
+    ``collected`` is ``collect(out)`` when the caller has read it already."""
     out = Path(out)
     layout = SweepLayout(out)
-    config, results = collect(out)
+    config, results = collected or collect(out)
     rows = table_rows(config, results)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
