@@ -81,14 +81,13 @@ def shrink(
     _check_vocabulary(source, config, target.config)
     model = source if isinstance(source, PreTrainedModel) else load_model(source, config)
     dtype = dtype or model.dtype  # a bf16/fp16 source gives a bf16/fp16 target (and half the memory)
-    if dtype != target.dtype:
-        target = target.to(dtype)
-    if preserving:
+    if preserving:  # refit in float32, stored in ``dtype``
         report = _preserve(source, model, target, method, calibration=calibration,
                            calibration_size=calibration_size, compensate=compensate, layers=layers, rotate=rotate,
                            seed=seed, run=Run(calibration_batch, budget, device, progress))
         target = target.to(dtype)
     else:
+        target = target.to(dtype)
         try:
             report = transfer(model, target, method, seed=seed, reinit=reinit, choices=choices)
         except ValueError as err:
