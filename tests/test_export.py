@@ -214,3 +214,10 @@ def test_sweep_benches_both_runtimes_when_asked(tmp_path, detector_dir, rocks_di
     text = write_report(out).read_text()
     assert "ONNX Runtime ms" in text and "quality_vs_latency_onnxruntime.png" in text
     assert (out / "figures" / "quality_vs_latency_onnxruntime.png").is_file()
+
+
+def test_bench_onnxruntime_takes_photos_height_and_width(detector_dir):
+    """``--image-size H W`` (the user's photos, as the PyTorch bench takes them) also reaches the ONNX export of
+    a model folder (it used to raise a TypeError there): a 2:1 photo stays 2:1 within the processor's 96 px."""
+    result = bench_onnx(detector_dir, batch=2, warmup=0, repeat=3, memory=False, image_size=(48, 96))
+    assert result.inputs == "image 3x48x96"
