@@ -88,17 +88,11 @@ class Checkpoint(Mapping[str, Tensor]):
             raise KeyError(name)
         return self._handle(self.files[name]).get_tensor(name)
 
-    def shape(self, name: str) -> list[int]:
-        return list(self._handle(self.files[name]).get_slice(name).get_shape())
-
     def __iter__(self) -> Iterator[str]:
         return iter(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
-
-    def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in set(self.files.values()))
 
 
 class ShardWriter:

@@ -190,8 +190,6 @@ class Spill:
 
     budget: int | None = None
     used: int = 0
-    peak: int = 0
-    spilled: int = 0
     folder: str | None = None
     _count: int = field(default=0, repr=False)
 
@@ -199,14 +197,12 @@ class Spill:
         size = _nbytes(value)
         if self.budget is None or self.used + size <= self.budget:
             self.used += size
-            self.peak = max(self.peak, self.used)
             return ("mem", value, size)
         if self.folder is None:
             self.folder = tempfile.mkdtemp(prefix="interprune-walk-")
         self._count += 1
         path = os.path.join(self.folder, f"{self._count}.pt")
         torch.save(_to_cpu(value), path)
-        self.spilled += size
         return ("disk", (path, _device_of(value)), size)
 
     def load(self, item: tuple) -> Any:
