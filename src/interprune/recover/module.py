@@ -1,7 +1,7 @@
 """The recovery LightningModule: a student learning from a frozen teacher on unlabelled batches.
 
-The teacher is a plain object (:class:`Frozen`), not a child module, so Lightning never trains, moves into
-a checkpoint or optimises it, as in ``train.criterion.Teacher``. The loss is ``loss.py``'s; which states
+The teacher is ``train.criterion.Teacher``, a plain object, not a child module, so Lightning never trains, moves
+into a checkpoint or optimises it. The loss is ``loss.py``'s; which states
 are compared is decided once, on the first batch, from their shapes and the student's dimension plan.
 """
 
@@ -15,31 +15,14 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ..train.criterion import Teacher
 from ..train.schedule import lr_factor
 from .data import model_inputs
 from .loss import layer_pairs, logits_kl, state_error
 
-__all__ = ["RecoverModule", "Frozen", "Matching", "STATES"]
+__all__ = ["RecoverModule", "Matching", "STATES"]
 
 STATES = ("hidden_states", "encoder_hidden_states", "decoder_hidden_states")  # block outputs, per stack
-
-
-class Frozen:
-    """A frozen model in eval mode, run without gradients; moved to the student's device on first use."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model.eval().requires_grad_(False)
-        self.seconds = 0.0
-
-    def __call__(self, inputs: dict[str, Tensor]) -> Any:
-        device = next(iter(inputs.values())).device
-        if next(self.model.parameters()).device != device:
-            self.model.to(device)
-        started = time.perf_counter()
-        with torch.no_grad():
-            out = self.model(**inputs, output_hidden_states=True)
-        self.seconds += time.perf_counter() - started
-        return out
 
 
 @dataclass
@@ -57,14 +40,14 @@ class Matching:
 class RecoverModule(L.LightningModule):
     def __init__(self, student: Any, teacher: Any, matching: Matching, settings: Any) -> None:
         super().__init__()
-        self.model, self.teacher, self.matching, self.settings = student, Frozen(teacher), matching, settings
+        self.model, self.teacher, self.matching, self.settings = student, Teacher(teacher), matching, settings
         self.pairs: dict[str, list[tuple[int, int, bool]]] | None = None  # decided on the first batch
         self.started = time.time()
         self.detr = None
         if matching.kind == "detection":
-            from ..train.criterion import DistillCriterion, DistillWeights, Teacher
+            from ..train.criterion import DistillCriterion, DistillWeights
 
-            self.detr = [DistillCriterion(Teacher(teacher), matching.num_labels,
+            self.detr = [DistillCriterion(self.teacher, matching.num_labels,
                                           DistillWeights(temperature=settings.temperature), matching="auto")]
 
     def _pairs(self, student: Any, teacher: Any) -> dict[str, list[tuple[int, int, bool]]]:
@@ -91,7 +74,7 @@ class RecoverModule(L.LightningModule):
     def terms(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         inputs = model_inputs(self.model, batch)
         student = self.model(**inputs, output_hidden_states=True)
-        teacher = self.teacher(inputs)
+        teacher = self.teacher.run(**inputs, output_hidden_states=True)
         mask = inputs.get("attention_mask")
         kept = self.matching.kept
         out: dict[str, Tensor] = {}

@@ -109,13 +109,18 @@ class Teacher:
         self.seconds, self.calls = 0.0, 0
 
     def __call__(self, pixel_values: Tensor, pixel_mask: Tensor | None) -> Any:
-        if next(self.model.parameters()).device != pixel_values.device:
-            self.model.to(pixel_values.device)
-        sync = torch.cuda.synchronize if pixel_values.is_cuda else (lambda: None)
+        return self.run(pixel_values=pixel_values, pixel_mask=pixel_mask)
+
+    def run(self, **inputs: Any) -> Any:
+        """The model on ``inputs`` (any keywords; moved to their device on first use), timed."""
+        device = next(v for v in inputs.values() if isinstance(v, Tensor)).device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
         started = time.perf_counter()
         with torch.no_grad():
-            outputs = self.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+            outputs = self.model(**inputs)
         sync()  # GPU work is asynchronous: without this the timer sees only the launch
         self.seconds += time.perf_counter() - started
         self.calls += 1
