@@ -178,7 +178,7 @@ source: {source}
 target: {{d_model: 16}}
 data: {data}
 experiments:
-  - {{name: small-random, init: random}}
+  - {{name: small-random, init: scratch}}
   - {experiment}
 """
 

@@ -24,7 +24,7 @@ train: {{steps: 2, val_every: 1, workers: 0, log_every: 1}}
 experiments:
   - {{name: full-pretrained, size: full, init: pretrained}}
   - {{name: full-transfer, size: full, init: transfer}}
-  - {{name: small-random, size: small, init: random}}
+  - {{name: small-random, size: small, init: scratch}}
   - {{name: small-area, size: small, init: area}}
 """
 
@@ -40,7 +40,7 @@ def test_paper_preset_is_the_papers_eight_experiments():
     assert config.source == "facebook/detr-resnet-50" and config.train.steps == 3000
     assert config.target == {"d_model": 128, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024}
     assert [(e.size, e.init) for e in config.experiments] == [
-        ("full", "pretrained"), ("full", "random"), ("full", "transfer"), ("small", "random"),
+        ("full", "pretrained"), ("full", "scratch"), ("full", "transfer"), ("small", "scratch"),
         ("small", "nearest-exact"), ("small", "area"), ("small", "max-pool"), ("small", "avg-pool")]
     assert (config.train.lr, config.train.lr_backbone, config.train.weight_decay, config.train.batch_size,
             config.train.val_batch_size, config.train.clip) == (1e-4, 1e-5, 1e-4, 4, 2, 0.1)
@@ -49,6 +49,8 @@ def test_paper_preset_is_the_papers_eight_experiments():
 @pytest.mark.parametrize("text,message", [
     ("source: x\ntarget: {}\nexperimentz: []\n", r"sweep.yaml:3: experimentz: unknown key"),
     ("source: x\ntarget: {}\nexperiments:\n  - {name: a, init: bicubic}\n", r":4: experiments.0.init: unknown init 'bicubic'"),
+    ("source: x\ntarget: {}\nexperiments:\n  - {name: a, init: random}\n",
+     r":4: experiments.0.init: init 'random' is now called 'scratch'"),
     ("source: x\ntarget: {}\nexperiments:\n  - {name: a, init: area}\n  - {name: b, size: small, init: transfer}\n",
      r":5: experiments.1: init 'transfer' keeps the source's shape, so it needs size: full"),
     ("source: x\ntarget: {}\ntrain:\n  steps: 0\nexperiments:\n  - {name: a, init: area}\n", r":4: train.steps: Input should be greater than 0"),
@@ -161,8 +163,8 @@ def test_the_picture_shows_the_best_models_and_random_init():
     def result(name, size, init, map50, loss):
         return Result(name, size, init, summaries=[SimpleNamespace(map_50=map50, final_val_loss=loss)])
 
-    results = [result("full-pretrained", "full", "pretrained", 0.5, 3.0), result("full-random", "full", "random", 0, 9),
-               result("small-random", "small", "random", 0.0, 9.0), result("small-area", "small", "area", 0.2, 5.0),
+    results = [result("full-pretrained", "full", "pretrained", 0.5, 3.0), result("full-random", "full", "scratch", 0, 9),
+               result("small-random", "small", "scratch", 0.0, 9.0), result("small-area", "small", "area", 0.2, 5.0),
                result("small-select", "small", "select", 0.2, 4.0), result("small-first", "small", "first", 0.1, 3.0)]
     config = SweepConfig(source="x", target={}, experiments=[{"name": r.name, "size": r.size, "init": r.init}
                                                               for r in results])

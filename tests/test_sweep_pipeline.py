@@ -41,7 +41,7 @@ def test_dependency_order_and_step_budgets(tmp_path):
     config = load_sweep(sweep(tmp_path, (
         "  - {name: same, init: select, same_steps_as: distilled}\n"
         "  - {name: distilled, init: select, from: full, teacher: full}\n"
-        "  - {name: random, init: random}\n"
+        "  - {name: random, init: scratch}\n"
         "  - {name: full, size: full, init: pretrained, train: {steps: 50}}\n")))
     assert [e.name for e in config.ordered()] == ["same", "random", "full", "distilled"]
     steps = {e.name: (config.steps_of(e), config.pipeline_steps(e)) for e in config.experiments}

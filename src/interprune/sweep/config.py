@@ -30,7 +30,7 @@ __all__ = ["Experiment", "SweepConfig", "load_sweep", "preset_path", "INITS", "D
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 # starts that are not shrink methods: the source as it is, the paper's random initialisation (``keep`` from the
 # source, every other tensor fresh), and the whole state dict copied into a freshly built full-size model
-INITS = ("pretrained", "random", "transfer")
+INITS = ("pretrained", "scratch", "transfer")
 DEPENDENCY_KEYS = ("from", "teacher", "same_steps_as")  # keys that name another experiment
 
 
@@ -96,6 +96,9 @@ class Experiment(BaseModel):
     @field_validator("init")
     @classmethod
     def known_init(cls, value: str) -> str:
+        if value == "random":  # the init's name before 0.4; it now names only the shrink method
+            raise ValueError("init 'random' is now called 'scratch' (the paper's random initialisation: 'keep' from "
+                             "the source, every other tensor fresh); the method 'random' is not a sweep init")
         if value not in INITS and value not in METHODS:
             methods = ", ".join(METHODS)
             raise ValueError(f"unknown init {value!r}; use one of {', '.join(INITS)} or a method: {methods}")
@@ -126,7 +129,7 @@ class Experiment(BaseModel):
 
     @property
     def baseline(self) -> bool:
-        return self.init == "random"
+        return self.init == "scratch"
 
 
 class Generate(BaseModel):
@@ -171,7 +174,7 @@ class SweepConfig(BaseModel):
     data: str | None = Field(None, description="dataset folder (Roboflow layout) or COCO JSON")
     generate: Generate | None = None
     seeds: list[int] = Field([0], min_length=1)
-    keep: str = Field(r"^model\.backbone\.", description="tensors that 'random' init keeps from the source")
+    keep: str = Field(r"^model\.backbone\.", description="tensors that the 'scratch' init keeps from the source")
     train: TrainSettings = TrainSettings()
     bench: BenchSettings = Field(BenchSettings(), description="measure every experiment's latency and size "
                                  "('interprune bench'): true, false, or {runtimes: [torch, onnxruntime]}")

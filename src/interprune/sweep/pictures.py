@@ -38,9 +38,9 @@ def telling_models(config: SweepConfig, results: list[Result]) -> list[tuple[str
     def best(pool: list[Result]) -> Result | None:
         return min(pool, key=_rank) if pool else None
 
-    full = best([r for r in results if r.size == "full" and r.init != "random"])
-    small = best([r for r in results if r.size == "small" and r.init != "random"])
-    baseline = next((r for r in results if r.size == "small" and r.init == "random"), None)
+    full = best([r for r in results if r.size == "full" and not r.baseline])
+    small = best([r for r in results if r.size == "small" and not r.baseline])
+    baseline = next((r for r in results if r.size == "small" and r.baseline), None)
     picked = [("best full size", full), ("best smaller", small), ("smaller, random init", baseline)]
     return [(title, r) for title, r in picked if r is not None]
 

@@ -99,6 +99,11 @@ class Result:
     bench: BenchResult | None = None  # its model's deployment costs ('interprune bench'), when measured
     runtimes: dict[str, BenchResult] = field(default_factory=dict)  # runtime -> costs; bench is the torch one
 
+    @property
+    def baseline(self) -> bool:
+        """The paper's random initialisation: what "trains faster" is measured against."""
+        return self.init == "scratch"
+
     def values(self, key: str) -> list[float]:
         return [float(getattr(s, key)) for s in self.summaries if getattr(s, key) is not None]
 

@@ -85,11 +85,11 @@ def prepare_model(config: SweepConfig, experiment: Experiment, seed: int, folder
         return origin
     if folder.exists():
         return folder
-    # "transfer" is a same-size shrink: the whole state dict, buffers included. "random" keeps only what
+    # "transfer" is a same-size shrink: the whole state dict, buffers included. "scratch" keeps only what
     # ``keep`` names (the backbone) and leaves every other tensor freshly initialised: the paper's random init.
     overrides = {} if experiment.size == "full" else config.target
-    method = "select" if experiment.init == "transfer" else experiment.init
-    reinit = f"^(?!{config.keep})" if experiment.init == "random" else None
+    method = {"transfer": "select", "scratch": "random"}.get(experiment.init, experiment.init)
+    reinit = f"^(?!{config.keep})" if experiment.init == "scratch" else None
     options = experiment.shrink_options()
     if options["calibration"] == "data" and data is not None:
         options["calibration"] = data.train.root
