@@ -54,7 +54,7 @@ def build(model: str, name: str, folder: Path) -> None:
     DetrImageProcessor().save_pretrained(folder)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds (each runs both models once)")
@@ -68,47 +68,50 @@ def main() -> None:
                         help="DETR-R50 and the paper's cut (default), or the demo's source and its half-width cut")
     parser.add_argument("--runtime", choices=["torch", "onnxruntime", "both"], default="torch",
                         help="eager PyTorch (default), ONNX Runtime after 'interprune export', or both")
-    args = parser.parse_args()
-    cuda = args.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    clock = time.process_time if (args.clock or ("wall" if cuda else "cpu")) == "cpu" else time.perf_counter
-    torch.set_num_threads(args.threads)
-    models, inputs, watches, times, rows, runners = {}, {}, {}, {}, {}, {}
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        for name in SETTINGS:
-            folder = Path(tmp) / name
-            with torch.inference_mode(False):
-                build(args.model, name, folder)
-            config = load_config(folder)
-            models[name] = load_measured(str(folder), config, torch.float32, args.device)
-            one, described = dummy_inputs(config, str(folder), 1, image_size=args.image_size)
-            inputs[name] = {k: v.to(args.device) for k, v in one.items()}
-            watches[name] = Stopwatch(models[name].model.backbone, sync, clock)  # (Conditional) DETR's backbone
-            times[name] = []
-            rows[name] = {"parameters": count_parameters(models[name]), "file": file_mb(str(folder))}
-            if args.memory:
-                measured = bench(folder, device=args.device, batch=2, warmup=0, repeat=1)
-                rows[name]["memory"] = measured.peak_memory_mb
-            if args.runtime != "torch":
-                add_onnx(name, folder, args, runners, rows, inputs[name])
-            if args.runtime == "onnxruntime":
-                del models[name]
-        calls = {**{n: (lambda m=m, n=n: m(**inputs[n])) for n, m in models.items()}, **runners}
-        times = {name: [] for name in calls}
-        for round_ in range(args.warmup + args.repeat):
-            for name, call in calls.items():
-                sync()
-                start = clock()
-                call()
-                sync()
-                if round_ >= args.warmup:
-                    times[name].append(clock() - start)
-            print(f"round {round_ + 1}/{args.warmup + args.repeat}: " + ", ".join(
-                f"{n} {t[-1] * 1e3:.0f} ms" for n, t in times.items() if t), flush=True)
-    threads = f"{torch.get_num_threads()} thread(s)" if not cuda else torch.cuda.get_device_name()
-    kind = "CPU time" if clock is time.process_time else "wall time"
-    print(f"\n{'DETR-R50' if args.model == 'detr-r50' else 'demo source'}, {described}, {args.device} ({threads}), batch 1, {kind}, median of {args.repeat} "
-          "interleaved runs:")
+    return parser.parse_args()
+
+
+def prepare(args: argparse.Namespace, tmp: str, sync, clock) -> tuple[dict, dict, dict, dict, dict, str]:
+    """Build, load and (optionally) export both models; a stopwatch on each backbone splits its time."""
+    models, inputs, watches, rows, runners = {}, {}, {}, {}, {}
+    for name in SETTINGS:
+        folder = Path(tmp) / name
+        with torch.inference_mode(False):
+            build(args.model, name, folder)
+        config = load_config(folder)
+        models[name] = load_measured(str(folder), config, torch.float32, args.device)
+        one, described = dummy_inputs(config, str(folder), 1, image_size=args.image_size)
+        inputs[name] = {k: v.to(args.device) for k, v in one.items()}
+        watches[name] = Stopwatch(models[name].model.backbone, sync, clock)  # (Conditional) DETR's backbone
+        rows[name] = {"parameters": count_parameters(models[name]), "file": file_mb(str(folder))}
+        if args.memory:
+            measured = bench(folder, device=args.device, batch=2, warmup=0, repeat=1)
+            rows[name]["memory"] = measured.peak_memory_mb
+        if args.runtime != "torch":
+            add_onnx(name, folder, args, runners, rows, inputs[name])
+        if args.runtime == "onnxruntime":
+            del models[name]
+    return models, inputs, watches, rows, runners, described
+
+
+def time_rounds(calls: dict, args: argparse.Namespace, sync, clock) -> dict[str, list[float]]:
+    """Interleaved rounds (every model once per round), so drift in the machine's speed hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(args.warmup + args.repeat):
+        for name, call in calls.items():
+            sync()
+            start = clock()
+            call()
+            sync()
+            if round_ >= args.warmup:
+                times[name].append(clock() - start)
+        print(f"round {round_ + 1}/{args.warmup + args.repeat}: " + ", ".join(
+            f"{n} {t[-1] * 1e3:.0f} ms" for n, t in times.items() if t), flush=True)
+    return times
+
+
+def print_table(args, models, watches, rows, runners, times) -> dict[str, tuple[float, float | None]]:
+    """One row per model: latency, and for PyTorch the backbone's share of it."""
     print("| model | parameters | weights on disk | latency | backbone | rest (transformer, heads) | "
           "backbone share |" + (" peak memory |" if args.memory else ""))
     print("|---|---|---|---|---|---|---|" + ("---|" if args.memory else ""))
@@ -128,6 +131,24 @@ def main() -> None:
               + (" - |" if args.memory else ""))
         print(f"  (export: {rows[name]['export_s']:.1f} s to trace, convert and save; {rows[name]['command_s']:.1f} s "
               f"with loading and the check; exporter {rows[name]['exporter']})")
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    clock = time.process_time if (args.clock or ("wall" if cuda else "cpu")) == "cpu" else time.perf_counter
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        models, inputs, watches, rows, runners, described = prepare(args, tmp, sync, clock)
+        calls = {**{n: (lambda m=m, n=n: m(**inputs[n])) for n, m in models.items()}, **runners}
+        times = time_rounds(calls, args, sync, clock)
+    threads = f"{torch.get_num_threads()} thread(s)" if not cuda else torch.cuda.get_device_name()
+    kind = "CPU time" if clock is time.process_time else "wall time"
+    print(f"\n{'DETR-R50' if args.model == 'detr-r50' else 'demo source'}, {described}, {args.device} ({threads}), "
+          f"batch 1, {kind}, median of {args.repeat} interleaved runs:")
+    result = print_table(args, models, watches, rows, runners, times)
     if runners:
         summarise_runtimes(result)
     if "full" not in models:

@@ -85,6 +85,28 @@ def shrink_variant(source: Path, cut: dict, options: dict, calibration: Path):
         preserve.compensate = original
 
 
+def recovered_scores(model, report, source: str, cut_name: str, variant: str, args: argparse.Namespace, work: Path,
+                     score) -> dict:
+    """``recover`` the shrunk model on the recovery pool (timed in CPU and wall seconds) and score it."""
+    from transformers import AutoModel
+
+    from interprune import save
+    from interprune.recover import RecoverSettings, recover
+
+    folder = save(model, work / f"small-{cut_name[:2]}", report=report, source=source)
+    settings = RecoverSettings(steps=args.steps, batch_size=args.batch_size, max_length=48,
+                               val_every=max(50, args.steps // 4))
+    started, wall = time.process_time(), time.perf_counter()
+    summary = recover(folder, source, work / "pool.txt", work / f"rec-{cut_name[:2]}", settings, progress=False)
+    cpu, wall = time.process_time() - started, time.perf_counter() - wall
+    scores = score(AutoModel.from_pretrained(work / f"rec-{cut_name[:2]}").eval())
+    print(f"{cut_name:4} {variant + ' + recover ' + str(args.steps):38} same domain {scores['in']:.3f}  "
+          f"other domain {scores['out']:.3f}  ({wall:.0f} s wall, {cpu:.0f} s CPU; held-out loss "
+          f"{summary['val_loss_start']:.4f} -> {summary['val_loss_end']:.4f})", flush=True)
+    return {f"{cut_name} {variant} + recover {args.steps}": {**scores, "seconds": round(wall, 1),
+                                                             "cpu_seconds": round(cpu, 1)}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=300, help="recover steps (0: zero-shot only)")
@@ -96,9 +118,6 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     from transformers import AutoModel, AutoTokenizer
-
-    from interprune.recover import RecoverSettings, recover
-    from interprune import save
 
     torch.manual_seed(0)
     source = source_folder()
@@ -113,11 +132,14 @@ def main() -> None:
     (work / "calib.txt").write_text("\n".join(calib))
     (work / "pool.txt").write_text("\n".join(pool))
     results: dict = {}
+
+    def score(model) -> dict[str, float]:
+        return {d: correlation(embed(model, tokenizer, t), reference[d]) for d, t in (("in", test_in), ("out", test_out))}
+
     for cut_name in args.cuts:
         for variant in args.variants:
             model, report, seconds = shrink_variant(source, CUTS[cut_name], VARIANTS[variant], work / "calib.txt")
-            scores = {d: correlation(embed(model, tokenizer, t), reference[d]) for d, t in
-                      (("in", test_in), ("out", test_out))}
+            scores = score(model)
             strengths = (report.preserved or {}).get("strengths") or {}
             kept = sum(1 for s in strengths.values() if s == "inf")
             results[f"{cut_name} {variant}"] = {**scores, "seconds": round(seconds, 1),
@@ -132,22 +154,7 @@ def main() -> None:
                 print(f"{cut_name:4} {'(source itself on the kept channels)':38} same domain {ceiling['in']:.3f}  "
                       f"other domain {ceiling['out']:.3f}", flush=True)
             if variant == args.recover_from and args.steps > 0:
-                folder = save(model, work / f"small-{cut_name[:2]}", report=report, source=source)
-                settings = RecoverSettings(steps=args.steps, batch_size=args.batch_size, max_length=48,
-                                           val_every=max(50, args.steps // 4))
-                started = time.process_time()
-                wall = time.perf_counter()
-                summary = recover(folder, source, work / "pool.txt", work / f"rec-{cut_name[:2]}", settings,
-                                  progress=False)
-                cpu, wall = time.process_time() - started, time.perf_counter() - wall
-                recovered = AutoModel.from_pretrained(work / f"rec-{cut_name[:2]}").eval()
-                scores = {d: correlation(embed(recovered, tokenizer, t), reference[d]) for d, t in
-                          (("in", test_in), ("out", test_out))}
-                results[f"{cut_name} {variant} + recover {args.steps}"] = {**scores, "seconds": round(wall, 1),
-                                                                           "cpu_seconds": round(cpu, 1)}
-                print(f"{cut_name:4} {variant + ' + recover ' + str(args.steps):38} same domain {scores['in']:.3f}  "
-                      f"other domain {scores['out']:.3f}  ({wall:.0f} s wall, {cpu:.0f} s CPU; held-out loss "
-                      f"{summary['val_loss_start']:.4f} -> {summary['val_loss_end']:.4f})", flush=True)
+                results.update(recovered_scores(model, report, source, cut_name, variant, args, work, score))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
