@@ -8,7 +8,9 @@ and what does the k x k convolution refit keep when the backbone is cut?
   own short runs, with their parameters and FLOPs.
 * ``--part demo``: the search's cost on the demo's source (160 px), for ``params=0.5`` and ``latency=0.5``, with
   its timm ResNet-10-T backbone as it is (no width a config can set: what is reachable is printed) and as its
-  Hugging Face ResNet equivalent (the search ``shrink --budget`` runs after converting it).
+  Hugging Face ResNet equivalent (the search ``shrink --budget`` runs after converting it); then the whole
+  scored ``shrink --budget latency=0.5`` of the demo preset (conversion, search, top candidates shrunk with
+  the data-aware recipe on 32 images and scored).
 * ``--part refit``: the demo's source (trained weights), its timm backbone converted to the Hugging Face
   equivalent (output error with tensors copied only, and after the refit), then its backbone widths halved: the
   relative output error (class logits and boxes) on 60 held-out images after ``select``, after ``calibrated
@@ -104,6 +106,24 @@ def part_demo(tmp: Path) -> None:
             said = f"refused: {err}"
         what = "its Hugging Face ResNet equivalent" if config is not None else "timm backbone as it is"
         print(f"demo source ({what}), --budget {text}: {time.perf_counter() - start:.1f} s wall\n  {said}")
+    scored_demo_search(tmp)
+
+
+def scored_demo_search(tmp: Path) -> None:
+    """The whole ``shrink --budget latency=0.5`` of the demo preset's ``small-budget-latency``: conversion of
+    its backbone (refit on 32 images), the search, and its top candidates each shrunk with ``calibrated
+    --rotate --compensate`` and scored by their output error, in a fresh latency cache."""
+    from interprune.budget.apply import shrink_to_budget
+    from interprune.data.domains import write_domain
+
+    write_domain("shapes", tmp / "scored-calib", train=32, valid=1, copies=1, size=160, seed=777)
+    start = time.perf_counter()
+    _, _, result = shrink_to_budget(shipped("demo"), [parse_budget("latency=0.5")], {}, "calibrated",
+                                    calibration=tmp / "scored-calib", calibration_size=32, compensate=True,
+                                    rotate=True, cache=LatencyCache(tmp / "scored-latency.json"), threads=1,
+                                    clock="cpu")
+    print(f"demo source, shrink --budget latency=0.5 --method calibrated --rotate --compensate, 32 images (conversion, "
+          f"search and scoring of the top candidates): {time.perf_counter() - start:.1f} s wall\n  {describe(result)}")
 
 
 def part_refit(tmp: Path) -> None:
