@@ -328,7 +328,9 @@ class Walker:
         self.skipped = {n: v for n, v in self.skipped.items() if n in keep}
         self.replayed = keep - set(self.skipped)
         complete = {n for n in self.replayed if n in self.stores and len(self.stores[n].items) == len(self.batches)}
-        consumed = {self.calls[n][0].input_id for n in complete}
+        # read by a finished *block* (not by a part of the current block, which may read it again through
+        # the residual: a verdict is kept per role, so it must be taken where skipping can be right)
+        consumed = {self.calls[n][0].input_id for n in complete if _block_level(n)}
         candidates = frozenset(n for n in complete if self.calls[n][0].output_ids & consumed
                                and _skippable(self.stores[n].shapes) and _block_level(n))
         for name in sorted(candidates):
@@ -366,7 +368,11 @@ class Walker:
                 v = t.detach().double() if t.is_floating_point() or t.is_complex() else t.detach().long()
                 prints.append((tuple(t.shape), float(v.sum()), float((v * v).sum())))
 
-        handles = [m.register_forward_pre_hook(note, with_kwargs=True) for m in self.modules.values()]
+        # a replayed or skipped module returns what is stored whatever it is called with: its inputs (the
+        # placeholder itself, when the next block reads it) are not something the stage sees
+        standing_in = self.replayed | set(self.skipped) | set(extra)
+        handles = [m.register_forward_pre_hook(note, with_kwargs=True) for n, m in self.modules.items()
+                   if n not in standing_in]
         if until is not None:
             handles.append(self.modules[until].register_forward_hook(stop))
         try:

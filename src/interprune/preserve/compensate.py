@@ -40,6 +40,7 @@ __all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments"
 Batch = dict[str, Any]
 HOLD_OUT_EVERY = 4  # every fourth calibration example is held out to choose each refit's strength
 MAX_ROWS = 65536  # convolution outputs are sampled to at most this many positions per call (memory)
+CHUNK_BYTES = 64 * 2**20  # rows are summed into statistics in float64 chunks of about this size
 
 
 @dataclass
@@ -143,21 +144,33 @@ def _add(total: Moments | None, part: Moments | None) -> Moments | None:
     return part if total is None else (total if part is None else total + part)
 
 
-def record(module: nn.Module, stats: LayerStats | None, x: Tensor, y: Tensor, held: Tensor) -> LayerStats:
-    """Add one mini-batch of a layer's input rows ``x`` and target rows ``y`` to its statistics; ``held``
-    marks the held-out rows. The first call also keeps the layer's weights as chosen."""
+def record(module: nn.Module, stats: LayerStats | None, x: Tensor, y: Tensor, held: Tensor,
+           scale: float = 1.0) -> LayerStats:
+    """Add one mini-batch of a layer's input rows ``x`` and target rows ``y`` (times ``scale``) to its
+    statistics; ``held`` marks the held-out rows. The first call also keeps the layer's weights as chosen.
+
+    Rows go to float64 a chunk at a time (``CHUNK_BYTES``): an output layer over a 30,000-word vocabulary
+    gives a mini-batch of 2,048 tokens 500 MB of float64 targets, and copying them whole (then once more
+    for the fitted and held-out parts) cost gigabytes that the statistics never need."""
     norm, bias = isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None
-    if norm:
-        x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + module.eps)
-        make = channel_moments
-    else:
-        x = torch.cat([x, torch.ones_like(x[:, :1])], 1) if bias else x
-        make = moments
-    fit = make(x[~held], y[~held]) if bool((~held).any()) else None
-    out = make(x[held], y[held]) if bool(held.any()) else None
+    fit, out = (stats.fit, stats.held) if stats is not None else (None, None)
+    step = max(1, CHUNK_BYTES // (8 * (x.shape[1] + y.shape[1] + 1)))
+    for start in range(0, x.shape[0], step):
+        xc, yc, hc = x[start:start + step].double(), y[start:start + step].double(), held[start:start + step]
+        if scale != 1.0:
+            yc = yc * scale
+        if norm:
+            xc = (xc - xc.mean(-1, keepdim=True)) / torch.sqrt(xc.var(-1, unbiased=False, keepdim=True) + module.eps)
+        elif bias:
+            xc = torch.cat([xc, torch.ones_like(xc[:, :1])], 1)
+        make = channel_moments if norm else moments
+        if bool((~hc).any()):
+            fit = _add(fit, make(xc[~hc], yc[~hc]) if bool(hc.any()) else make(xc, yc))
+        if bool(hc.any()):
+            out = _add(out, make(xc[hc], yc[hc]))
     if stats is None:
         return LayerStats(fit, out, _prior(module, norm, bias))
-    return LayerStats(_add(stats.fit, fit), _add(stats.held, out), stats.prior)
+    return LayerStats(fit, out, stats.prior)
 
 
 def refit(module: nn.Module, stats: LayerStats, grid: tuple[float, ...]) -> Choice:
@@ -240,6 +253,8 @@ def compensate(
             for name, k in stage:
                 if name in stats and name not in report.skipped:
                     _refit_call(modules[name], name, k, stats[name], fixed or grid, versions, report)
+                if k == len(walkers[0].calls.get(name, [])) - 1:
+                    stats.pop(name, None)  # its last refit is done: its statistics are not needed again
             if progress is not None:
                 progress(done + 1, len(stages))
         for name, saved in versions.items():  # the model keeps each layer's last refit
@@ -364,17 +379,17 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
             else:
                 shape, layout = x.shape, (id(x),)
             if layout not in rows:
-                rows[layout] = conv_patches(x, module) if conv else _rows(x, False)
+                rows[layout] = conv_patches(x, module) if conv else _flat(x, False)
             x = rows[layout]
             sample = sample_rows(x.shape[0]) if conv else None  # a backbone's maps are large: spread positions
-            x, y = _sampled(x, sample).double(), _sampled(_flat(y, conv), sample).double() * scale(name)
+            x, y = _sampled(x, sample), _sampled(_flat(y, conv), sample)
             width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
             if x.shape[0] != y.shape[0] or y.shape[1] != width:
                 report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
                 continue
             held = _sampled(_held(shape, size, offset, target.batches.examples), sample) if holdout else torch.zeros(
                 x.shape[0], dtype=torch.bool)
-            stats[name] = record(module, stats.get(name), x, y, held.to(x.device))
+            stats[name] = record(module, stats.get(name), x, y, held.to(x.device), scale(name))
         offset += size
 
 

@@ -64,6 +64,16 @@ def magnitude_scores(state: dict[str, Tensor], plan: Any,
     return scores
 
 
+def _square_sums(rows: Tensor, chunk_bytes: int = 64 * 2**20) -> Tensor:
+    """Per-feature sums of squares of ``rows`` (n, d) in float64, a chunk of rows at a time: a whole float64
+    copy of an output layer's logits (30,000 words x 2,048 tokens: 500 MB) would cost more than the model."""
+    step = max(1, chunk_bytes // (8 * max(1, rows.shape[-1])))
+    total = rows.new_zeros(rows.shape[-1], dtype=torch.float64)
+    for start in range(0, rows.shape[0], step):
+        total += rows[start:start + step].double().pow(2).sum(0)
+    return total
+
+
 @torch.no_grad()
 def _energies(model: nn.Module, inputs: Batch | Batches, modules: set[str]) -> dict[str, tuple[Tensor, Tensor]]:
     """Mean squared input and output per feature (last axis; channels for convolutions) of ``modules``,
@@ -78,10 +88,10 @@ def _energies(model: nn.Module, inputs: Batch | Batches, modules: set[str]) -> d
             x, y = args[0], output
             if isinstance(module, nn.Conv2d):
                 x, y = x.movedim(1, -1), y.movedim(1, -1)
-            x, y = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+            x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
             key = (name, calls.get(name, 0))
             calls[name] = key[1] + 1
-            ex, ey = x.pow(2).sum(0), y.pow(2).sum(0)
+            ex, ey = _square_sums(x), _square_sums(y)
             if key in sums:
                 sums[key][0] += ex
                 sums[key][1] += ey

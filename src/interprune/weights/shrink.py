@@ -117,6 +117,9 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
               calibration: Any, calibration_size: int, compensate: bool, layers: str, rotate: bool,
               seed: int, run: "Run") -> TransferReport:
     """Fill ``target`` (in place, in float32) with the data-aware recipe, on calibration inputs from ``calibration``."""
+    from ..allocator import release_promptly
+
+    release_promptly()  # thousands of activations freed and made again: keep the heap from fragmenting
     inputs = calibration
     if calibration is not None and not isinstance(calibration, dict):
         from ..hf.processors import model_processor  # reads data: only when asked to
