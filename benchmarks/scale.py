@@ -8,7 +8,9 @@ Models are built here, offline, with random weights (cached under ``--work``):
   as 500 MB shards with an index, cut to half width;
 * ``detr``: DETR-R50 (41.5M, float32) at the paper's cut (d_model 128, FFN 1024), images at 800 px.
 
-Jobs: ``load+save`` (``from_pretrained`` + ``save_pretrained``: the floor), ``select`` (data-free; streamed
+Jobs: ``load+save`` (``from_pretrained`` + ``save_pretrained``: the floor), ``forward`` (one float32 forward
+pass of the source over the calibration set, in mini-batches of ``--batch``: the time goal is stated against
+it; timed after loading), ``select`` (data-free; streamed
 from the checkpoint), ``calibrated`` and ``full`` (``calibrated --rotate --compensate``) at calibration
 sizes of 256-token sequences (decoders) or 800 px images (DETR). ``--capped`` also shrinks ``qwen1b`` with
 ``select`` under a memory cap of half its checkpoint size (``/work/shared/tools/capmem``: a cgroup v1
@@ -47,6 +49,17 @@ if job == "imports":
 elif job == "load+save":
     from interprune.hf.models import load_model
     load_model(source).save_pretrained(out, max_shard_size=extra.get("shard", "5GB"))
+elif job == "forward":  # the source in float32 (as the recipe computes) over the calibration set, once
+    from interprune.hf.models import load_model
+    from interprune.hf.processors import model_processor
+    from interprune.preserve.calibration import calibration_inputs
+    from interprune.walk import Batches
+    model = load_model(source, dtype=torch.float32)
+    inputs = calibration_inputs(extra["data"], model_processor(source), count=extra["count"])
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in Batches.of(inputs, extra["batch"]):
+            model(**batch)
 else:
     code = main(["shrink", source, "--out", out, *extra["args"]])
     assert code == 0, code
@@ -166,6 +179,8 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="calibration sizes (default: the issue's three per model)")
     parser.add_argument("--batch", type=int, default=8, help="--calibration-batch")
     parser.add_argument("--cap-mb", type=int, default=10000, help="guard cap of every job (MB)")
+    parser.add_argument("--memory-budget", default=None, help="--memory-budget of the data-aware jobs (e.g. 256MB: "
+                        "stored activations past it go to disk)")
     parser.add_argument("--capped", action="store_true", help="also shrink qwen1b under half its size")
     args = parser.parse_args()
     work = Path(args.work)
@@ -183,13 +198,19 @@ def main() -> None:
             elif job == "select":
                 extra = {"args": ["--method", "select", *sum((["--set", s] for s in CUTS[model]), [])]}
                 show(model, job, run(job, src, work / "out", extra, args.cap_mb), floor["peak_mb"])
+            elif job == "forward":
+                for size in sizes:
+                    extra = {"data": str(calibration(work, model, size)), "count": size, "batch": args.batch}
+                    show(model, f"forward ({size})", run(job, src, work / "out", extra, args.cap_mb), floor["peak_mb"])
             else:
                 for size in sizes:
                     options = ["--method", "calibrated"] + (["--rotate", "--compensate"] if job == "full" else [])
                     extra = {"args": [*options, *sum((["--set", s] for s in CUTS[model]), []),
                                       "--calibration", str(calibration(work, model, size)),
                                       "--calibration-size", str(size), "--calibration-batch", str(args.batch)]}
-                    label = f"{' '.join(options[1:])} ({size})"
+                    if args.memory_budget:
+                        extra["args"] += ["--memory-budget", args.memory_budget]
+                    label = f"{' '.join(options[1:])} ({size}{', budget ' + args.memory_budget if args.memory_budget else ''})"
                     show(model, label, run(job, src, work / "out", extra, args.cap_mb), floor["peak_mb"])
     if args.capped:
         src = source(work, "qwen1b")

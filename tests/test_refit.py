@@ -77,3 +77,16 @@ def test_strength_follows_the_held_out_error():
     # never worse than the prior on the held-out rows: the prior is a candidate
     choice = choose_strength(fit, held, wrong)
     assert min(choice.errors.values()) <= choice.errors[math.inf]
+
+
+def test_choosing_by_blocks_of_columns_equals_choosing_at_once():
+    x, w, g = _data(n=96, d=6, k=40)
+    y = x @ w + 0.5 * torch.randn(96, 40, generator=g, dtype=torch.float64)
+    w0 = w + 0.3 * torch.randn(6, 40, generator=g, dtype=torch.float64)
+    fit, held = moments(x[:72], y[:72]), moments(x[72:], y[72:])
+    whole = choose_strength(fit, held, w0)
+    blocks = choose_strength(fit, held, w0, block_bytes=8 * 6 * 7)  # 7 columns a block: 6 blocks, the last short
+    assert blocks.strength == whole.strength and 0 < whole.strength < math.inf
+    assert torch.allclose(blocks.weight, whole.weight, atol=1e-12)
+    assert all(abs(blocks.errors[s] - whole.errors[s]) < 1e-12 for s in whole.errors)
+    assert whole.errors[whole.strength] < 1  # the refit helps on these held-out rows

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["Stop", "Walker", "Batches", "split_batch", "Call"]
 
@@ -119,6 +120,58 @@ def _tensors(value: Any) -> list[Tensor]:
     return []
 
 
+class _Uses(TorchDispatchMode):
+    """How the rest of a forward uses each module's outputs, seen at the level of aten ops: which outputs
+    it writes to in place after the module returned them (every op whose schema marks an argument as
+    written), and which output tensors it reads at all. An output is known by its storage (held weakly: a
+    storage lives while any view of it does, so a freed output whose memory is reused is not mistaken for
+    it) and by the number of ops run when it was returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops, self.outputs = 0, {}
+        self.written: set[str] = set()
+        self.read: set[tuple[str, int]] = set()  # (module, position of the tensor in its output)
+        self.made: dict[str, int] = {}  # module -> tensors in its output
+
+    def produced(self, name: str, output: Any) -> None:
+        """``name`` returned ``output`` after the ops so far (its own work on it came before)."""
+        tensors = _tensors(output)
+        self.made[name] = max(self.made.get(name, 0), len(tensors))
+        for position, t in enumerate(tensors):
+            storage = _storage(t)
+            if storage is not None:
+                self.outputs.setdefault(storage.data_ptr(), []).append((name, position, self.ops, weakref.ref(storage)))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops += 1
+        for k, argument in enumerate(func._schema.arguments):
+            value = args[k] if k < len(args) else kwargs.get(argument.name)
+            write = argument.alias_info is not None and argument.alias_info.is_write
+            for t in _tensors(value):
+                storage = _storage(t)
+                if storage is None:
+                    continue
+                for name, position, made, ref in self.outputs.get(storage.data_ptr(), ()):
+                    if made < self.ops and ref() is storage:
+                        self.read.add((name, position))
+                        if write:
+                            self.written.add(name)
+        return func(*args, **kwargs)
+
+    def unread(self) -> dict[str, frozenset[int]]:
+        """Per module, the positions of the output tensors nothing after it reads."""
+        return {n: frozenset(k for k in range(count) if (n, k) not in self.read) for n, count in self.made.items()}
+
+
+def _storage(t: Tensor) -> Any:
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # a tensor without storage (meta, functional): nothing to mark
+        return None
+
+
 def _placeholder(value: Any) -> Any:
     """A value of the same structure whose tensors are zeros that take no memory (expanded scalars)."""
     if isinstance(value, Tensor):
@@ -146,18 +199,29 @@ def _nbytes(value: Any) -> int:
 class Store:
     """Per mini-batch outputs of one module: in memory while the walk's budget allows, else on disk."""
 
-    def __init__(self, spill: "Spill"):
-        self.spill, self.items, self.shapes = spill, {}, None
+    def __init__(self, spill: "Spill", copy: bool = True, unread: frozenset[int] = frozenset()):
+        self.spill, self.items, self.shapes, self.copy, self.unread = spill, {}, None, copy, unread
 
     def put(self, i: int, value: Any) -> None:
-        value = _detached(value)
+        """Keep mini-batch ``i``'s output; tensors the forward never reads (a backbone's feature maps at
+        the scales a detector does not use) are kept as placeholders of their shape, taking no memory."""
+        position = iter(range(1 << 30))
+
+        def keep(t: Tensor) -> Tensor:
+            if next(position) in self.unread:
+                return _placeholder(t)
+            return t.detach().clone() if self.copy else t.detach()
+        value = _map(value, keep)
         if self.shapes is None:
             self.shapes = _placeholder(value)
         self.items[i] = self.spill.keep(value)
 
     def get(self, i: int) -> Any:
-        """A copy: models may change an output in place (DETR heads add reference points to theirs)."""
-        return _map(self.spill.load(self.items[i]), lambda t: t.clone())
+        """A copy where the model changes this output in place later in its forward (DETR heads add
+        reference points to theirs), else the stored tensors themselves: copying a detector's feature maps
+        at every stage cost a fifth of its calibration."""
+        value = self.spill.load(self.items[i])
+        return _map(value, lambda t: t.clone()) if self.copy else value
 
     def drop(self) -> None:
         for item in self.items.values():
@@ -266,6 +330,8 @@ class Walker:
         self.spill = spill or Spill()
         self.modules = dict(model.named_modules())
         self.calls: dict[str, list[Call]] = {}
+        self.written: set[str] = set()  # modules whose output the forward changes in place after their call
+        self.unread: dict[str, frozenset[int]] = {}  # module -> output tensors the rest of the forward never reads
         self.stores: dict[str, Store] = {}
         self.replayed: set[str] = set()
         self.skipped: dict[str, Any] = {}  # name -> placeholder output
@@ -292,19 +358,24 @@ class Walker:
             first = args[0] if args and isinstance(args[0], Tensor) else None
             open_calls.setdefault(id(module), []).append((counter[0], None if first is None else serial(first)))
 
+        uses = _Uses()
+
         def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             counter[0] += 1
             enter, input_id = open_calls[id(module)].pop()
             self.calls.setdefault(names[id(module)], []).append(
                 Call(enter, counter[0], input_id, frozenset(serial(t) for t in _tensors(output))))
+            uses.produced(names[id(module)], output)
 
         handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in self.modules.values()]
         handles += [m.register_forward_hook(post, with_kwargs=True) for m in self.modules.values()]
         try:
-            self.model.eval()(**self.batches[0])
+            with uses:
+                self.model.eval()(**self.batches[0])
         finally:
             for h in handles:
                 h.remove()
+        self.written, self.unread = uses.written, uses.unread()
         for calls in self.calls.values():
             calls.sort(key=lambda c: c.enter)
 
@@ -403,7 +474,8 @@ class Walker:
         for name in replayed:
             module, store = self.modules[name], self.stores.get(name)
             if store is None and record:
-                store = self.stores[name] = Store(self.spill)
+                store = self.stores[name] = Store(self.spill, copy=name in self.written,
+                                                  unread=self.unread.get(name, frozenset()))
             if store is not None and i in store.items:
                 module.forward = (lambda s: lambda *a, **k: s.get(i))(store)
                 patched.append(module)

@@ -30,6 +30,7 @@ from torch import Tensor
 
 __all__ = ["Moments", "moments", "channel_moments", "ridge_towards", "held_out_error", "choose_strength", "Choice", "GRID"]
 
+BLOCK_BYTES = 32 * 2**20  # candidate refits are solved this many bytes of float64 weights at a time
 # relative strengths tried (``inf`` = keep the choice's weights); the held-out error picks one per layer
 GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, math.inf)
 
@@ -77,8 +78,7 @@ def ridge_towards(stats: Moments, w0: Tensor, strength: float) -> Tensor:
 
 def held_out_error(stats: Moments, w: Tensor) -> Tensor:
     """``|X_h W - Y_h|^2`` per problem, from the held-out statistics alone."""
-    w = w.to(stats.xy.dtype)
-    return ((w * (stats.xx @ w)).sum((-2, -1)) - 2 * (w * stats.xy).sum((-2, -1)) + stats.yy)
+    return _quadratic(stats, w) + stats.yy
 
 
 @dataclass
@@ -92,18 +92,52 @@ class Choice:
 
 
 def choose_strength(fit: Moments, held: Moments | None, w0: Tensor, grid: tuple[float, ...] = GRID,
-                    *, slack: float = 0.0) -> Choice:
+                    *, slack: float = 0.0, block_bytes: int = BLOCK_BYTES) -> Choice:
     """Pick the strength whose refit on ``fit`` has the least error on ``held`` (summed over problems),
     preferring the strongest pull towards ``w0`` within ``slack`` (relative) of that least error, then
-    refit on both parts with it. Without held-out rows the middle of the grid is used."""
+    refit on both parts with it. Without held-out rows the middle of the grid is used.
+
+    Output columns are independent problems that share ``X^T X``, so they are solved a block of columns at a
+    time (``block_bytes`` of float64 weights): an output layer over a 30,000-word vocabulary would otherwise
+    hold several candidate weight matrices of 125 MB each at once."""
+    w0 = w0.to(fit.xy.dtype)
+    columns = _column_blocks(w0, block_bytes)
     if held is None or held.n == 0:
         strength = grid[len(grid) // 2]
-        return Choice(ridge_towards(fit, w0, strength), strength, {})
-    base = float(held_out_error(held, w0).sum().clamp_min(1e-30))
-    errors = {s: float(held_out_error(held, ridge_towards(fit, w0, s)).sum()) / base for s in grid}
+        return Choice(_by_columns(fit, w0, strength, columns), strength, {})
+    quadratic = {s: 0.0 for s in (*grid, math.inf)}
+    for cols in columns:
+        part = Moments(held.xx, held.xy[..., cols], held.yy, held.n)
+        for s in quadratic:
+            quadratic[s] += float(_quadratic(part, ridge_towards(_columns(fit, cols), w0[..., cols], s)).sum())
+    total = float(held.yy.sum())
+    base = max(quadratic[math.inf] + total, 1e-30)
+    errors = {s: (quadratic[s] + total) / base for s in grid}
     best = min(errors.values())
     strength = max(s for s, e in errors.items() if e <= best * (1 + slack) + 1e-12)
-    return Choice(ridge_towards(fit + held, w0, strength), strength, errors)
+    return Choice(_by_columns(fit + held, w0, strength, columns), strength, errors)
+
+
+def _column_blocks(w0: Tensor, block_bytes: int) -> list[slice]:
+    per_column = 8 * max(1, w0[..., :1].numel())
+    step = max(1, block_bytes // per_column)
+    return [slice(i, i + step) for i in range(0, w0.shape[-1], step)]
+
+
+def _columns(stats: Moments, cols: slice) -> Moments:
+    return Moments(stats.xx, stats.xy[..., cols], stats.yy, stats.n)
+
+
+def _by_columns(stats: Moments, w0: Tensor, strength: float, columns: list[slice]) -> Tensor:
+    if len(columns) == 1:
+        return ridge_towards(stats, w0, strength)
+    return torch.cat([ridge_towards(_columns(stats, cols), w0[..., cols], strength) for cols in columns], -1)
+
+
+def _quadratic(stats: Moments, w: Tensor) -> Tensor:
+    """``held_out_error`` without its constant ``tr(Y^T Y)``: the part that depends on ``w``'s columns."""
+    w = w.to(stats.xy.dtype)
+    return (w * (stats.xx @ w)).sum((-2, -1)) - 2 * (w * stats.xy).sum((-2, -1))
 
 
 def channel_moments(x: Tensor, y: Tensor) -> Moments:
