@@ -90,3 +90,26 @@ def test_choosing_by_blocks_of_columns_equals_choosing_at_once():
     assert torch.allclose(blocks.weight, whole.weight, atol=1e-12)
     assert all(abs(blocks.errors[s] - whole.errors[s]) < 1e-12 for s in whole.errors)
     assert whole.errors[whole.strength] < 1  # the refit helps on these held-out rows
+
+
+def test_strengths_from_one_decomposition_equal_a_solve_each():
+    x, w, g = _data(n=80, d=6, k=9, seed=3)
+    y = x @ w + 0.5 * torch.randn(80, 9, generator=g, dtype=torch.float64)
+    w0 = w + 0.3 * torch.randn(6, 9, generator=g, dtype=torch.float64)
+    fit, held = moments(x[:60], y[:60]), moments(x[60:], y[60:])
+    choice = choose_strength(fit, held, w0)
+    base = float(held_out_error(held, w0).sum())
+    for s, relative in choice.errors.items():  # the oracle: solve for each strength, error from the residuals
+        direct = float(((x[60:] @ ridge_towards(fit, w0, s) - y[60:]) ** 2).sum()) / base
+        assert abs(relative - direct) < 1e-9 * max(1.0, direct)
+    # batched problems (a norm's channels) too
+    xs = torch.randn(3, 50, 2, generator=g, dtype=torch.float64)
+    ys = xs @ torch.randn(3, 2, 1, generator=g, dtype=torch.float64) + 0.1 * torch.randn(3, 50, 1, generator=g,
+                                                                                         dtype=torch.float64)
+    fit, held = moments(xs[:, :40], ys[:, :40]), moments(xs[:, 40:], ys[:, 40:])
+    w0 = torch.zeros(3, 2, 1, dtype=torch.float64)
+    choice = choose_strength(fit, held, w0)
+    base = float(held_out_error(held, w0).sum())
+    for s, relative in choice.errors.items():
+        direct = float(((xs[:, 40:] @ ridge_towards(fit, w0, s) - ys[:, 40:]) ** 2).sum()) / base
+        assert abs(relative - direct) < 1e-9 * max(1.0, direct)

@@ -106,10 +106,10 @@ def choose_strength(fit: Moments, held: Moments | None, w0: Tensor, grid: tuple[
         strength = grid[len(grid) // 2]
         return Choice(_by_columns(fit, w0, strength, columns), strength, {})
     quadratic = {s: 0.0 for s in (*grid, math.inf)}
+    basis = _Basis(fit.xx, held.xx)
     for cols in columns:
-        part = Moments(held.xx, held.xy[..., cols], held.yy, held.n)
-        for s in quadratic:
-            quadratic[s] += float(_quadratic(part, ridge_towards(_columns(fit, cols), w0[..., cols], s)).sum())
+        for s, value in basis.quadratics(fit.xy[..., cols], held.xy[..., cols], w0[..., cols], quadratic).items():
+            quadratic[s] += value
     total = float(held.yy.sum())
     base = max(quadratic[math.inf] + total, 1e-30)
     errors = {s: (quadratic[s] + total) / base for s in grid}
@@ -132,6 +132,44 @@ def _by_columns(stats: Moments, w0: Tensor, strength: float, columns: list[slice
     if len(columns) == 1:
         return ridge_towards(stats, w0, strength)
     return torch.cat([ridge_towards(_columns(stats, cols), w0[..., cols], strength) for cols in columns], -1)
+
+
+class _Basis:
+    """Every strength's refit from one eigendecomposition instead of a solve each.
+
+    With ``s = D^(-1/2)`` and ``s A s = Q L Q^T``, the refit is ``W(lam) = s Q Z`` with
+    ``Z = (Q^T s B + lam Q^T D^(1/2) W0) / (L + lam)``: one division per strength. The held-out error's
+    quadratic part is then ``tr(Z^T H Z) - 2 tr(Z^T G)`` with ``H = Q^T s A_h s Q`` and ``G = Q^T s B_h``,
+    so trying ten strengths costs one decomposition and a few products over the columns, not ten solves and
+    ten ``A_h W`` products (two fifths of a 251M decoder's calibration went to those)."""
+
+    def __init__(self, xx: Tensor, held_xx: Tensor):
+        self.d = _penalty(xx)
+        self.s = self.d.rsqrt()
+        scaled = self.s.unsqueeze(-1) * xx * self.s.unsqueeze(-2)
+        values, self.q = torch.linalg.eigh((scaled + scaled.mT) / 2)
+        self.values = values.clamp_min(0).unsqueeze(-1)
+        self.h = self.q.mT @ (self.s.unsqueeze(-1) * held_xx * self.s.unsqueeze(-2)) @ self.q
+
+    def quadratics(self, xy: Tensor, held_xy: Tensor, w0: Tensor, strengths) -> dict[float, float]:
+        """``_quadratic(held, W(lam))`` summed over problems, for every strength, on these columns. With
+        ``P = (L + lam)^-1``, ``tr(Z^T H Z) = sum(H * P (CC^T + lam (CE^T + EC^T) + lam^2 EE^T) P)``: the
+        products over the columns are made once, and each strength costs ``d^2``, not ``d^2 k``."""
+        c = self.q.mT @ (self.s.unsqueeze(-1) * xy)
+        e = self.q.mT @ (self.d.sqrt().unsqueeze(-1) * w0)
+        g = self.q.mT @ (self.s.unsqueeze(-1) * held_xy)
+        cc, ce, ee = c @ c.mT, c @ e.mT, e @ e.mT
+        cross = ce + ce.mT
+        cg, eg = (c * g).sum(-1), (e * g).sum(-1)
+        found = {}
+        for lam in strengths:
+            if math.isinf(lam):  # Z = E: the choice's own weights
+                found[lam] = float(((self.h * ee).sum((-2, -1)) - 2 * eg.sum(-1)).sum())
+                continue
+            p = 1.0 / (self.values.squeeze(-1) + lam)
+            zz = p.unsqueeze(-1) * (cc + lam * cross + lam * lam * ee) * p.unsqueeze(-2)
+            found[lam] = float(((self.h * zz).sum((-2, -1)) - 2 * (p * (cg + lam * eg)).sum(-1)).sum())
+        return found
 
 
 def _quadratic(stats: Moments, w: Tensor) -> Tensor:
