@@ -22,6 +22,7 @@ norm, a query-scale MLP between decoder layers) are handled in order too.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import weakref
@@ -205,7 +206,7 @@ class Store:
     def put(self, i: int, value: Any) -> None:
         """Keep mini-batch ``i``'s output; tensors the forward never reads (a backbone's feature maps at
         the scales a detector does not use) are kept as placeholders of their shape, taking no memory."""
-        position = iter(range(1 << 30))
+        position = itertools.count()
 
         def keep(t: Tensor) -> Tensor:
             if next(position) in self.unread:

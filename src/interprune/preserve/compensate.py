@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .refit import GRID, Choice, Moments, channel_moments, choose_strength, moments
+from .refit import GRID, Choice, Moments, channel_moments, choose_strength, moments, row_chunks
 from ..walk import Batches, Spill, Stop, Walker
 
 __all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments", "LayerStats", "record", "refit",
@@ -40,7 +40,6 @@ __all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments"
 Batch = dict[str, Any]
 HOLD_OUT_EVERY = 4  # every fourth calibration example is held out to choose each refit's strength
 MAX_ROWS = 65536  # convolution outputs are sampled to at most this many positions per call (memory)
-CHUNK_BYTES = 64 * 2**20  # rows are summed into statistics in float64 chunks of about this size
 
 
 @dataclass
@@ -149,21 +148,17 @@ def record(module: nn.Module, stats: LayerStats | None, x: Tensor, y: Tensor, he
     """Add one mini-batch of a layer's input rows ``x`` and target rows ``y`` (times ``scale``) to its
     statistics; ``held`` marks the held-out rows. The first call also keeps the layer's weights as chosen.
 
-    Rows go to float64 a chunk at a time (``CHUNK_BYTES``): an output layer over a 30,000-word vocabulary
-    gives a mini-batch of 2,048 tokens 500 MB of float64 targets, and copying them whole (then once more
-    for the fitted and held-out parts) cost gigabytes that the statistics never need."""
+    Rows go to float64 a chunk at a time (``refit.row_chunks``), never as a whole copy."""
     norm, bias = isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None
+    make = channel_moments if norm else moments
     fit, out = (stats.fit, stats.held) if stats is not None else (None, None)
-    step = max(1, CHUNK_BYTES // (8 * (x.shape[1] + y.shape[1] + 1)))
-    for start in range(0, x.shape[0], step):
-        xc, yc, hc = x[start:start + step].double(), y[start:start + step].double(), held[start:start + step]
+    for xc, yc, hc in row_chunks(x, y, held):
         if scale != 1.0:
             yc = yc * scale
         if norm:
             xc = (xc - xc.mean(-1, keepdim=True)) / torch.sqrt(xc.var(-1, unbiased=False, keepdim=True) + module.eps)
         elif bias:
             xc = torch.cat([xc, torch.ones_like(xc[:, :1])], 1)
-        make = channel_moments if norm else moments
         if bool((~hc).any()):
             fit = _add(fit, make(xc[~hc], yc[~hc]) if bool(hc.any()) else make(xc, yc))
         if bool(hc.any()):

@@ -29,6 +29,7 @@ from ..plan import grouped_heads
 from ..plan.fused import real_name, split_state
 from ..weights.resample import select_indices
 from .expert_stats import expert_scores
+from .refit import row_chunks
 from ..walk import Batches, hooked_pass
 
 __all__ = ["magnitude_scores", "activation_scores", "choose", "choose_layers", "layer_influence",
@@ -64,13 +65,11 @@ def magnitude_scores(state: dict[str, Tensor], plan: Any,
     return scores
 
 
-def _square_sums(rows: Tensor, chunk_bytes: int = 64 * 2**20) -> Tensor:
-    """Per-feature sums of squares of ``rows`` (n, d) in float64, a chunk of rows at a time: a whole float64
-    copy of an output layer's logits (30,000 words x 2,048 tokens: 500 MB) would cost more than the model."""
-    step = max(1, chunk_bytes // (8 * max(1, rows.shape[-1])))
+def _square_sums(rows: Tensor) -> Tensor:
+    """Per-feature sums of squares of ``rows`` (n, d) in float64, a chunk of rows at a time."""
     total = rows.new_zeros(rows.shape[-1], dtype=torch.float64)
-    for start in range(0, rows.shape[0], step):
-        total += rows[start:start + step].double().pow(2).sum(0)
+    for (chunk,) in row_chunks(rows):
+        total += chunk.pow(2).sum(0)
     return total
 
 

@@ -28,11 +28,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Moments", "moments", "channel_moments", "ridge_towards", "held_out_error", "choose_strength", "Choice", "GRID"]
+__all__ = ["row_chunks", "Moments", "moments", "channel_moments", "ridge_towards", "held_out_error", "choose_strength", "Choice", "GRID"]
 
+CHUNK_BYTES = 64 * 2**20  # rows go to float64 in chunks of about this size
 BLOCK_BYTES = 32 * 2**20  # candidate refits are solved this many bytes of float64 weights at a time
 # relative strengths tried (``inf`` = keep the choice's weights); the held-out error picks one per layer
 GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, math.inf)
+
+
+def row_chunks(*rows: Tensor, chunk_bytes: int = CHUNK_BYTES):
+    """The same slices of row-aligned tensors (n, ...) in float64, about ``chunk_bytes`` at a time: an output
+    layer over a 30,000-word vocabulary gives 2,048 tokens 500 MB of float64 rows, and a whole copy (then one
+    more per part) costs more than the statistics summed from it."""
+    width = sum(r[:1].numel() for r in rows)
+    step = max(1, chunk_bytes // (8 * max(1, width)))
+    for start in range(0, rows[0].shape[0], step):
+        yield tuple(r[start:start + step].double() if r.is_floating_point() else r[start:start + step] for r in rows)
 
 
 @dataclass
