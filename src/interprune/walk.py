@@ -60,6 +60,9 @@ class Batches(Sequence[Batch]):
     def __init__(self, count: int, make: Callable[[int], Batch], sizes: list[int]):
         self.count, self.make, self.sizes = count, make, sizes
         self.examples = sum(sizes)  # examples per mini-batch, and in all
+        # outputs of the parts every model of the recipe shares, per mini-batch (``prefix.Prefix``): every
+        # pass over these batches computes them once, in whichever model comes first
+        self.shared: Any = None
 
     @classmethod
     def of(cls, inputs: Batch | Sequence[Batch], size: int | None = None) -> "Batches":
@@ -85,14 +88,30 @@ def hooked_pass(model: nn.Module, inputs: Batch | Sequence[Batch], hooks: list[t
     """One pass of ``model`` (in eval mode) over the mini-batches of ``inputs`` with forward ``hooks`` attached,
     removed afterwards whatever happens: how scores and covariances are summed over a calibration set."""
     handles = [module.register_forward_hook(hook, with_kwargs=with_kwargs) for module, hook in hooks]
+    batches = Batches.of(inputs)
+    names = {id(m): n for n, m in model.named_modules()}
+    hooked = [names[id(module)] for module, _ in hooks if id(module) in names]
+    inside = lambda name: any(h == name or h.startswith(name + ".") for h in hooked)  # noqa: E731
     try:
-        for batch in Batches.of(inputs):
+        for i, batch in enumerate(batches):
             if before_batch is not None:
                 before_batch()
-            model.eval()(**batch)
+            shared = batches.shared.attach(model, i, avoid=inside) if batches.shared is not None else ([], [])
+            try:
+                model.eval()(**batch)
+            finally:
+                _undo(*shared)
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _undo(handles: list[Any], patched: list[nn.Module]) -> None:
+    """Remove hooks and patched ``forward`` attributes."""
+    for handle in handles:
+        handle.remove()
+    for module in patched:
+        del module.forward
 
 
 def _examples(batch: Batch) -> int:
@@ -370,12 +389,15 @@ class Walker:
 
         handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in self.modules.values()]
         handles += [m.register_forward_hook(post, with_kwargs=True) for m in self.modules.values()]
+        # the shared parts (``prefix.Prefix``) are replayed here too: their inner calls are never stages
+        shared = self.batches.shared.attach(self.model, 0) if self.batches.shared is not None else ([], [])
         try:
             with uses:
                 self.model.eval()(**self.batches[0])
         finally:
             for h in handles:
                 h.remove()
+            _undo(*shared)
         self.written, self.unread = uses.written, uses.unread()
         for calls in self.calls.values():
             calls.sort(key=lambda c: c.enter)
@@ -471,8 +493,10 @@ class Walker:
         that call only (``fn(module, args, kwargs[, output])``); any of them may raise ``Stop``."""
         replayed = self.replayed if replayed is None else replayed
         skipped = self.skipped if skipped is None else skipped
-        handles, patched = [], []
-        for name in replayed:
+        shared = self.batches.shared
+        handles, patched = shared.attach(self.model, i, record=record) if shared is not None else ([], [])
+        common = set(shared.stores) if shared is not None and shared.applies(self.model) else set()
+        for name in replayed - common:  # the shared parts are replayed from their own store
             module, store = self.modules[name], self.stores.get(name)
             if store is None and record:
                 store = self.stores[name] = Store(self.spill, copy=name in self.written,
@@ -494,10 +518,7 @@ class Walker:
         except Stop:
             pass
         finally:
-            for h in handles:
-                h.remove()
-            for module in patched:
-                del module.forward
+            _undo(handles, patched)
 
     def visible(self, name: str, replayed: set[str], skipped: dict[str, Any]) -> list[int]:
         """The traced indices of the calls of ``name`` a walk really makes, in order."""

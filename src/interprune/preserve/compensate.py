@@ -235,7 +235,8 @@ def compensate(
     report.held_out_examples = batches.examples // HOLD_OUT_EVERY if holdout else 0
     modules = dict(target.named_modules())
     active = _active(source, target, kept, source_name, layers, report)
-    spill = Spill(budget)
+    shared = batches.shared
+    spill = shared.spill if shared is not None else Spill(budget)  # one budget for every stored boundary
     walkers = Walker(target.eval(), batches, spill), Walker(source.eval(), batches, spill)
     try:
         for walker in walkers:
@@ -257,7 +258,8 @@ def compensate(
     finally:
         for walker in walkers:
             walker.close()
-        spill.close()
+        if shared is None:
+            spill.close()
     return report
 
 

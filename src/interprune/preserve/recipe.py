@@ -32,7 +32,8 @@ from .compensate import compensate
 from .importance import (activation_scores, choose, choose_layers, layer_influence, layer_name_map,
                          magnitude_scores)
 from .rotate import query_key_axes, rotate_heads
-from ..walk import Batches
+from ..prefix import find_prefix
+from ..walk import Batches, Spill
 
 __all__ = ["Preservation", "fill"]
 
@@ -82,6 +83,22 @@ def fill(
     ``budget`` bounds the boundary activations compensation keeps in memory (bytes; the rest spill to disk)."""
     check_recipe(method, calibration=inputs is not None, compensate=compensate_layers, layers=layers, rotate=rotate)
     batches = Batches.of(inputs, batch_size) if inputs is not None else None
+    passes = (method == "calibrated") + rotate + 2 * compensate_layers + (layers == "importance")
+    if batches is not None and passes > 1:  # what the shrink leaves as it is runs once, not once per pass
+        batches.shared = find_prefix(source, target, batches, Spill(budget))
+    try:
+        return _fill(source, target, method, batches, compensate_layers, layers, rotate, seed, budget, progress)
+    finally:
+        if batches is not None and batches.shared is not None:
+            batches.shared.close()
+            batches.shared.spill.close()
+            batches.shared = None
+
+
+def _fill(source: nn.Module, target: nn.Module, method: str, batches: Batches | None, compensate_layers: bool,
+          layers: str, rotate: bool, seed: int, budget: int | None,
+          progress: Callable[[int, int], None] | None) -> tuple[Any, Preservation]:
+    """``fill`` once the calibration batches are made (and share what every pass computes alike)."""
     inputs = batches
     record = Preservation(method, layer_choice=layers, calibration_examples=batches.examples if batches else 0)
     plan = make_plan(source, target)
