@@ -58,7 +58,8 @@ elif job == "forward":  # the source in float32 (as the recipe computes) over th
     inputs = calibration_inputs(extra["data"], model_processor(source), count=extra["count"])
     start = time.perf_counter()
     with torch.no_grad():
-        for batch in Batches.of(inputs, extra["batch"]):
+        from interprune.weights.shrink import auto_batch
+        for batch in Batches.of(inputs, extra["batch"] or auto_batch(inputs)):
             model(**batch)
 else:
     code = main(["shrink", source, "--out", out, *extra["args"]])
@@ -177,7 +178,7 @@ def main() -> None:
     parser.add_argument("--models", default="qwen251m,detr")
     parser.add_argument("--jobs", default="load+save,select,calibrated,full")
     parser.add_argument("--sizes", default=None, help="calibration sizes (default: the issue's three per model)")
-    parser.add_argument("--batch", type=int, default=8, help="--calibration-batch")
+    parser.add_argument("--batch", type=int, default=None, help="--calibration-batch (default: shrink's own)")
     parser.add_argument("--cap-mb", type=int, default=10000, help="guard cap of every job (MB)")
     parser.add_argument("--memory-budget", default=None, help="--memory-budget of the data-aware jobs (e.g. 256MB: "
                         "stored activations past it go to disk)")
@@ -207,7 +208,8 @@ def main() -> None:
                     options = ["--method", "calibrated"] + (["--rotate", "--compensate"] if job == "full" else [])
                     extra = {"args": [*options, *sum((["--set", s] for s in CUTS[model]), []),
                                       "--calibration", str(calibration(work, model, size)),
-                                      "--calibration-size", str(size), "--calibration-batch", str(args.batch)]}
+                                      "--calibration-size", str(size),
+                                      *(["--calibration-batch", str(args.batch)] if args.batch else [])]}
                     if args.memory_budget:
                         extra["args"] += ["--memory-budget", args.memory_budget]
                     label = f"{' '.join(options[1:])} ({size}{', budget ' + args.memory_budget if args.memory_budget else ''})"

@@ -73,3 +73,25 @@ def test_images_need_an_image_processor(tmp_path):
         calibration_inputs(tmp_path, Tokenizer())
     with pytest.raises(InterpruneError, match="at least 1"):
         calibration_inputs(tmp_path, ImageProcessor(), count=0)
+
+
+def test_images_processed_a_few_at_a_time_give_the_processors_one_batch(tmp_path):
+    """Chunks are padded to the largest image of all, as the processor pads one batch."""
+    import numpy as np
+    from transformers import DetrImageProcessor
+
+    from interprune.data.loader import load_image
+    from interprune.preserve.calibration import _processed
+
+    gen = np.random.default_rng(0)
+    files = []
+    for i, (w, h) in enumerate([(40, 30), (30, 50), (64, 20), (20, 20), (50, 44)]):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray((gen.random((h, w, 3)) * 255).astype("uint8")).save(files[-1])
+    processor = DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    whole = processor(images=[load_image(f) for f in files], return_tensors="pt")
+    chunked = _processed(processor, files, load_image, chunk=2)
+    assert set(chunked) == {"pixel_values", "pixel_mask"}
+    for key in chunked:
+        assert chunked[key].dtype == whole[key].dtype
+        assert torch.equal(chunked[key], whole[key]), key

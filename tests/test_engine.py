@@ -59,3 +59,12 @@ def test_spilled_boundaries_give_the_same_model():
     a = fingerprint(*shrink(tiny_qwen(), overrides, **options))
     b = fingerprint(*shrink(tiny_qwen(), overrides, budget=2560, **options))
     assert a == b
+
+
+def test_the_default_mini_batch_holds_at_most_two_million_pixels():
+    from interprune.weights.shrink import auto_batch
+
+    assert auto_batch({"input_ids": torch.zeros(32, 256, dtype=torch.long)}) == 8
+    assert auto_batch({"pixel_values": torch.zeros(32, 3, 160, 160)}) == 8
+    assert auto_batch({"pixel_values": torch.zeros(32, 3, 800, 1066)}) == 2
+    assert auto_batch({"pixel_values": torch.zeros(4, 3, 1400, 1600)}) == 1

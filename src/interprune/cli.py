@@ -77,7 +77,8 @@ def _shrink_for(args: argparse.Namespace, budgets, dtype):
 
     options = dict(calibration=args.calibration, calibration_size=args.calibration_size, seed=args.seed,
                    compensate=args.compensate, rotate=args.rotate, layers=args.layers, dtype=dtype)
-    engine = dict(calibration_batch=args.calibration_batch, device=args.device, progress=progress_printer("stages"),
+    batch = "auto" if args.calibration_batch is None else args.calibration_batch
+    engine = dict(calibration_batch=batch, device=args.device, progress=progress_printer("stages"),
                   budget=parse_size(args.memory_budget) if args.memory_budget else None)
     if not budgets:
         model, report = shrink(args.source, parse_overrides(args.set), args.method, **options, **engine)
@@ -368,9 +369,9 @@ def add_shrink_parser(sub: Any) -> None:
                    "--rotate and --layers importance: a COCO/Roboflow dataset or image folder (vision models), "
                    "a text file with one example per line (text models)")
     p.add_argument("--calibration-size", type=int, default=32, help="calibration examples used (default 32)")
-    p.add_argument("--calibration-batch", type=int, default=8, metavar="N",
-                   help="calibration examples run together (default 8); memory grows with it, the result does not "
-                        "change beyond float rounding")
+    p.add_argument("--calibration-batch", type=int, default=None, metavar="N",
+                   help="calibration examples run together (default 8, fewer for large images: at most 2 million "
+                        "pixels); memory grows with it, the result does not change beyond float rounding")
     p.add_argument("--device", default="auto", help="where data-aware shrinking computes: auto (a GPU when there "
                    "is one), cpu, cuda or cuda:N")
     p.add_argument("--memory-budget", metavar="SIZE", help="activations the sequential engine keeps in memory "

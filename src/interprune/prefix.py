@@ -91,22 +91,30 @@ def find_prefix(source: nn.Module, target: nn.Module, batches: Batches, spill: S
         for n, t in swapped.items():
             t.data = src_state[n].data
         src_modules, tgt_modules = dict(source.named_modules()), dict(target.named_modules())
-        # only modules whose every tensor the transfer will copy can be shared: only they are compared
+        # only modules whose every tensor the transfer will copy can be shared: only they are compared,
+        # the outermost first, and the parts of one that differs in a further probe (a backbone is
+        # usually shared whole: one probe, and a few prints instead of one per convolution)
         candidates = {n for n, m in tgt_modules.items() if n and n in src_modules and _state(m)
                       and all(f"{n}.{k}" in swapped for k in _state(m))}
-        seen = [_probe(source, probe, candidates), _probe(target, probe, candidates)]
-        same = set()
-        for name, (calls, prints) in seen[1][0].items():
-            other = seen[0][0].get(name)
-            if not name or other is None or calls != 1 or other[0] != 1 or prints != other[1]:
-                continue
-            state = _state(tgt_modules[name])
-            if state and name in src_modules and _same_state(state, _state(src_modules[name])):
-                same.add(name)
-        outer = sorted(n for n in same if not any(a in same for a in _ancestors(n)))
-        prefix = Prefix(source, outer, spill or Spill(), set().union(*(s[1].written for s in seen)),
-                        {n: seen[0][1].unread().get(n, frozenset()) & seen[1][1].unread().get(n, frozenset())
-                         for n in outer})
+        compared = {n for n in candidates if not any(a in candidates for a in _ancestors(n))}
+        same: set[str] = set()
+        uses = None
+        while compared:
+            seen = [_probe(source, probe, compared), _probe(target, probe, compared)]
+            uses = uses or [s[1] for s in seen]
+            differ = set()
+            for name in compared:
+                mine, other = seen[1][0].get(name), seen[0][0].get(name)
+                if mine is not None and mine == other and mine[0] == 1:
+                    same.add(name)
+                else:
+                    differ.add(name)
+            compared = {n for n in candidates for a in differ if n.startswith(a + ".")
+                        and not any(b in candidates and b.startswith(a + ".") for b in _ancestors(n))}
+        outer = sorted(same)
+        written = set().union(*(u.written for u in uses)) if uses else set()
+        unread = {n: uses[0].unread().get(n, frozenset()) & uses[1].unread().get(n, frozenset()) for n in outer}
+        prefix = Prefix(source, outer, spill or Spill(), written, unread)
     finally:
         for n, t in swapped.items():
             t.data = saved[n]

@@ -128,6 +128,8 @@ class Call:
     exit: int
     input_id: int | None
     output_ids: frozenset[int]
+    input_size: int = 0  # elements of the first positional input
+    output_size: int = 0  # elements of every tensor returned
 
 
 def _tensors(value: Any) -> list[Tensor]:
@@ -376,15 +378,18 @@ class Walker:
         def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
             counter[0] += 1
             first = args[0] if args and isinstance(args[0], Tensor) else None
-            open_calls.setdefault(id(module), []).append((counter[0], None if first is None else serial(first)))
+            open_calls.setdefault(id(module), []).append(
+                (counter[0], None if first is None else serial(first), 0 if first is None else first.numel()))
 
         uses = _Uses()
 
         def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             counter[0] += 1
-            enter, input_id = open_calls[id(module)].pop()
+            enter, input_id, size = open_calls[id(module)].pop()
+            tensors = _tensors(output)
             self.calls.setdefault(names[id(module)], []).append(
-                Call(enter, counter[0], input_id, frozenset(serial(t) for t in _tensors(output))))
+                Call(enter, counter[0], input_id, frozenset(serial(t) for t in tensors), size,
+                     sum(t.numel() for t in tensors)))
             uses.produced(names[id(module)], output)
 
         handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in self.modules.values()]
@@ -411,7 +416,7 @@ class Walker:
         whose call ended before it, drop stores they subsume, and skip stored ones a later replayed module
         consumes, when the first mini-batch shows that the stage sees the same inputs without them."""
         done = {n for n, calls in self.calls.items() if n and len(calls) == 1 and calls[0].exit < start}
-        outer = {n for n in done if not any(a in done for a in _ancestors(n))}
+        outer = {n for n in done if not any(a in done for a in _ancestors(n))} - self._wide_parts(start)
         complete = {n for n in outer if n in self.stores and len(self.stores[n].items) == len(self.batches)}
         # a module replayed for the first time is recorded from its parts' stores, so it keeps the outputs
         # they had when they ran (a norm refit again later must not change what an earlier block saw)
@@ -437,6 +442,18 @@ class Walker:
                 self.skipped[name] = store.shapes
                 self.replayed.discard(name)
                 store.drop()
+
+    def _wide_parts(self, start: int) -> set[str]:
+        """Parts of the stage's block whose output is larger than the block's input (an FFN's up projection):
+        recomputed from the stored parts before them at each later stage of the block rather than stored for
+        every example, which made memory grow by several boundaries' worth with the calibration set."""
+        name = next((n for n, calls in self.calls.items() for c in calls if c.enter == start), None)
+        block = _outer_block(name) if name is not None else None
+        if block is None or len(self.calls.get(block, [])) != 1:
+            return set()
+        limit = self.calls[block][0].input_size
+        return {n for n, calls in self.calls.items() if n.startswith(block + ".") and len(calls) == 1
+                and calls[0].exit < start and calls[0].output_size > limit > 0}
 
     def _same_view(self, candidates: frozenset[str], start: int) -> bool:
         """Whether every module call of the rest of the forward on the first mini-batch gets the same

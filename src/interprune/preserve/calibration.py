@@ -19,6 +19,8 @@ from ..errors import InterpruneError
 
 __all__ = ["calibration_inputs"]
 
+CHUNK = 8  # images processed at a time
+
 
 def _image_files(data: Path) -> list[Path]:
     """The training images of a Roboflow export or COCO JSON, else every image in the folder (one split
@@ -81,5 +83,35 @@ def calibration_inputs(
 
     _warn_short(path, len(files), count)
     files = sorted(rng.sample(files, count)) if len(files) > count else files
-    encoded = processor(images=[load_image(f) for f in files], return_tensors="pt")
-    return {k: encoded[k] for k in ("pixel_values", "pixel_mask") if k in encoded}
+    return _processed(processor, files, load_image)
+
+
+def _processed(processor: Any, files: list[Path], load: Any, chunk: int = CHUNK) -> dict[str, Any]:
+    """The processor's batch of all ``files``, made ``chunk`` images at a time: processing 32 photos at
+    once held every decoded image and several float copies of the whole set (35 MB per 800 px image, twice
+    what the batch itself takes). A processor that pads (it returns a ``pixel_mask``) pads every image at
+    the bottom and right to the largest, so chunks padded to the largest of all give its one-batch result."""
+    parts = []
+    for i in range(0, len(files), chunk):
+        encoded = processor(images=[load(f) for f in files[i:i + chunk]], return_tensors="pt")
+        parts.append({k: encoded[k] for k in ("pixel_values", "pixel_mask") if k in encoded})
+    shapes = {tuple(p["pixel_values"].shape[-2:]) for p in parts}
+    if len(shapes) > 1 and "pixel_mask" not in parts[0]:  # images of several sizes and no mask: the processor's way
+        encoded = processor(images=[load(f) for f in files], return_tensors="pt")
+        return {k: encoded[k] for k in ("pixel_values", "pixel_mask") if k in encoded}
+    height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
+    out = {}
+    for key in parts[0]:
+        first = parts[0][key]
+        # not touched until written (pages are mapped as they fill), so with each part freed once copied
+        # the whole set is held about once
+        out[key] = first.new_empty((len(files), *first.shape[1:-2], height, width))
+    start = 0
+    while parts:
+        part = parts.pop(0)
+        for key, value in part.items():
+            rows = out[key][start:start + len(value)]
+            rows.zero_()
+            rows[..., :value.shape[-2], :value.shape[-1]] = value
+        start += len(part["pixel_values"])
+    return out

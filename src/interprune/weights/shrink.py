@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -52,7 +52,7 @@ def shrink(
     compensate: bool = False,
     layers: str = "first",
     rotate: bool = False,
-    calibration_batch: int | None = None,
+    calibration_batch: int | str | None = None,
     budget: int | None = None,
     device: str | None = None,
     progress: Any = None,
@@ -65,7 +65,8 @@ def shrink(
     the method would keep, see ``transfer``. The importance methods (``magnitude``, ``calibrated``) and
     the options ``layers``, ``rotate`` and ``compensate`` are ``preserve.fill``'s; ``calibration`` is a
     data path (prepared by the source's own processor, ``calibration_size`` examples) or an already
-    prepared batch of inputs, run ``calibration_batch`` examples at a time (all at once for None) through
+    prepared batch of inputs, run ``calibration_batch`` examples at a time (all at once for None; ``"auto"``:
+    ``auto_batch``) through
     the sequential engine (``walk``); ``budget`` bounds its stored activations in bytes (the rest spill to
     disk); ``device`` is where the data-aware math runs (``auto``: a GPU when there is one).
     """
@@ -97,11 +98,13 @@ def shrink(
     return target, report
 
 
-def _check_request(method: str, calibration: Any, calibration_batch: int | None, compensate: bool, layers: str,
+def _check_request(method: str, calibration: Any, calibration_batch: int | str | None, compensate: bool, layers: str,
                    rotate: bool, fixed: bool) -> bool:
     """The method and its options, before any work; True when the data-aware recipe fills the target.
     ``fixed``: the caller gave ``reinit`` or ``choices``, which only a plain transfer takes."""
-    if calibration_batch is not None and calibration_batch < 1:
+    if calibration_batch == "auto":
+        pass
+    elif isinstance(calibration_batch, str) or (calibration_batch is not None and calibration_batch < 1):
         raise InterpruneError(f"--calibration-batch must be at least 1, got {calibration_batch}")
     if method not in METHODS:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
@@ -127,6 +130,8 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
 
         processor = model_processor(source if not isinstance(source, PreTrainedModel) else source.name_or_path)
         inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
+    if run.batch == "auto":
+        run = replace(run, batch=auto_batch(inputs))
     _check_budget(run.budget, model.config, inputs, run.batch)
     # least squares in full precision, without changing a caller's half-precision model
     ours = not isinstance(source, PreTrainedModel)  # loaded here: converted in place, not copied
@@ -144,11 +149,25 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
     return report
 
 
+AUTO_EXAMPLES, AUTO_PIXELS = 8, 2_000_000
+
+
+def auto_batch(inputs: Any) -> int:
+    """The default mini-batch: 8 examples, or fewer images when they are large, so that one mini-batch holds
+    at most 2 million pixels. A detector's backbone at 800 px keeps several maps of its whole mini-batch
+    alive: DETR-R50 with 32 images peaked at 3.8 GB in mini-batches of 8 and at 2.5 GB in mini-batches of 2,
+    and ran no slower (a convolution at that size keeps both cores busy on one image)."""
+    pixels = inputs.get("pixel_values") if isinstance(inputs, dict) else None
+    if not isinstance(pixels, torch.Tensor) or pixels.dim() < 3:
+        return AUTO_EXAMPLES
+    return max(1, min(AUTO_EXAMPLES, AUTO_PIXELS // (pixels.shape[-1] * pixels.shape[-2])))
+
+
 @dataclass(frozen=True)
 class Run:
     """How the data-aware recipe runs: mini-batch size, memory budget (bytes), device, progress callback."""
 
-    batch: int | None
+    batch: int | str | None
     budget: int | None
     device: str
     progress: Any
