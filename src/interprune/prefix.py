@@ -40,13 +40,14 @@ class Prefix:
         modules = dict(reference.named_modules())
         self._reference = {n: _state(modules[n]) for n in names}
         self._checked: dict[int, bool] = {}
+        self._modules: dict[int, dict[str, nn.Module]] = {}  # per model: walking its modules at every run cost seconds
 
     def applies(self, model: nn.Module) -> bool:
         """Whether ``model`` holds the same tensors in every stored module (checked once per model; a copy
         with other weights there, or another architecture, computes its own)."""
         key = id(model)
         if key not in self._checked:
-            modules = dict(model.named_modules())
+            modules = self._modules.setdefault(key, dict(model.named_modules()))
             self._checked[key] = all(n in modules and _same_state(_state(modules[n]), self._reference[n])
                                      for n in self.names)
         return self._checked[key]
@@ -60,7 +61,7 @@ class Prefix:
         patched: list[nn.Module] = []
         if not self.applies(model):
             return handles, patched
-        modules = dict(model.named_modules())
+        modules = self._modules[id(model)]
         for name, store in self.stores.items():
             if avoid(name):
                 continue

@@ -19,6 +19,8 @@ keeps (``first``, ``uniform``, or ``importance``: the layers that change the hid
 
 from __future__ import annotations
 
+import weakref
+
 from typing import Any, Callable
 
 import torch
@@ -90,17 +92,34 @@ def _energies(model: nn.Module, inputs: Batch | Batches, modules: set[str]) -> d
             x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
             key = (name, calls.get(name, 0))
             calls[name] = key[1] + 1
-            ex, ey = _square_sums(x), _square_sums(y)
+            conv = isinstance(module, nn.Conv2d)
+            ex, ey = known(args[0], x, conv), known(output, y, conv)
             if key in sums:
-                sums[key][0] += ex
-                sums[key][1] += ey
+                sums[key][0] = sums[key][0] + ex  # not in place: a sum may be shared by the tensor's readers
+                sums[key][1] = sums[key][1] + ey
                 sums[key][2] += x.shape[0]
             else:
                 sums[key] = [ex, ey, x.shape[0]]
         return fn
 
+    done: dict[tuple[int, bool], tuple[Any, int, Tensor]] = {}  # one forward's summed tensors (held weakly)
+
+    def known(tensor: Tensor, rows: Tensor, conv: bool) -> Tensor:
+        """Queries, keys and values read one tensor, and a norm's output is the next layer's input: each
+        tensor's sums are computed once per forward (unless it was changed in place since)."""
+        seen = done.get((id(tensor), conv))
+        if seen is not None and seen[0]() is tensor and seen[1] == tensor._version:
+            return seen[2]
+        sums = _square_sums(rows)
+        done[(id(tensor), conv)] = (weakref.ref(tensor), tensor._version, sums)
+        return sums
+
+    def next_batch() -> None:
+        calls.clear()
+        done.clear()
+
     named = dict(model.named_modules())
-    hooked_pass(model, inputs, [(named[n], hook(n)) for n in modules if n in named], before_batch=calls.clear)
+    hooked_pass(model, inputs, [(named[n], hook(n)) for n in modules if n in named], before_batch=next_batch)
     found: dict[str, list[Tensor]] = {}
     for (name, _), (ex, ey, rows) in sorted(sums.items(), key=lambda kv: kv[0]):
         mean = [ex / rows, ey / rows]
