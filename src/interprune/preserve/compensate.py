@@ -235,8 +235,7 @@ def compensate(
     report.held_out_examples = batches.examples // HOLD_OUT_EVERY if holdout else 0
     modules = dict(target.named_modules())
     active = _active(source, target, kept, source_name, layers, report)
-    shared = batches.shared
-    spill = shared.spill if shared is not None else Spill(budget)  # one budget for every stored boundary
+    spill = Spill(budget) if batches.shared is None else batches.shared.spill  # one budget for every boundary
     walkers = Walker(target.eval(), batches, spill), Walker(source.eval(), batches, spill)
     try:
         for walker in walkers:
@@ -258,7 +257,7 @@ def compensate(
     finally:
         for walker in walkers:
             walker.close()
-        if shared is None:
+        if batches.shared is None:  # else the shared parts' owner closes it
             spill.close()
     return report
 
