@@ -13,7 +13,10 @@ input is made exactly as the model makes it) but
   stack): they return a zero placeholder of the same shape, checked on the first mini-batch to change
   nothing the current stage sees, so only one boundary of activations stays stored;
 * **stops** as soon as the current stage has what it needs (``Stop``), so a stage costs the part of the
-  model between the stored boundary and itself.
+  model between the stored boundary and itself;
+* **shares** the outputs of parts the source and the target have in common (``Batches.shared``, found by
+  ``prefix.find_prefix``) with every other pass and model of the recipe, and recomputes the parts of the
+  current block that are wider than its input instead of storing them for every example.
 
 The first mini-batch is traced once (which module calls which, in what order, on which tensors); stages
 are named by a module and the index of its call, so modules called several times per forward (a shared
