@@ -42,6 +42,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(detr_dir, tmp_path, cap
         ["--set", "d_model=30"],
         ["--set", "no_such_key=1"],
         ["--set", "d_model"],
+        ["--method", "calibrated", "--calibration", str(tmp_path), "--calibration-batch", "0"],
     ]
     for extra in cases:
         assert main(["shrink", str(detr_dir), "--out", str(tmp_path / "x"), *extra]) == 2

@@ -102,9 +102,8 @@ def _check_request(method: str, calibration: Any, calibration_batch: int | str |
                    rotate: bool, fixed: bool) -> bool:
     """The method and its options, before any work; True when the data-aware recipe fills the target.
     ``fixed``: the caller gave ``reinit`` or ``choices``, which only a plain transfer takes."""
-    if calibration_batch == "auto":
-        pass
-    elif isinstance(calibration_batch, str) or (calibration_batch is not None and calibration_batch < 1):
+    if calibration_batch != "auto" and (isinstance(calibration_batch, str) or (
+            calibration_batch is not None and calibration_batch < 1)):
         raise InterpruneError(f"--calibration-batch must be at least 1, got {calibration_batch}")
     if method not in METHODS:
         raise InterpruneError(f"unknown method {method!r}; run 'interprune methods' to list them")
