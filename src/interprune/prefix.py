@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import _disable_current_modes
 
-from .walk import Batches, Spill, Store, _tensors, _Uses, split_batch
+from .walk import Batches, Spill, Store, _ancestors, _Uses, print_of, serve, split_batch
 
 __all__ = ["Prefix", "find_prefix"]
 
@@ -65,17 +65,14 @@ class Prefix:
         for name, store in self.stores.items():
             if avoid(name):
                 continue
-            module = modules[name]
-            if i in store.items:
-                module.forward = (lambda s: lambda *a, **k: s.get(i))(store)
-                patched.append(module)
-            elif record:
-                handles.append(module.register_forward_hook((lambda s: lambda m, a, o: s.put(i, o))(store)))
+            serve(modules[name], store, i, record, handles, patched)
         return handles, patched
 
     def close(self) -> None:
+        """Drop every stored output and the spill folder (compensation borrows the spill; it is closed here)."""
         for store in self.stores.values():
             store.drop()
+        self.spill.close()
 
 
 @torch.no_grad()
@@ -127,8 +124,8 @@ def _alike(a: Tensor, b: Tensor) -> bool:
 
 
 def _probe(model: nn.Module, batch: dict[str, Any], compared: set[str]) -> tuple[dict[str, tuple[int, tuple]], _Uses]:
-    """Per module: how often the forward calls it, and a print of its inputs and outputs (shapes, sums and
-    sums of squares in float64) at its first call; and how the forward uses each output."""
+    """Per module: how often the forward calls it, and a print of its inputs and outputs (``walk.print_of``) at
+    its first call, for the ``compared`` ones; and how the forward uses each output."""
     names = {id(m): n for n, m in model.named_modules()}
     found: dict[str, tuple[int, tuple]] = {}
     uses = _Uses()
@@ -138,7 +135,7 @@ def _probe(model: nn.Module, batch: dict[str, Any], compared: set[str]) -> tuple
         calls, prints = found.get(name, (0, None))
         if prints is None and name in compared:
             with _disable_current_modes():  # the prints are not reads of the forward
-                prints = (_print((args, kwargs)), _print(output))
+                prints = (print_of((args, kwargs)), print_of(output))
         found[name] = (calls + 1, prints)
         uses.produced(name, output)
 
@@ -152,20 +149,6 @@ def _probe(model: nn.Module, batch: dict[str, Any], compared: set[str]) -> tuple
     return found, uses
 
 
-def _print(value: Any) -> tuple:
-    """Shapes, dtypes, the sum of every element and the sum of squares of a spread sample: equal for the
-    same computation, and unequal for any other in practice; one read of each tensor, no float64 copy."""
-    out = []
-    for t in _tensors(value):
-        t = t.detach()
-        if t.is_complex():
-            t = torch.view_as_real(t)
-        sample = t.reshape(-1)[::61].double()
-        wide = torch.float64 if t.is_floating_point() else torch.int64
-        out.append((tuple(t.shape), str(t.dtype), float(t.sum(dtype=wide)), float((sample * sample).sum())))
-    return tuple(out)
-
-
 def _state(module: nn.Module) -> dict[str, Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
@@ -173,8 +156,3 @@ def _state(module: nn.Module) -> dict[str, Tensor]:
 def _same_state(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
     return a.keys() == b.keys() and all(
         a[k] is b[k] or (a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k])) for k in a)
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["Stop", "Walker", "Batches", "split_batch", "Call"]
+__all__ = ["Stop", "Walker", "Batches", "split_batch", "Call", "hooked_pass", "print_of", "serve"]
 
 Batch = dict[str, Any]
 
@@ -108,6 +108,17 @@ def hooked_pass(model: nn.Module, inputs: Batch | Sequence[Batch], hooks: list[t
     finally:
         for handle in handles:
             handle.remove()
+
+
+def serve(module: nn.Module, store: "Store", i: int, record: bool, handles: list[Any],
+          patched: list[nn.Module]) -> None:
+    """Make ``module`` return mini-batch ``i``'s output from ``store``, or (``record``) store it when it runs;
+    the patched module or the hook handle is added to the lists for ``_undo``."""
+    if i in store.items:
+        module.forward = lambda *a, **k: store.get(i)
+        patched.append(module)
+    elif record:
+        handles.append(module.register_forward_hook(lambda m, a, o: store.put(i, o)))
 
 
 def _undo(handles: list[Any], patched: list[nn.Module]) -> None:
@@ -328,6 +339,22 @@ def _to(value: Any, device: torch.device | None) -> Any:
     return value if device is None else _map(value, lambda t: t.to(device))
 
 
+def print_of(value: Any) -> tuple:
+    """Every tensor in ``value`` as its shape, dtype, sum and sum of squares (accumulated in float64 or int64,
+    without a float64 copy of the tensor): equal for the same computation, unequal for any other in practice.
+    How the engine tells whether a forward saw the same inputs."""
+    out = []
+    for t in _tensors(value):
+        kind, t = str(t.dtype), t.detach()
+        if t.is_complex():
+            t = torch.view_as_real(t)
+        if not t.is_floating_point():
+            t = t.long()
+        wide = torch.float64 if t.is_floating_point() else torch.int64
+        out.append((tuple(t.shape), kind, float(t.sum(dtype=wide)), float((t * t).sum(dtype=wide))))
+    return tuple(out)
+
+
 def _ancestors(name: str) -> Iterator[str]:
     parts = name.split(".")
     for i in range(1, len(parts)):
@@ -479,9 +506,7 @@ class Walker:
             raise Stop
 
         def note(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            for t in _tensors((args, kwargs)):
-                v = t.detach().double() if t.is_floating_point() or t.is_complex() else t.detach().long()
-                prints.append((tuple(t.shape), float(v.sum()), float((v * v).sum())))
+            prints.append(print_of((args, kwargs)))
 
         # a replayed or skipped module returns what is stored whatever it is called with: its inputs (the
         # placeholder itself, when the next block reads it) are not something the stage sees
@@ -522,11 +547,8 @@ class Walker:
             if store is None and record:
                 store = self.stores[name] = Store(self.spill, copy=name in self.written,
                                                   unread=self.unread.get(name, frozenset()))
-            if store is not None and i in store.items:
-                module.forward = (lambda s: lambda *a, **k: s.get(i))(store)
-                patched.append(module)
-            elif record:
-                handles.append(module.register_forward_hook((lambda s: lambda m, a, o: s.put(i, o))(store)))
+            if store is not None:
+                serve(module, store, i, record, handles, patched)
         for name, shapes in skipped.items():
             self.modules[name].forward = (lambda v: lambda *a, **k: _placeholder(v))(shapes)
             patched.append(self.modules[name])

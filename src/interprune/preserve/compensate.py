@@ -236,7 +236,7 @@ def compensate(
     modules = dict(target.named_modules())
     active = _active(source, target, kept, source_name, layers, report)
     spill = Spill(budget) if batches.shared is None else batches.shared.spill  # one budget for every boundary
-    walkers = Walker(target.eval(), batches, spill), Walker(source.eval(), batches, spill)
+    walkers = Walker(target, batches, spill), Walker(source, batches, spill)  # in eval mode
     try:
         for walker in walkers:
             walker.trace()

@@ -91,7 +91,6 @@ def fill(
     finally:
         if batches is not None and batches.shared is not None:
             batches.shared.close()
-            batches.shared.spill.close()
             batches.shared = None
 
 
