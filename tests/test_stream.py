@@ -92,14 +92,21 @@ def test_a_memory_budget_below_one_boundary_is_one_line_naming_the_size(tmp_path
         shrink(tiny_qwen(), {"hidden_size": 16}, "calibrated", calibration=text_ids(), calibration_batch=2, budget=10)
 
 
-@pytest.mark.parametrize("family", ["tied", "fused"])
-def test_tied_and_fused_sources_stream_too(tmp_path, family):
-    """A checkpoint leaves a tied copy out, and fused q|k|v is filled part by part: neither needs the target's
-    own values, so both stream (no fall-back to memory) and equal the in-memory result."""
+@pytest.mark.parametrize("family", ["tied", "fused", "renamed"])
+def test_tied_fused_and_renamed_sources_stream_too(tmp_path, family):
+    """A checkpoint leaves a tied copy out, fused q|k|v is filled part by part, and transformers 5 renames
+    DETR's keys as it loads and saves (``backbone.conv_encoder``, ``out_proj``, ``layers.N.fc1``): none
+    needs the target's own values, so all stream (no fall-back to memory) and equal the in-memory result,
+    file names included."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+    from .conftest import tiny_detr
+
     torch.manual_seed(0)
-    if family == "tied":
+    if family == "renamed":
+        model = tiny_detr()
+        cut = {"d_model": 16, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32}
+    elif family == "tied":
         model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
                                              tie_word_embeddings=True))
@@ -114,3 +121,35 @@ def test_tied_and_fused_sources_stream_too(tmp_path, family):
     save(memory, tmp_path / "memory", report=expected, source=tmp_path / "source")
     a, b = tensors(tmp_path / "streamed"), tensors(tmp_path / "memory")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if family == "renamed":  # the file keeps the names every release reads, as save_pretrained writes them
+        assert any("conv_encoder" in k for k in a) and any(k.endswith("out_proj.weight") for k in a)
+
+
+def test_tensor_files_are_written_as_tensors_arrive_and_read_by_safetensors(tmp_path):
+    """The streamed writer declares every tensor first and writes each as it comes, in any order it comes;
+    safetensors reads the shards back exactly, and our reader reads safetensors' own files exactly."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    values = {"a": torch.randn(3, 5), "b": torch.arange(7), "c": torch.randn(4).to(torch.bfloat16),
+              "empty": torch.zeros(0, 3), "flag": torch.tensor([True, False]), "scalar": torch.tensor(2.5)}
+    layout = [(name, v.dtype, tuple(v.shape)) for name, v in values.items()]
+    from interprune.stream import ShardWriter
+
+    writer = ShardWriter(tmp_path, 64, layout)
+    for name in ["b", "a", "flag", "c", "scalar", "empty"]:  # out of order: each waits for its turn
+        writer.add(name, values[name])
+    writer.close()
+    assert (tmp_path / INDEX).is_file()
+    assert tensors(tmp_path).keys() == values.keys()
+    assert all(torch.equal(tensors(tmp_path)[k], v) for k, v in values.items())
+    save_file(values, tmp_path / "theirs.safetensors")
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (tmp_path / "theirs.safetensors").rename(folder / "model.safetensors")
+    checkpoint = Checkpoint(folder)
+    assert all(torch.equal(checkpoint[k], v) and checkpoint[k].dtype == v.dtype for k, v in values.items())
+    with open(folder / "model.safetensors", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 4)
+    with pytest.raises(InterpruneError, match="truncated"):
+        Checkpoint(folder)

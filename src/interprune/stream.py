@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import InterpruneError, first_line
+from .tensorfile import DTYPES, TensorFileWriter, nbytes, read_header, read_tensor
 
 __all__ = ["Checkpoint", "ShardWriter", "parse_size", "stream_shrink", "INDEX"]
 
@@ -61,32 +62,50 @@ class Checkpoint(Mapping[str, Tensor]):
             self.files = {}
         else:
             raise InterpruneError(f"{self.folder} has no {SINGLE} or {INDEX}")
-        self._handles: dict[Path, Any] = {}
+        self.headers: dict[Path, tuple[int, dict]] = {}
         for path in sorted(set(self.files.values())) or [self.folder / SINGLE]:
-            names = self._handle(path).keys()  # every header read now: a damaged file is refused before work
+            try:  # every header read now: a damaged file is refused before work
+                self.headers[path] = read_header(path)
+            except (OSError, ValueError) as err:
+                raise InterpruneError(f"cannot read the weights of {self.folder}: {path.name}: {first_line(err)}; "
+                                      f"the file is truncated or not a model file: save or download it again") from None
             if not self.files:
-                self.files = {name: path for name in names}
+                self.files = {name: path for name in self.headers[path][1]}
+        self.stored = {name: name for name in self.files}  # the name a tensor is asked for -> its key in the file
+        self._fds: dict[Path, int] = {}
+
+    def named_for(self, model: torch.nn.Module) -> "Checkpoint | None":
+        """This checkpoint under ``model``'s tensor names, or ``None`` when it cannot be read one tensor at a
+        time. transformers 5 renames keys as it loads (DETR's ``backbone.conv_encoder`` -> ``backbone``,
+        ``out_proj`` -> ``o_proj``) and renames them back as it saves; a key its loader *converts* (experts
+        stacked from one tensor each) needs several tensors at once."""
+        from .hf.naming import load_names
+
+        names = load_names(model, self.files)
+        if names is None:
+            return None
+        view = object.__new__(Checkpoint)
+        view.folder, view.headers, view._fds = self.folder, self.headers, self._fds
+        view.stored = names
+        view.files = {name: self.files[key] for name, key in names.items()}
+        return view
 
     @staticmethod
     def found(folder: str | os.PathLike) -> bool:
         folder = Path(folder)
         return folder.is_dir() and ((folder / INDEX).is_file() or (folder / SINGLE).is_file())
 
-    def _handle(self, path: Path) -> Any:
-        from safetensors import safe_open
-
-        if path not in self._handles:
-            try:
-                self._handles[path] = safe_open(str(path), "pt")
-            except Exception as err:
-                raise InterpruneError(f"cannot read the weights of {self.folder}: {first_line(err)}; the file is "
-                                      f"truncated or not a model file: save or download it again") from None
-        return self._handles[path]
+    def entry(self, name: str) -> dict:
+        """The header entry of ``name``: its dtype, shape and byte range."""
+        return self.headers[self.files[name]][1][self.stored[name]]
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self.files:
             raise KeyError(name)
-        return self._handle(self.files[name]).get_tensor(name)
+        path = self.files[name]
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return read_tensor(self._fds[path], self.headers[path][0], self.entry(name))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.files)
@@ -94,46 +113,72 @@ class Checkpoint(Mapping[str, Tensor]):
     def __len__(self) -> int:
         return len(self.files)
 
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
 
 class ShardWriter:
     """Tensors in, Hugging Face shards out: ``model-0000i-of-0000n.safetensors`` of at most ``max_bytes``
-    each and their index, or one ``model.safetensors`` when everything fits in one shard."""
+    each and their index, or one ``model.safetensors`` when everything fits in one shard. Every tensor is
+    declared up front (``layout``: name, dtype, shape, in the order they will come), so each shard's
+    header is written first and each value goes to disk as it arrives: no shard is held in memory."""
 
-    def __init__(self, folder: Path, max_bytes: int):
-        self.folder, self.max_bytes = folder, max_bytes
-        self.pending: dict[str, Tensor] = {}
-        self.size, self.total = 0, 0
-        self.shards: list[list[str]] = []
-        self.written = 0
+    def __init__(self, folder: Path, max_bytes: int, layout: list[tuple[str, torch.dtype, tuple[int, ...]]]):
+        self.folder = folder
+        self.shards: list[list[tuple[str, torch.dtype, tuple[int, ...]]]] = [[]]
+        size, self.total = 0, 0
+        for item in layout:
+            size_of = nbytes(item[1], item[2])
+            if self.shards[-1] and size + size_of > max_bytes:
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append(item)
+            size += size_of
+            self.total += size_of
+        self.shard_of = {name: i for i, shard in enumerate(self.shards) for name, _, _ in shard}
+        self.waiting: dict[str, Tensor] = {}
+        self.writer: TensorFileWriter | None = None
+        self.current = -1
 
     def add(self, name: str, value: Tensor) -> None:
-        size = value.numel() * value.element_size()
-        if self.pending and self.size + size > self.max_bytes:
-            self._flush()
-        self.pending[name] = value.detach().contiguous()
-        self.size += size
-        self.total += size
+        """Write ``value`` now if it is the next tensor of the layout, else keep it until its turn."""
+        self.waiting[name] = value
+        while self.waiting:
+            shard = self.shards[self.current] if self.current >= 0 else []
+            done = self.writer.done if self.writer is not None else 0
+            if done == len(shard):
+                if self.current + 1 == len(self.shards):
+                    raise ValueError(f"{sorted(self.waiting)[:3]} are not in the layout")
+                self._next_shard()
+                continue
+            following = shard[done][0]
+            if following not in self.waiting:
+                return
+            self.writer.write(following, self.waiting.pop(following))
 
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
-
-        self.written += 1
-        save_file(self.pending, str(self.folder / f".shard-{self.written}"), metadata={"format": "pt"})
-        self.shards.append(list(self.pending))
-        self.pending, self.size = {}, 0
+    def _next_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.current += 1
+        self.writer = TensorFileWriter(self.folder / f".shard-{self.current + 1}", self.shards[self.current])
 
     def close(self) -> None:
-        if self.pending or not self.shards:
-            self._flush()
+        """Finish the last shard (every declared tensor must have come) and name the shards as Hugging Face
+        does, with their index when there are several."""
+        while self.current + 1 < len(self.shards):  # an empty model, or trailing empty shards
+            self._next_shard()
+        self.writer.close()
         count = len(self.shards)
         if count == 1:
             os.replace(self.folder / ".shard-1", self.folder / SINGLE)
             return
         weight_map = {}
-        for i, names in enumerate(self.shards, 1):
+        for i, shard in enumerate(self.shards, 1):
             final = f"model-{i:05d}-of-{count:05d}.safetensors"
             os.replace(self.folder / f".shard-{i}", self.folder / final)
-            weight_map.update({name: final for name in names})
+            weight_map.update({name: final for name, _, _ in shard})
         index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
         (self.folder / INDEX).write_text(json.dumps(index, indent=2))
 
@@ -156,11 +201,13 @@ def stream_shrink(
 ) -> Any:
     """Shrink the checkpoint folder ``source`` into ``out`` without holding either model in memory; the
     result equals ``shrink`` + ``save``. Returns the transfer report, or ``None`` when some target tensor
-    needs the target's own initial values (a grown axis, a new layer, ``random``): then use ``shrink``."""
+    needs the target's own initial values (a grown axis, a new layer, ``random``) or when transformers
+    converts some tensor as it loads or saves (several tensors into one): then use ``shrink``."""
     from .hf.models import build_model, check_writable, load_config
     from .plan import make_plan
     from .hf.config import target_config
     from .hf.inputs import check_target
+    from .hf.naming import save_names
 
     from .weights.resample import RESAMPLERS as METHODS
     from .weights.shrink import _check_vocabulary
@@ -171,16 +218,21 @@ def stream_shrink(
     config = load_config(source)
     target = build_model(target_config(config, overrides), meta=True)
     _check_vocabulary(source, config, target.config)
-    _check_on_meta(target, overrides, check_target, seed)
     model = build_model(config, meta=True)
+    checkpoint, saved = checkpoint.named_for(model), save_names(target, target.state_dict())
+    if checkpoint is None or saved is None:  # converted on load or save: several tensors at once
+        return None
+    _check_on_meta(target, overrides, check_target, seed)
     dtype = dtype or _checkpoint_dtype(checkpoint)
     plan = make_plan(model, target)
     check_writable(Path(out))
     try:
-        return _write(Write(source, out, overwrite, max_shard_size, dtype, progress), checkpoint, model, target,
-                      method, seed, plan, overrides)
+        return _write(Write(source, out, overwrite, max_shard_size, dtype, progress, saved), checkpoint, model,
+                      target, method, seed, plan, overrides)
     except NeedsValues:  # the temporary folder is gone; the caller shrinks in memory
         return None
+    finally:
+        checkpoint.close()
 
 
 @dataclass(frozen=True)
@@ -193,6 +245,7 @@ class Write:
     max_shard_size: int
     dtype: torch.dtype
     progress: Callable[[int, int], None] | None
+    names: dict[str, str]  # the target's tensor name -> the name save_pretrained writes
 
 
 def _write(job: Write, checkpoint: Checkpoint, model: Any, target: Any, method: str, seed: int, plan: Any,
@@ -203,15 +256,18 @@ def _write(job: Write, checkpoint: Checkpoint, model: Any, target: Any, method: 
     from .weights.transfer import transfer
 
     tied = _tied(target)
+    slots = {name: slot for name, slot in target.state_dict().items() if name not in tied}
+    kind = {name: job.dtype if slot.is_floating_point() else slot.dtype for name, slot in slots.items()}
+    layout = [(job.names[name], kind[name], tuple(slot.shape)) for name, slot in slots.items()]
     with atomic_folder(job.out, overwrite=job.overwrite) as tmp:
-        writer = ShardWriter(tmp, job.max_shard_size)
+        writer = ShardWriter(tmp, job.max_shard_size, layout)
         done, total = [0], len(target.state_dict())
 
         def put(name: str, slot: Tensor, value: Tensor | None) -> None:
             if name not in tied:  # a tied copy is not stored (the checkpoint leaves it out too)
                 if value is None or value.device.type == "meta":
                     raise NeedsValues(name)
-                writer.add(name, value.to(job.dtype))
+                writer.add(job.names[name], value.to(kind[name]))
             done[0] += 1
             if job.progress is not None:
                 job.progress(done[0], total)
@@ -241,17 +297,18 @@ def _tied(model: torch.nn.Module) -> set[str]:
 
 def _checkpoint_dtype(checkpoint: Checkpoint) -> torch.dtype:
     """The checkpoint's floating dtype, read from the headers (no tensor is loaded)."""
-    kinds = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
     for name in checkpoint:
-        kind = checkpoint._handle(checkpoint.files[name]).get_slice(name).get_dtype()
-        if kind in kinds:
-            return kinds[kind]
+        dtype = DTYPES[checkpoint.entry(name)["dtype"]]
+        if dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+            return dtype
     return torch.float32
 
 
 def _check_on_meta(target: Any, overrides: dict[str, Any], check: Callable, seed: int) -> None:
-    """The target's dummy forward on the meta device (shapes only, no memory); when that fails (a real
-    error, or a forward that needs values) the target is checked on a real build, which says why."""
+    """The target's dummy forward on the meta device (shapes only, no memory). When that fails (a forward
+    that needs values, such as DETR's ``.item()``, or a real error) the target runs on a build whose
+    parameters are zeros, not initial values (DETR-R50's random initialisation alone takes 0.7 s); only when
+    that fails too is it checked on a real build, whose error is the one to report."""
     from .hf.inputs import dummy_inputs
     from .hf.models import build_model
 
@@ -261,6 +318,9 @@ def _check_on_meta(target: Any, overrides: dict[str, Any], check: Callable, seed
         return
     except Exception:
         pass
-    real = build_model(target.config, seed)
-    check(real, overrides)
-    del real
+    try:
+        check(build_model(target.config, seed, initialise=False), overrides)
+        return
+    except Exception:
+        pass
+    check(build_model(target.config, seed), overrides)

@@ -136,14 +136,24 @@ def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     raise InterpruneError(f"transformers has no model class for config type {type(config).__name__}")
 
 
-def build_model(config: PretrainedConfig, seed: int = 0, *, meta: bool = False) -> PreTrainedModel:
+def build_model(config: PretrainedConfig, seed: int = 0, *, meta: bool = False,
+                initialise: bool = True) -> PreTrainedModel:
     """A freshly initialised float32 model for ``config``; the seed makes its initial values reproducible.
-    ``meta=True`` builds shapes only (no memory, no initialisation): enough for a plan."""
+    ``meta=True`` builds shapes only (no memory, no initialisation): enough for a plan. ``initialise=False``
+    builds real tensors without their initial values (parameters are zeros): enough to run once."""
     torch.manual_seed(seed)
     try:
         if meta:
             with torch.device("meta"):
                 model = model_class(config)(config)
+        elif not initialise:
+            from transformers.initialization import no_init_weights
+
+            with no_init_weights():
+                model = model_class(config)(config).float()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.zero_()
         else:  # float32 throughout: built from a half-precision config, timm backbones come out mixed
             model = model_class(config)(config).float()
     except InterpruneError:
