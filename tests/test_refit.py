@@ -113,3 +113,24 @@ def test_strengths_from_one_decomposition_equal_a_solve_each():
     for s, relative in choice.errors.items():
         direct = float(((xs[:, 40:] @ ridge_towards(fit, w0, s) - ys[:, 40:]) ** 2).sum()) / base
         assert abs(relative - direct) < 1e-9 * max(1.0, direct)
+
+
+def test_layers_reading_one_input_share_x_t_x_and_one_decomposition():
+    """Queries, keys and values read one input: their statistics hold one ``X^T X`` (summed once per
+    mini-batch) and their refits one eigendecomposition, and each result equals its own separate refit."""
+    from interprune.preserve.refit import Bases, add_shared, shared_moments
+
+    g = torch.Generator().manual_seed(3)
+    x, x_h = torch.randn(80, 6, generator=g, dtype=torch.float64), torch.randn(30, 6, generator=g, dtype=torch.float64)
+    ws = [torch.randn(6, k, generator=g, dtype=torch.float64) for k in (4, 2, 2)]
+    ys = [x @ w + 0.3 * torch.randn(80, w.shape[1], generator=g, dtype=torch.float64) for w in ws]
+    fit = add_shared(shared_moments(x[:40], [y[:40] for y in ys]), shared_moments(x[40:], [y[40:] for y in ys]))
+    held = shared_moments(x_h, [x_h @ w for w in ws])
+    assert fit[0].xx is fit[1].xx is fit[2].xx and held[0].xx is held[2].xx
+    bases = Bases()
+    for w, y, f, h in zip(ws, ys, fit, held):
+        alone = choose_strength(moments(x, y), moments(x_h, x_h @ w), w * 0.5)
+        together = choose_strength(f, h, w * 0.5, bases=bases)
+        assert together.strength == alone.strength
+        assert torch.allclose(together.weight, alone.weight, atol=1e-10)
+    assert len(bases.made) == 1

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .refit import GRID, Choice, Moments, channel_moments, choose_strength, moments, row_chunks
+from .refit import GRID, Bases, Choice, Moments, add_shared, channel_moments, choose_strength, row_chunks, shared_moments
 from ..walk import Batches, Spill, Stop, Walker
 
 __all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments", "LayerStats", "record", "refit",
@@ -139,39 +139,39 @@ class LayerStats:
         return (self.fit.n if self.fit is not None else 0) + (self.held.n if self.held is not None else 0)
 
 
-def _add(total: Moments | None, part: Moments | None) -> Moments | None:
-    return part if total is None else (total if part is None else total + part)
-
-
-def record(module: nn.Module, stats: LayerStats | None, x: Tensor, y: Tensor, held: Tensor,
-           scale: float = 1.0) -> LayerStats:
-    """Add one mini-batch of a layer's input rows ``x`` and target rows ``y`` (times ``scale``) to its
-    statistics; ``held`` marks the held-out rows. The first call also keeps the layer's weights as chosen.
+def record(modules: list[nn.Module], stats: list[LayerStats | None], x: Tensor, ys: list[Tensor], held: Tensor,
+           scales: list[float]) -> list[LayerStats]:
+    """Add one mini-batch to the statistics of layers that all read the input rows ``x``: each layer's
+    target rows ``ys[i]`` (times ``scales[i]``); ``held`` marks the held-out rows. Layers reading one input
+    (queries, keys and values; gate and up) share ``X^T X``, computed and later decomposed once. The first
+    call also keeps each layer's weights as chosen. The layers are of one kind (all norms, or all linear
+    maps with or without a bias).
 
     Rows go to float64 a chunk at a time (``refit.row_chunks``), never as a whole copy."""
-    norm, bias = isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None
-    make = channel_moments if norm else moments
-    fit, out = (stats.fit, stats.held) if stats is not None else (None, None)
-    for xc, yc, hc in row_chunks(x, y, held):
-        if scale != 1.0:
-            yc = yc * scale
+    norm, bias = isinstance(modules[0], nn.LayerNorm), getattr(modules[0], "bias", None) is not None
+    make = (lambda xc, ycs: [channel_moments(xc, yc) for yc in ycs]) if norm else shared_moments
+    fits = [s.fit if s is not None else None for s in stats]
+    outs = [s.held if s is not None else None for s in stats]
+    for xc, hc, *ycs in row_chunks(x, held, *ys):
+        ycs = [yc * scale if scale != 1.0 else yc for yc, scale in zip(ycs, scales)]
         if norm:
-            xc = (xc - xc.mean(-1, keepdim=True)) / torch.sqrt(xc.var(-1, unbiased=False, keepdim=True) + module.eps)
+            xc = (xc - xc.mean(-1, keepdim=True)) / torch.sqrt(xc.var(-1, unbiased=False, keepdim=True) + modules[0].eps)
         elif bias:
             xc = torch.cat([xc, torch.ones_like(xc[:, :1])], 1)
         if bool((~hc).any()):
-            fit = _add(fit, make(xc[~hc], yc[~hc]) if bool(hc.any()) else make(xc, yc))
+            whole = not bool(hc.any())
+            fits = add_shared(fits, make(xc if whole else xc[~hc], [yc if whole else yc[~hc] for yc in ycs]))
         if bool(hc.any()):
-            out = _add(out, make(xc[hc], yc[hc]))
-    if stats is None:
-        return LayerStats(fit, out, _prior(module, norm, bias))
-    return LayerStats(fit, out, stats.prior)
+            outs = add_shared(outs, make(xc[hc], [yc[hc] for yc in ycs]))
+    return [LayerStats(fit, out, s.prior if s is not None else _prior(m, norm, bias))
+            for m, s, fit, out in zip(modules, stats, fits, outs)]
 
 
-def refit(module: nn.Module, stats: LayerStats, grid: tuple[float, ...]) -> Choice:
-    """Solve for the layer from its statistics (the strength the held-out rows prefer) and write it."""
+def refit(module: nn.Module, stats: LayerStats, grid: tuple[float, ...], bases: Bases | None = None) -> Choice:
+    """Solve for the layer from its statistics (the strength the held-out rows prefer) and write it;
+    ``bases`` shares one decomposition among layers whose statistics share ``X^T X``."""
     choice = choose_strength(stats.fit if stats.fit is not None else stats.held, stats.held if stats.fit is not None
-                             else None, stats.prior, grid)
+                             else None, stats.prior, grid, bases=bases)
     _assign(module, choice.weight, isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None)
     return choice
 
@@ -245,9 +245,10 @@ def compensate(
         versions = _versions(walkers[0], active)
         for done, stage in enumerate(stages):
             _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout)
+            bases = Bases()  # queries, keys and values share one decomposition
             for name, k in stage:
                 if name in stats and name not in report.skipped:
-                    _refit_call(modules[name], name, k, stats[name], fixed or grid, versions, report)
+                    _refit_call(modules[name], name, k, stats[name], fixed or grid, versions, report, bases)
                 if k == len(walkers[0].calls.get(name, [])) - 1:
                     stats.pop(name, None)  # its last refit is done: its statistics are not needed again
             if progress is not None:
@@ -263,10 +264,10 @@ def compensate(
 
 
 def _refit_call(module: nn.Module, name: str, k: int, stats: LayerStats, grid: tuple[float, ...],
-                versions: dict[str, dict[int, list[Tensor]]], report: Compensation) -> None:
+                versions: dict[str, dict[int, list[Tensor]]], report: Compensation, bases: Bases) -> None:
     """Refit one layer after its call ``k`` and note it: its strength, held-out error, and for a layer
     called several times the weights call ``k`` runs with."""
-    choice = refit(module, stats, grid)
+    choice = refit(module, stats, grid, bases)
     report.strengths[name] = "inf" if math.isinf(choice.strength) else choice.strength
     if choice.errors:
         report.held_out[name] = round(min(choice.errors.values()), 6)
@@ -360,6 +361,7 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
         ys = _capture(source, list(dict.fromkeys(counterparts.values())), i, "post")
         size = target.batches.sizes[i]
         rows: dict[tuple[int, bool], Tensor] = {}  # layers reading one tensor share its rows
+        groups: dict[tuple, tuple[Tensor, Tensor, list]] = {}  # ... and their statistics' X^T X
         for (name, k), src in counterparts.items():
             module = target.modules[name]
             x, y = xs.get((name, k)), ys.get(src)
@@ -385,7 +387,13 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
                 continue
             held = _sampled(_held(shape, size, offset, target.batches.examples), sample) if holdout else torch.zeros(
                 x.shape[0], dtype=torch.bool)
-            stats[name] = record(module, stats.get(name), x, y, held.to(x.device), scale(name))
+            kind = (isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None)
+            groups.setdefault((id(x), kind), (x, held.to(x.device), []))[2].append((name, module, y))
+        for x, held, members in groups.values():
+            names_ = [name for name, _, _ in members]
+            found = record([m for _, m, _ in members], [stats.get(n) for n in names_], x, [y for _, _, y in members],
+                           held, [scale(n) for n in names_])
+            stats.update(zip(names_, found))
         offset += size
 
 

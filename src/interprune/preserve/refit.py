@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["row_chunks", "Moments", "moments", "channel_moments", "ridge_towards", "held_out_error", "choose_strength", "Choice", "GRID"]
+__all__ = ["row_chunks", "Moments", "moments", "shared_moments", "add_shared", "Bases", "channel_moments", "ridge_towards", "held_out_error", "choose_strength", "Choice", "GRID"]
 
 CHUNK_BYTES = 64 * 2**20  # rows go to float64 in chunks of about this size
 BLOCK_BYTES = 32 * 2**20  # candidate refits are solved this many bytes of float64 weights at a time
@@ -63,8 +63,35 @@ class Moments:
 
 def moments(x: Tensor, y: Tensor) -> Moments:
     """Statistics of rows ``x`` (..., n, d) and targets ``y`` (..., n, k), in float64."""
-    x, y = x.double(), y.double()
-    return Moments(x.mT @ x, x.mT @ y, (y * y).sum((-2, -1)), int(x.shape[-2]))
+    return shared_moments(x, [y])[0]
+
+
+def shared_moments(x: Tensor, ys: list[Tensor]) -> list[Moments]:
+    """``moments(x, y)`` for several targets of the same rows (queries, keys and values read one input):
+    ``X^T X`` is computed once and is the same tensor in every result, so it is also decomposed once
+    (``_Basis``); each target costs only its ``X^T Y``."""
+    x = x.double()
+    xx = x.mT @ x
+    out = []
+    for y in ys:
+        y = y.double()
+        out.append(Moments(xx, x.mT @ y, (y * y).sum((-2, -1)), int(x.shape[-2])))
+    return out
+
+
+def add_shared(totals: list[Moments | None], parts: list[Moments | None]) -> list[Moments | None]:
+    """``total + part`` for each pair, keeping ``X^T X`` one tensor wherever the operands shared theirs."""
+    sums: dict[tuple[int, int], Tensor] = {}
+    out = []
+    for total, part in zip(totals, parts):
+        if total is None or part is None:
+            out.append(part if total is None else total)
+            continue
+        key = (id(total.xx), id(part.xx))
+        if key not in sums:
+            sums[key] = total.xx + part.xx
+        out.append(Moments(sums[key], total.xy + part.xy, total.yy + part.yy, total.n + part.n))
+    return out
 
 
 def _penalty(xx: Tensor) -> Tensor:
@@ -103,21 +130,22 @@ class Choice:
 
 
 def choose_strength(fit: Moments, held: Moments | None, w0: Tensor, grid: tuple[float, ...] = GRID,
-                    *, slack: float = 0.0, block_bytes: int = BLOCK_BYTES) -> Choice:
+                    *, slack: float = 0.0, block_bytes: int = BLOCK_BYTES, bases: "Bases | None" = None) -> Choice:
     """Pick the strength whose refit on ``fit`` has the least error on ``held`` (summed over problems),
     preferring the strongest pull towards ``w0`` within ``slack`` (relative) of that least error, then
     refit on both parts with it. Without held-out rows the middle of the grid is used.
 
     Output columns are independent problems that share ``X^T X``, so they are solved a block of columns at a
     time (``block_bytes`` of float64 weights): an output layer over a 30,000-word vocabulary would otherwise
-    hold several candidate weight matrices of 125 MB each at once."""
+    hold several candidate weight matrices of 125 MB each at once. ``bases`` keeps the decomposition of
+    statistics that several layers share (``shared_moments``), so it is made once for all of them."""
     w0 = w0.to(fit.xy.dtype)
     columns = _column_blocks(w0, block_bytes)
     if held is None or held.n == 0:
         strength = grid[len(grid) // 2]
         return Choice(_by_columns(fit, w0, strength, columns), strength, {})
     quadratic = {s: 0.0 for s in (*grid, math.inf)}
-    basis = _Basis(fit.xx, held.xx)
+    basis = (bases if bases is not None else Bases()).get(fit.xx, held.xx)
     for cols in columns:
         for s, value in basis.quadratics(fit.xy[..., cols], held.xy[..., cols], w0[..., cols], quadratic).items():
             quadratic[s] += value
@@ -181,6 +209,20 @@ class _Basis:
             zz = p.unsqueeze(-1) * (cc + lam * cross + lam * lam * ee) * p.unsqueeze(-2)
             found[lam] = float(((self.h * zz).sum((-2, -1)) - 2 * (p * (cg + lam * eg)).sum(-1)).sum())
         return found
+
+
+class Bases:
+    """``_Basis`` of each pair of ``X^T X`` tensors (fitted, held out), made once however many layers share
+    them. It holds on to the tensors it was made from, so an id is never reused for other statistics."""
+
+    def __init__(self) -> None:
+        self.made: dict[tuple[int, int], tuple[Tensor, Tensor, _Basis]] = {}
+
+    def get(self, xx: Tensor, held_xx: Tensor) -> "_Basis":
+        key = (id(xx), id(held_xx))
+        if key not in self.made:
+            self.made[key] = (xx, held_xx, _Basis(xx, held_xx))
+        return self.made[key][2]
 
 
 def _quadratic(stats: Moments, w: Tensor) -> Tensor:
