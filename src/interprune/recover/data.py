@@ -107,12 +107,37 @@ def model_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.
     return inputs
 
 
+def grouped_sampler(lengths: list[int], batch_size: int, steps: int, seed: int, group: int = 50) -> Any:
+    """A ``StepSampler`` whose batches hold examples of similar length, so little of a text batch is padding
+    (about half of a random batch of sentences is): each cycle's seeded permutation is cut into chunks of
+    ``group`` batches, each chunk sorted by length and cut into batches, and those batches shuffled (seeded).
+    Still a pure function of (seed, step), so a resumed run sees the same batches."""
+    from ..data.loader import StepSampler
+
+    class GroupedStepSampler(StepSampler):
+        def _order(self, cycle: int) -> list[int]:
+            order = super()._order(cycle)
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle + 1)
+            span, out = self.batch_size * group, []
+            for start in range(0, len(order), span):
+                chunk = sorted(order[start:start + span], key=lambda i: (lengths[i], i))
+                batches = [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+                out += [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
+            return out
+
+    return GroupedStepSampler(len(lengths), batch_size, steps, seed)
+
+
 def loaders(train: Unlabelled, held: Unlabelled, collate: Collate, *, batch_size: int, steps: int, seed: int,
-            workers: int) -> tuple[DataLoader, DataLoader]:
+            workers: int, group_by_length: bool = True) -> tuple[DataLoader, DataLoader]:
     from ..data.loader import StepSampler
 
     extra = {"num_workers": workers, "persistent_workers": workers > 0}
-    return (DataLoader(train, batch_size=batch_size, sampler=StepSampler(len(train), batch_size, steps, seed),
+    if train.kind == "text" and group_by_length:
+        sampler = grouped_sampler([len(item) for item in train.items], batch_size, steps, seed)
+    else:
+        sampler = StepSampler(len(train), batch_size, steps, seed)
+    return (DataLoader(train, batch_size=batch_size, sampler=sampler,
                        collate_fn=collate, generator=torch.Generator().manual_seed(seed), **extra),
             DataLoader(held, batch_size=batch_size, shuffle=False, collate_fn=collate,
                        generator=torch.Generator().manual_seed(seed), **extra))

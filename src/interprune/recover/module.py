@@ -125,10 +125,19 @@ class RecoverModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log("step", float(self.global_step))  # validation rows at the number of steps done
 
+    @property
+    def lr(self) -> float:
+        """``--lr``, or by default one that shrinks with the student's width (``settings.auto_lr``)."""
+        from ..hf.config import hidden_size
+        from .settings import auto_lr
+
+        config = self.model.config
+        return self.settings.lr or auto_lr(hidden_size(getattr(config, "text_config", None) or config))
+
     def configure_optimizers(self) -> Any:
         s = self.settings
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=s.weight_decay)
         total = self.trainer.max_steps if self._trainer is not None and self.trainer.max_steps > 0 else 1
         warmup = s.warmup_steps if s.warmup_steps is not None else total // 10
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(

@@ -125,7 +125,8 @@ def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os
     student = load_model(small, s_config, dtype=torch.float32).train()
     module = RecoverModule(student, load_model(teacher, t_config, dtype=torch.float32), match, settings)
     train_loader, held_loader = loaders(train_set, held_set, collate, batch_size=settings.batch_size,
-                                        steps=settings.steps, seed=settings.seed, workers=settings.workers)
+                                        steps=settings.steps, seed=settings.seed, workers=settings.workers,
+                                        group_by_length=settings.group_by_length)
     trainer, state, table = _trainer(settings, run, ckpt, train_loader.sampler, lead, resuming, progress)
     if not resuming:
         trainer.validate(module, held_loader, verbose=False)
@@ -152,7 +153,8 @@ def _summary(small: Any, teacher: Any, data: Any, kind: str, trainer: Any, state
             "val_loss_start": rows[0]["val_loss"] if rows else None,
             "val_loss_end": rows[-1]["val_loss"] if rows else None,
             "states_matched": sum(len(p) for p in (module.pairs or {}).values()),
-            "kept_channels": match.kept is not None, "teacher_seconds": round(module.teacher.seconds, 2),
+            "kept_channels": match.kept is not None, "lr": module.lr,
+            "teacher_seconds": round(module.teacher.seconds, 2),
             "settings": settings.model_dump(mode="json")}
 
 
