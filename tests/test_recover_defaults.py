@@ -16,6 +16,7 @@ def test_the_default_learning_rate_shrinks_with_width():
     assert auto_lr(192) == 1e-3 and auto_lr(16) == 1e-3  # capped
     assert auto_lr(384) == 5.2e-4 and auto_lr(2048) == 9.8e-5
     assert auto_lr(None) == 1e-3
+    assert auto_lr(64, detector=True) == 1e-4  # a detector keeps the rate train fine-tunes it at
     assert RecoverSettings().lr is None and RecoverSettings(lr=3e-4).lr == 3e-4
 
 

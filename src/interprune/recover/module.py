@@ -129,10 +129,12 @@ class RecoverModule(L.LightningModule):
     def lr(self) -> float:
         """``--lr``, or by default one that shrinks with the student's width (``settings.auto_lr``)."""
         from ..hf.config import hidden_size
+        from ..hf.models import is_detector
         from .settings import auto_lr
 
         config = self.model.config
-        return self.settings.lr or auto_lr(hidden_size(getattr(config, "text_config", None) or config))
+        return self.settings.lr or auto_lr(hidden_size(getattr(config, "text_config", None) or config),
+                                           is_detector(config))
 
     def configure_optimizers(self) -> Any:
         s = self.settings
