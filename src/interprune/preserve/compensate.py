@@ -245,12 +245,7 @@ def compensate(
         versions = _versions(walkers[0], active)
         for done, stage in enumerate(stages):
             _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout)
-            bases = Bases()  # queries, keys and values share one decomposition
-            for name, k in stage:
-                if name in stats and name not in report.skipped:
-                    _refit_call(modules[name], name, k, stats[name], fixed or grid, versions, report, bases)
-                if k == len(walkers[0].calls.get(name, [])) - 1:
-                    stats.pop(name, None)  # its last refit is done: its statistics are not needed again
+            _refit_stage(stage, stats, modules, walkers[0], fixed or grid, versions, report)
             if progress is not None:
                 progress(done + 1, len(stages))
         for name, saved in versions.items():  # the model keeps each layer's last refit
@@ -261,6 +256,18 @@ def compensate(
         if batches.shared is None:  # else the shared parts' owner closes it
             spill.close()
     return report
+
+
+def _refit_stage(stage: list[tuple[str, int]], stats: dict[str, LayerStats], modules: dict[str, nn.Module],
+                 target: Walker, grid: tuple[float, ...], versions: dict[str, dict[int, list[Tensor]]],
+                 report: Compensation) -> None:
+    """Refit the stage's layers from their statistics; queries, keys and values share one decomposition."""
+    bases = Bases()
+    for name, k in stage:
+        if name in stats and name not in report.skipped:
+            _refit_call(modules[name], name, k, stats[name], grid, versions, report, bases)
+        if k == len(target.calls.get(name, [])) - 1:
+            stats.pop(name, None)  # its last refit is done: its statistics are not needed again
 
 
 def _refit_call(module: nn.Module, name: str, k: int, stats: LayerStats, grid: tuple[float, ...],
