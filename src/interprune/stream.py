@@ -2,10 +2,12 @@
 
 mergekit reads tensors lazily from safetensors so that memory stays near one tensor; we do the same for
 the data-free methods. The source is a ``Checkpoint`` (one ``model.safetensors`` or shards named by
-``model.safetensors.index.json``) read a tensor at a time, both models are built on the meta device (shapes
-only), and every target tensor goes to a ``ShardWriter`` that writes Hugging Face shards of at most
-``max_shard_size`` bytes plus their index. Peak memory is about one shard plus one source tensor, not
-source plus target. The folder is written atomically as a whole.
+``model.safetensors.index.json``) read a tensor at a time (``tensorfile``: by byte range, not through a
+mapped file), under the names transformers gives them as it loads (``hf.naming``); both models are built on
+the meta device (shapes only), and every target tensor goes to a ``ShardWriter`` that writes it into a
+Hugging Face shard of at most ``max_shard_size`` bytes as soon as it is made, under the name
+``save_pretrained`` would give it, plus their index. Peak memory is about one source tensor, not source plus
+target. The folder is written atomically as a whole.
 """
 
 from __future__ import annotations
