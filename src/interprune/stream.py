@@ -139,26 +139,21 @@ class ShardWriter:
             self.shards[-1].append(item)
             size += size_of
             self.total += size_of
-        self.shard_of = {name: i for i, shard in enumerate(self.shards) for name, _, _ in shard}
-        self.waiting: dict[str, Tensor] = {}
+        self.order = [(name, i) for i, shard in enumerate(self.shards) for name, _, _ in shard]  # arrival order
+        self.next, self.waiting = 0, {}
         self.writer: TensorFileWriter | None = None
         self.current = -1
 
     def add(self, name: str, value: Tensor) -> None:
-        """Write ``value`` now if it is the next tensor of the layout, else keep it until its turn."""
+        """Write ``value`` now if it is the next tensor of the layout (and whatever waited for it), else keep
+        it until its turn."""
         self.waiting[name] = value
-        while self.waiting:
-            shard = self.shards[self.current] if self.current >= 0 else []
-            done = self.writer.done if self.writer is not None else 0
-            if done == len(shard):
-                if self.current + 1 == len(self.shards):
-                    raise ValueError(f"{sorted(self.waiting)[:3]} are not in the layout")
+        while self.next < len(self.order) and self.order[self.next][0] in self.waiting:
+            following, shard = self.order[self.next]
+            while self.current < shard:
                 self._next_shard()
-                continue
-            following = shard[done][0]
-            if following not in self.waiting:
-                return
             self.writer.write(following, self.waiting.pop(following))
+            self.next += 1
 
     def _next_shard(self) -> None:
         if self.writer is not None:
@@ -169,6 +164,8 @@ class ShardWriter:
     def close(self) -> None:
         """Finish the last shard (every declared tensor must have come) and name the shards as Hugging Face
         does, with their index when there are several."""
+        if self.waiting and self.next == len(self.order):
+            raise ValueError(f"{sorted(self.waiting)[:3]} are not in the layout")
         while self.current + 1 < len(self.shards):  # an empty model, or trailing empty shards
             self._next_shard()
         self.writer.close()

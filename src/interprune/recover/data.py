@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.loader import StepSampler
 from ..errors import InterpruneError, first_line
 
 __all__ = ["Unlabelled", "open_unlabelled", "model_inputs"]
@@ -107,31 +108,34 @@ def model_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.
     return inputs
 
 
-def grouped_sampler(lengths: list[int], batch_size: int, steps: int, seed: int, group: int = 50) -> Any:
+class GroupedStepSampler(StepSampler):
     """A ``StepSampler`` whose batches hold examples of similar length, so little of a text batch is padding
     (about half of a random batch of sentences is): each cycle's seeded permutation is cut into chunks of
     ``group`` batches, each chunk sorted by length and cut into batches, and those batches shuffled (seeded).
     Still a pure function of (seed, step), so a resumed run sees the same batches."""
-    from ..data.loader import StepSampler
 
-    class GroupedStepSampler(StepSampler):
-        def _order(self, cycle: int) -> list[int]:
-            order = super()._order(cycle)
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle + 1)
-            span, out = self.batch_size * group, []
-            for start in range(0, len(order), span):
-                chunk = sorted(order[start:start + span], key=lambda i: (lengths[i], i))
-                batches = [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-                out += [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
-            return out
+    def __init__(self, lengths: list[int], batch_size: int, steps: int, seed: int = 0, group: int = 50) -> None:
+        super().__init__(len(lengths), batch_size, steps, seed)
+        self.lengths, self.group = lengths, group
 
-    return GroupedStepSampler(len(lengths), batch_size, steps, seed)
+    def _order(self, cycle: int) -> list[int]:
+        order = super()._order(cycle)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle + 1)
+        span, out = self.batch_size * self.group, []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: (self.lengths[i], i))
+            batches = [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            out += [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
+        return out
+
+
+def grouped_sampler(lengths: list[int], batch_size: int, steps: int, seed: int, group: int = 50) -> GroupedStepSampler:
+    """The training sampler of ``recover`` for text: batches of similar length (``GroupedStepSampler``)."""
+    return GroupedStepSampler(lengths, batch_size, steps, seed, group)
 
 
 def loaders(train: Unlabelled, held: Unlabelled, collate: Collate, *, batch_size: int, steps: int, seed: int,
             workers: int, group_by_length: bool = True) -> tuple[DataLoader, DataLoader]:
-    from ..data.loader import StepSampler
-
     extra = {"num_workers": workers, "persistent_workers": workers > 0}
     if train.kind == "text" and group_by_length:
         sampler = grouped_sampler([len(item) for item in train.items], batch_size, steps, seed)
