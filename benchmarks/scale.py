@@ -16,6 +16,8 @@ sizes of 256-token sequences (decoders) or 800 px images (DETR). ``--capped`` al
 ``select`` under a memory cap of half its checkpoint size (``/work/shared/tools/capmem``: a cgroup v1
 memory group, when the machine allows one). Peak memory is the job's maximum resident set (``ru_maxrss``);
 "added" subtracts the peak of a process that has only imported torch, transformers and interprune.
+``--device cuda`` runs the data-aware jobs and ``forward`` on a GPU and adds the GPU's peak allocation; where
+``capmem`` is missing (a GPU machine) jobs run without a cap.
 
     python benchmarks/scale.py [--models qwen251m,detr] [--jobs load+save,select,full] [--sizes 32,128]
 """
@@ -54,19 +56,23 @@ elif job == "forward":  # the source in float32 (as the recipe computes) over th
     from interprune.hf.processors import model_processor
     from interprune.preserve.calibration import calibration_inputs
     from interprune.walk import Batches
-    model = load_model(source, dtype=torch.float32)
+    device = extra.get("device", "cpu")
+    model = load_model(source, dtype=torch.float32).to(device)
     inputs = calibration_inputs(extra["data"], model_processor(source), count=extra["count"])
     start = time.perf_counter()
     with torch.no_grad():
         from interprune.weights.shrink import auto_batch
         for batch in Batches.of(inputs, extra["batch"] or auto_batch(inputs)):
-            model(**batch)
+            model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    if device != "cpu":
+        torch.cuda.synchronize()
 else:
     code = main(["shrink", source, "--out", out, *extra["args"]])
     assert code == 0, code
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "imports_mb": base / 1024}))
+gpu = torch.cuda.max_memory_allocated() / 1e6 if torch.cuda.is_available() else 0.0
+print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "imports_mb": base / 1024, "gpu_mb": gpu}))
 """
 
 
@@ -150,15 +156,18 @@ def run(job: str, src: Path, out: Path, extra: dict, cap_mb: int) -> dict:
     command = [sys.executable, "-c", CHILD, job, str(src), str(out), json.dumps(extra)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
-    done = subprocess.run([CAPMEM, str(cap_mb), *command], capture_output=True, text=True, env=env)
+    capped = os.path.exists(CAPMEM)  # a GPU machine has no capmem: the job runs without a cap there
+    done = subprocess.run([CAPMEM, str(cap_mb), *command] if capped else command, capture_output=True, text=True,
+                          env=env)
     row = {"job": job, "exit": done.returncode, "wall": time.perf_counter() - started,
            "cap": next((line for line in done.stderr.splitlines() if line.startswith("capmem: cap")), "")}
-    if "no writable memory controller" in done.stderr:
-        row["cap"] = "uncapped (no writable memory controller)"
+    if "no writable memory controller" in done.stderr or not capped:
+        row["cap"] = "uncapped (no writable memory controller)" if capped else "uncapped (no capmem here)"
     if done.returncode == 0:
         row.update(json.loads(done.stdout.strip().splitlines()[-1]))
     else:
         row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1][:200]
+        row["trace"] = "\n".join(done.stderr.strip().splitlines()[-25:])
     shutil.rmtree(out, ignore_errors=True)
     return row
 
@@ -166,9 +175,12 @@ def run(job: str, src: Path, out: Path, extra: dict, cap_mb: int) -> dict:
 def show(model: str, label: str, row: dict, floor: float) -> None:
     if row["exit"] != 0:
         print(f"{model:9s} {label:34s} FAILED (exit {row['exit']}): {row.get('error', '')}", flush=True)
+        if os.environ.get("SCALE_TRACE"):  # the whole end of the job's stderr, where no one can rerun it by hand
+            print(row.get("trace", ""), flush=True)
         return
     added = row["peak_mb"] - floor
-    print(f"{model:9s} {label:34s} {row['seconds']:8.1f} s  peak {row['peak_mb']:7.0f} MB  added {added:7.0f} MB",
+    gpu = f"  GPU peak {row['gpu_mb']:7.0f} MB" if row.get("gpu_mb") else ""
+    print(f"{model:9s} {label:34s} {row['seconds']:8.1f} s  peak {row['peak_mb']:7.0f} MB  added {added:7.0f} MB{gpu}",
           flush=True)
 
 
@@ -183,6 +195,7 @@ def main() -> None:
     parser.add_argument("--memory-budget", default=None, help="--memory-budget of the data-aware jobs (e.g. 256MB: "
                         "stored activations past it go to disk)")
     parser.add_argument("--capped", action="store_true", help="also shrink qwen1b under half its size")
+    parser.add_argument("--device", default="cpu", help="--device of the data-aware jobs and of forward (e.g. cuda)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -201,18 +214,20 @@ def main() -> None:
                 show(model, job, run(job, src, work / "out", extra, args.cap_mb), floor["peak_mb"])
             elif job == "forward":
                 for size in sizes:
-                    extra = {"data": str(calibration(work, model, size)), "count": size, "batch": args.batch}
+                    extra = {"data": str(calibration(work, model, size)), "count": size, "batch": args.batch,
+                             "device": args.device}
                     show(model, f"forward ({size})", run(job, src, work / "out", extra, args.cap_mb), floor["peak_mb"])
             else:
                 for size in sizes:
                     options = ["--method", "calibrated"] + (["--rotate", "--compensate"] if job == "full" else [])
                     extra = {"args": [*options, *sum((["--set", s] for s in CUTS[model]), []),
                                       "--calibration", str(calibration(work, model, size)),
-                                      "--calibration-size", str(size),
+                                      "--calibration-size", str(size), "--device", args.device,
                                       *(["--calibration-batch", str(args.batch)] if args.batch else [])]}
                     if args.memory_budget:
                         extra["args"] += ["--memory-budget", args.memory_budget]
-                    label = f"{' '.join(options[1:])} ({size}{', budget ' + args.memory_budget if args.memory_budget else ''})"
+                    label = f"{' '.join(options[1:])} ({size}{', budget ' + args.memory_budget if args.memory_budget else ''}" \
+                            f"{', ' + args.device if args.device != 'cpu' else ''})"
                     show(model, label, run(job, src, work / "out", extra, args.cap_mb), floor["peak_mb"])
     if args.capped:
         src = source(work, "qwen1b")

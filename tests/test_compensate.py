@@ -120,3 +120,86 @@ def test_a_kxk_strided_convolution_is_refit_to_its_source():
     assert done.layers == ["conv"]
     assert torch.allclose(target.conv.weight, source.conv.weight, atol=1e-4)
     assert torch.allclose(target(**inputs), source(**inputs), atol=1e-4)
+
+
+def test_an_output_layer_wider_than_its_input_is_refit_through_the_source_inputs(monkeypatch):
+    """A vocabulary's output layer is refit from the source layer's *inputs*, lifted through its weights
+    (``X^T Y = (X^T X_s) W^T``): the same model as recording its outputs, at a fraction of the cost."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import importlib
+
+    from interprune import shrink
+
+    module = importlib.import_module("interprune.preserve.compensate")  # the package exports a function of that name
+
+    torch.manual_seed(0)
+    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=300, max_position_embeddings=32, tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(config).eval()
+    ids = torch.randint(0, 300, (8, 12), generator=torch.Generator().manual_seed(3))
+    options = dict(method="calibrated", compensate=True, calibration={"input_ids": ids}, calibration_batch=3)
+    overrides = {"hidden_size": 16, "intermediate_size": 32}
+    lifted, original = [], module._through
+
+    def spy(target, counterpart, index, scale):
+        found = original(target, counterpart, index, scale)
+        lifted.append(found is not None)
+        return found
+
+    monkeypatch.setattr(module, "_through", spy)
+    through, report = shrink(model, overrides, **options)
+    assert type(through) is Qwen2ForCausalLM  # a model built in memory keeps its class (and its output layer)
+    assert sum(lifted) == 1 and "lm_head" in report.preserved["compensated"]  # only the output layer
+    monkeypatch.setattr(module, "_through", lambda *args: None)
+    direct, direct_report = shrink(model, overrides, **options)
+    assert report.preserved["strengths"] == direct_report.preserved["strengths"]
+    assert report.preserved["held_out"] == pytest.approx(direct_report.preserved["held_out"], rel=1e-6, abs=1e-9)
+    for (name, a), (_, b) in zip(through.state_dict().items(), direct.state_dict().items()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+def test_the_source_computes_each_blocks_ffn_once_per_example_in_compensation(monkeypatch):
+    """The source's pass at the last stage of a block goes on to the block's end and records its output,
+    so the next block's first stage replays it: each FFN of the source runs once less per mini-batch (it ran
+    once for its down projection's stage and once more to record the block for the next one), and the
+    model is the same."""
+    import importlib
+
+    from transformers import Qwen2Config, Qwen2Model
+
+    from interprune.plan import make_plan, output_index
+    from interprune.walk import Batches
+    from interprune.weights.transfer import transfer as copy_weights
+
+    module = importlib.import_module("interprune.preserve.compensate")
+    torch.manual_seed(0)
+    common = dict(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, vocab_size=60,
+                  max_position_embeddings=32)
+    source = Qwen2Model(Qwen2Config(hidden_size=32, intermediate_size=64, **common)).eval()
+    ids = torch.randint(0, 60, (6, 10), generator=torch.Generator().manual_seed(1))
+
+    def run() -> tuple[dict[int, int], dict]:
+        target = Qwen2Model(Qwen2Config(hidden_size=16, intermediate_size=32, **common)).eval()
+        report = copy_weights(source, target, "select")
+        choices = {name: torch.as_tensor(index) for name, index in report.choices.items()}
+        plan, state = make_plan(source, target), source.state_dict()
+        kept = lambda name: output_index(plan, f"{name}.weight", state[f"{name}.weight"].shape[0], choices) \
+            if f"{name}.weight" in state else None  # noqa: E731
+        runs = {i: 0 for i in range(3)}
+        handles = [layer.mlp.register_forward_pre_hook(lambda m, a, i=i: runs.__setitem__(i, runs[i] + 1))
+                   for i, layer in enumerate(source.layers)]
+        try:
+            done = module.compensate(source, target, Batches.of({"input_ids": ids}, 2), kept, ridge=1e-2)
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert "layers.2.mlp.down_proj" in done.layers
+        return runs, target.state_dict()
+
+    runs, model = run()
+    monkeypatch.setattr(module, "_closing_block", lambda *args: None)
+    before, same = run()
+    # 3 mini-batches; the last block is not read again (a start is counted, stopped inside or not)
+    assert {i: before[i] - runs[i] for i in runs} == {0: 3, 1: 3, 2: 0}
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(model.values(), same.values()))

@@ -97,3 +97,27 @@ class Stack(nn.Module):
 def test_layer_influence_is_one_minus_the_cosine_of_input_and_output():
     influence = layer_influence(Stack(), "layers", {"x": torch.randn(3, 5, 4)})
     assert torch.allclose(influence, torch.tensor([0.0, 2.0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_an_moe_residual_is_scored_on_its_own_axes_not_an_experts_units(family):
+    """Every expert's down projection writes the residual stream as well as reading its FFN units: only the
+    FFN dimensions take the routed-token expert scores (the residual once got an expert's 64 FFN scores
+    for its 32 channels, and a calibrated hidden-size cut of any MoE model failed)."""
+    from interprune import shrink
+    from interprune.preserve.importance import activation_scores
+    from interprune.weights.shrink import plan_for
+
+    from .families import FAMILIES
+
+    config_cls, fields, model_cls, _, widths = FAMILIES[family]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**fields)).eval()
+    inputs = {"input_ids": torch.randint(3, 100, (8, 12), generator=torch.Generator().manual_seed(2))}
+    plan = plan_for(model, widths[0])
+    scores = activation_scores(model, plan, inputs)
+    assert all(scores[d.name].shape == (d.source,) for d in plan.dimensions if d.name in scores)
+    small, report = shrink(model, widths[0], "calibrated", calibration=inputs)
+    assert sorted(report.choices["residual"]) == list(report.choices["residual"])
+    assert len(report.choices["residual"]) == small.config.hidden_size
+    assert max(report.choices["residual"]) < model.config.hidden_size

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["Stop", "Walker", "Batches", "split_batch", "Call", "hooked_pass", "print_of", "serve"]
+__all__ = ["Stop", "Walker", "Batches", "split_batch", "Call", "hooked_pass", "print_of", "serve", "outer_block"]
 
 Batch = dict[str, Any]
 
@@ -368,7 +368,7 @@ def _block_level(name: str) -> bool:
     return parts[-1].isdigit() or not any(p.isdigit() for p in parts)
 
 
-def _outer_block(name: str) -> str | None:
+def outer_block(name: str) -> str | None:
     """The outermost block of a stack that ``name`` lies in (``model.layers.3`` for its attention)."""
     parts = name.split(".")
     index = next((i for i, p in enumerate(parts) if p.isdigit()), None)
@@ -479,7 +479,7 @@ class Walker:
         recomputed from the stored parts before them at each later stage of the block rather than stored for
         every example, which made memory grow by several boundaries' worth with the calibration set."""
         name = next((n for n, calls in self.calls.items() for c in calls if c.enter == start), None)
-        block = _outer_block(name) if name is not None else None
+        block = outer_block(name) if name is not None else None
         if block is None or len(self.calls.get(block, [])) != 1:
             return set()
         limit = self.calls[block][0].input_size
@@ -491,7 +491,7 @@ class Walker:
         inputs with ``candidates`` skipped (a mask or a position table hidden in a skipped output would
         show here, not only at the stage)."""
         name = next(n for n, calls in self.calls.items() for c in calls if c.enter == start)
-        until = _outer_block(name)
+        until = outer_block(name)
         until = until if until in self.calls and len(self.calls[until]) == 1 else None
         seen = [self._fingerprint({}, until), self._fingerprint({n: self.stores[n].shapes for n in candidates}, until)]
         return seen[0] is not None and seen[0] == seen[1]
@@ -595,6 +595,13 @@ class Walker:
         if kind == "pre":
             return module.register_forward_pre_hook(pre, with_kwargs=True)
         return module.register_forward_hook(post, with_kwargs=True)
+
+    def recorder(self, name: str) -> Callable[[int, Any], None]:
+        """``put(i, output)`` into ``name``'s store, as a replay would record it: a caller that runs the
+        whole of a module anyway (the source's last stage of a block) stores its output in the same pass."""
+        if name not in self.stores:
+            self.stores[name] = Store(self.spill, copy=name in self.written, unread=self.unread.get(name, frozenset()))
+        return self.stores[name].put
 
     def close(self) -> None:
         for store in self.stores.values():

@@ -31,8 +31,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .refit import GRID, Bases, Choice, Moments, add_shared, channel_moments, choose_strength, row_chunks, shared_moments
-from ..walk import Batches, Spill, Stop, Walker
+from .refit import GRID, Bases, Choice, Moments, add_shared, channel_moments, choose_strength, group_moments, lift, row_chunks
+from ..walk import Batches, Spill, Stop, Walker, outer_block
 
 __all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments", "LayerStats", "record", "refit",
            "held_out_rows", "conv_patches", "sample_rows"]
@@ -133,6 +133,7 @@ class LayerStats:
     fit: Moments | None
     held: Moments | None
     prior: Tensor
+    through: Tensor | None = None  # lifted statistics (``refit.group_moments``): the source layer's map to apply
 
     @property
     def rows(self) -> int:
@@ -140,38 +141,53 @@ class LayerStats:
 
 
 def record(modules: list[nn.Module], stats: list[LayerStats | None], x: Tensor, ys: list[Tensor], held: Tensor,
-           scales: list[float]) -> list[LayerStats]:
+           scales: list[float], through: list[Tensor | None] | None = None) -> list[LayerStats]:
     """Add one mini-batch to the statistics of layers that all read the input rows ``x``: each layer's
     target rows ``ys[i]`` (times ``scales[i]``); ``held`` marks the held-out rows. Layers reading one input
     (queries, keys and values; gate and up) share ``X^T X``, computed and later decomposed once. The first
     call also keeps each layer's weights as chosen. The layers are of one kind (all norms, or all linear
-    maps with or without a bias).
+    maps with or without a bias). Where ``through[i]`` is given, ``ys[i]`` are the source layer's *inputs*
+    and ``through[i]`` its map to the kept outputs (``lifted``): the statistics are lifted through it at
+    the refit. Layers given the same tensor of targets share its products.
 
     Rows go to float64 a chunk at a time (``refit.row_chunks``), never as a whole copy."""
     norm, bias = isinstance(modules[0], nn.LayerNorm), getattr(modules[0], "bias", None) is not None
-    make = (lambda xc, ycs: [channel_moments(xc, yc) for yc in ycs]) if norm else shared_moments
+    through = through or [None] * len(modules)
+    distinct = list({id(y): y for y in ys}.values())  # gate and up read one source input: its rows once
+    where = [next(k for k, y in enumerate(distinct) if y is target) for target in ys]
+    lifted = [t is not None for t in through]
     fits = [s.fit if s is not None else None for s in stats]
     outs = [s.held if s is not None else None for s in stats]
-    for xc, hc, *ycs in row_chunks(x, held, *ys):
-        ycs = [yc * scale if scale != 1.0 else yc for yc, scale in zip(ycs, scales)]
+    for xc, hc, *chunks in row_chunks(x, held, *distinct):
         if norm:
             xc = (xc - xc.mean(-1, keepdim=True)) / torch.sqrt(xc.var(-1, unbiased=False, keepdim=True) + modules[0].eps)
         elif bias:
             xc = torch.cat([xc, torch.ones_like(xc[:, :1])], 1)
-        if bool((~hc).any()):
-            whole = not bool(hc.any())
-            fits = add_shared(fits, make(xc if whole else xc[~hc], [yc if whole else yc[~hc] for yc in ycs]))
-        if bool(hc.any()):
-            outs = add_shared(outs, make(xc[hc], [yc[hc] for yc in ycs]))
-    return [LayerStats(fit, out, s.prior if s is not None else _prior(m, norm, bias))
-            for m, s, fit, out in zip(modules, stats, fits, outs)]
+        for rows, totals in ((~hc, fits), (hc, outs)):
+            if not bool(rows.any()):
+                continue
+            whole = bool(rows.all())
+            xr = xc if whole else xc[rows]
+            part = [c if whole else c[rows] for c in chunks]  # sliced once per distinct tensor
+            yrs = [part[k] * scale if scale != 1.0 and not up else part[k]
+                   for k, scale, up in zip(where, scales, lifted)]
+            if norm:
+                found = [channel_moments(xr, yr) for yr in yrs]
+            else:
+                found = group_moments(xr, yrs, lifted, held=totals is outs)
+            totals[:] = add_shared(totals, found)
+    return [LayerStats(fit, out, s.prior if s is not None else _prior(m, norm, bias), t)
+            for m, s, fit, out, t in zip(modules, stats, fits, outs, through)]
 
 
 def refit(module: nn.Module, stats: LayerStats, grid: tuple[float, ...], bases: Bases | None = None) -> Choice:
     """Solve for the layer from its statistics (the strength the held-out rows prefer) and write it;
     ``bases`` shares one decomposition among layers whose statistics share ``X^T X``."""
-    choice = choose_strength(stats.fit if stats.fit is not None else stats.held, stats.held if stats.fit is not None
-                             else None, stats.prior, grid, bases=bases)
+    fit, held = stats.fit, stats.held
+    if stats.through is not None:
+        fit, held = (lift(m, stats.through) if m is not None else None for m in (fit, held))
+    choice = choose_strength(fit if fit is not None else held, held if fit is not None else None, stats.prior, grid,
+                             bases=bases)
     _assign(module, choice.weight, isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None)
     return choice
 
@@ -244,7 +260,8 @@ def compensate(
         stats: dict[str, LayerStats] = {}
         versions = _versions(walkers[0], active)
         for done, stage in enumerate(stages):
-            _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout)
+            following = stages[done + 1] if done + 1 < len(stages) else []
+            _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout, following)
             _refit_stage(stage, stats, modules, walkers[0], fixed or grid, versions, report)
             if progress is not None:
                 progress(done + 1, len(stages))
@@ -345,9 +362,10 @@ def _stages(target: Walker, active: list[str], report: Compensation) -> list[lis
 
 
 def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], stats: dict[str, LayerStats],
-               kept: Callable, source_name: Callable, scale: Callable, report: Compensation, holdout: bool) -> None:
+               kept: Callable, source_name: Callable, scale: Callable, report: Compensation, holdout: bool,
+               following: list[tuple[str, int]]) -> None:
     """One pass over the mini-batches: the stage's inputs from the target, the kept outputs of their
-    counterparts from the source, recorded into ``stats``."""
+    counterparts from the source, recorded into ``stats``. ``following`` is the next stage."""
     target, source = walkers
     counterparts = {}
     for name, k in stage:
@@ -362,21 +380,36 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
     target.prepare(min(target.enter(n, k) for n, k in counterparts))
     source.prepare(min(source.enter(*c) for c in counterparts.values()))
     index = {key: kept(key[0]) for key in counterparts}
+    through = {key: _through(target.modules[key[0]], source.modules[src], index[key], scale(key[0]))
+               for key, (src, _) in counterparts.items()}
+    want = {key: (*src, "post" if through[key] is None else "pre") for key, src in counterparts.items()}
+    closing = _closing_block(source, list(counterparts.values()), [
+        source.enter(source_name(n), min(k, len(source.calls[source_name(n)]) - 1))
+        for n, k in following if source.calls.get(source_name(n))])
+    until = (closing, source.recorder(closing)) if closing is not None else None
     offset = 0  # examples before this mini-batch: every fourth example of the whole set is held out
     for i in range(len(target.batches)):
-        xs = _capture(target, list(counterparts), i, "pre")
-        ys = _capture(source, list(dict.fromkeys(counterparts.values())), i, "post")
+        xs = _capture(target, [(n, k, "pre") for n, k in counterparts], i)
+        ys = _capture(source, list(dict.fromkeys(want.values())), i, until)
         size = target.batches.sizes[i]
         rows: dict[tuple[int, bool], Tensor] = {}  # layers reading one tensor share its rows
+        inputs: dict[int, Tensor] = {}  # ... and lifted layers reading one source input share its rows
         groups: dict[tuple, tuple[Tensor, Tensor, list]] = {}  # ... and their statistics' X^T X
         for (name, k), src in counterparts.items():
             module = target.modules[name]
-            x, y = xs.get((name, k)), ys.get(src)
+            x, y = xs.get((name, k, "pre")), ys.get(want[(name, k)])
             if x is None or y is None:
                 report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
                 continue
             conv = isinstance(module, nn.Conv2d)
-            if index[(name, k)] is not None:
+            lifted = through[(name, k)]
+            if lifted is not None:  # the source layer's inputs (with a column of ones for its bias)
+                if id(y) not in inputs:
+                    flat = _flat(y, False)
+                    extra = lifted.shape[0] - flat.shape[1]
+                    inputs[id(y)] = torch.cat([flat, torch.ones_like(flat[:, :1])], 1) if extra == 1 else flat
+                y = inputs[id(y)]
+            elif index[(name, k)] is not None:
                 y = y.index_select(1 if conv else -1, index[(name, k)].to(y.device))
             if conv:  # rows are (example, output position): a k x k convolution is linear in its input patches
                 shape = torch.Size([y.shape[0], y.shape[2] * y.shape[3], 1])
@@ -387,19 +420,20 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
                 rows[layout] = conv_patches(x, module) if conv else _flat(x, False)
             x = rows[layout]
             sample = sample_rows(x.shape[0]) if conv else None  # a backbone's maps are large: spread positions
-            x, y = _sampled(x, sample), _sampled(_flat(y, conv), sample)
+            x, y = _sampled(x, sample), y if lifted is not None else _sampled(_flat(y, conv), sample)
             width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
-            if x.shape[0] != y.shape[0] or y.shape[1] != width:
+            given = lifted.shape[1] if lifted is not None else y.shape[1]
+            if x.shape[0] != y.shape[0] or given != width or (lifted is not None and y.shape[1] != lifted.shape[0]):
                 report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
                 continue
             held = _sampled(_held(shape, size, offset, target.batches.examples), sample) if holdout else torch.zeros(
                 x.shape[0], dtype=torch.bool)
             kind = (isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None)
-            groups.setdefault((id(x), kind), (x, held.to(x.device), []))[2].append((name, module, y))
+            groups.setdefault((id(x), kind), (x, held.to(x.device), []))[2].append((name, module, y, lifted))
         for x, held, members in groups.values():
-            names_ = [name for name, _, _ in members]
-            found = record([m for _, m, _ in members], [stats.get(n) for n in names_], x, [y for _, _, y in members],
-                           held, [scale(n) for n in names_])
+            names_ = [member[0] for member in members]
+            found = record([m[1] for m in members], [stats.get(n) for n in names_], x, [m[2] for m in members],
+                           held, [scale(n) for n in names_], [m[3] for m in members])
             stats.update(zip(names_, found))
         offset += size
 
@@ -413,22 +447,64 @@ def _held(shape: torch.Size, size: int, offset: int, examples: int) -> Tensor:
     return held_out_rows(shape, examples if size == examples else size)
 
 
-def _capture(walker: Walker, calls: list[tuple[str, int]], i: int, kind: str) -> dict[tuple[str, int], Tensor]:
-    """First positional input (``pre``) or output (``post``) of each ``(module, call)`` on mini-batch ``i``,
-    stopping the forward once all are seen."""
-    seen: dict[tuple[str, int], Tensor] = {}
+def _capture(walker: Walker, calls: list[tuple[str, int, str]], i: int,
+             until: tuple[str, Callable[[int, Any], None]] | None = None) -> dict[tuple[str, int, str], Tensor]:
+    """First positional input (``pre``) or output (``post``) of each ``(module, call, kind)`` on mini-batch
+    ``i``, stopping the forward once all are seen, or (``until``: a module and its recorder) once that module
+    has returned and its output is recorded."""
+    seen: dict[tuple[str, int, str], Tensor] = {}
 
-    def grab(key: tuple[str, int]) -> Callable:
+    def grab(key: tuple[str, int, str]) -> Callable:
         def fn(module: nn.Module, args: tuple, kwargs: dict, *output: Any) -> None:
             value = output[0] if output else (args[0] if args and isinstance(args[0], Tensor) else None)
             if isinstance(value, Tensor):
                 seen[key] = value.detach()
-            if len(seen) == len(calls):
+            if len(seen) == len(calls) and until is None:
                 raise Stop
         return fn
 
-    walker.run(i, [(name, k, kind, grab((name, k))) for name, k in calls])
+    def done(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        assert until is not None
+        until[1](i, output)
+        raise Stop
+
+    hooks = [(name, k, kind, grab((name, k, kind))) for name, k, kind in calls]
+    walker.run(i, hooks + ([(until[0], 0, "post", done)] if until is not None else []))
     return seen
+
+
+def _closing_block(source: Walker, calls: list[tuple[str, int]], after: list[int]) -> str | None:
+    """The block of a stack that all of a stage's source calls lie in, when no later stage calls into it
+    (``after``: where the next stage's source calls begin): the source's weights never change, so its pass
+    goes on to the block's end and records the block's output, and the next block's stage replays it instead
+    of computing the whole block again (a decoder's FFN ran twice per block in the source)."""
+    blocks = {outer_block(name) for name, _ in calls}
+    block = blocks.pop() if len(blocks) == 1 else None
+    if block is None or len(source.calls.get(block, [])) != 1 or block in source.stores:
+        return None
+    end = source.calls[block][0].exit
+    if any(start < end for start in after):
+        return None
+    return block
+
+
+def _through(module: nn.Module, counterpart: nn.Module, index: Tensor | None, scale: float) -> Tensor | None:
+    """The source layer's map from its input to the kept outputs (``(in [+1], kept)``, float64, times
+    ``scale``) when recording its inputs and lifting the statistics through it is cheaper than recording its
+    outputs: a linear layer with more kept outputs than inputs (a vocabulary's output layer). None otherwise."""
+    if not (isinstance(module, nn.Linear) and type(counterpart) is nn.Linear):
+        return None
+    inputs = module.in_features + (module.bias is not None)
+    source = counterpart.in_features + (counterpart.bias is not None)
+    if source * (inputs + source / HOLD_OUT_EVERY) >= inputs * module.out_features:
+        return None
+    weight = counterpart.weight.detach().double()
+    bias = counterpart.bias.detach().double() if counterpart.bias is not None else None
+    if index is not None:
+        index = index.to(weight.device)
+        weight, bias = weight[index], bias[index] if bias is not None else None
+    through = weight.T if bias is None else torch.cat([weight.T, bias[None]], 0)
+    return through * scale if scale != 1.0 else through
 
 
 @torch.no_grad()

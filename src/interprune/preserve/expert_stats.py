@@ -28,7 +28,7 @@ def _hook(energy: dict[str, Tensor], prefix: str) -> Callable:
         hidden, index, weights = args[0], args[1], args[2]
         hidden = hidden.reshape(-1, hidden.shape[-1])
         total = energy.setdefault(prefix, torch.zeros(module.num_experts, module.down_proj.shape[-1],
-                                                       dtype=torch.float64))
+                                                       dtype=torch.float64, device=hidden.device))
         for e in range(module.num_experts):
             token, slot = torch.where(index == e)
             if not token.numel():
@@ -52,6 +52,8 @@ def expert_scores(model: nn.Module, plan: Any, inputs: dict[str, Any] | Batches,
     """Per expert FFN dimension of ``plan``: its units' routed-activation scores on ``inputs``."""
     owners = {}
     for dim in plan.dimensions:
+        if dim.kind != "ffn":  # the residual stream reads every expert's down projection too (its other axis)
+            continue
         for axis in dim.axes:
             base, _, part = axis.tensor.partition(PART_MARK)
             if base.endswith(".down_proj") and part.startswith("e"):
@@ -66,5 +68,5 @@ def expert_scores(model: nn.Module, plan: Any, inputs: dict[str, Any] | Batches,
     for name, (prefix, e) in owners.items():
         if prefix in energy:
             down = named[prefix].down_proj[e].double()
-            scores[name] = (energy[prefix][e] * down.pow(2).sum(0)).float()
+            scores[name] = (energy[prefix][e] * down.pow(2).sum(0)).float().cpu()  # choices live on the CPU
     return scores

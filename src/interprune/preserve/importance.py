@@ -62,7 +62,7 @@ def magnitude_scores(state: dict[str, Tensor], plan: Any,
         for axis in dim.axes:
             value = state.get(rename(axis.tensor))
             if value is not None and value.is_floating_point():
-                total += _normalised(_units(value, axis, dim.source))
+                total += _normalised(_units(value, axis, dim.source)).cpu()  # choices live on the CPU
         scores[dim.name] = total
     return scores
 
@@ -76,9 +76,12 @@ def _square_sums(rows: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _energies(model: nn.Module, inputs: Batch | Batches, modules: set[str]) -> dict[str, tuple[Tensor, Tensor]]:
+def _energies(model: nn.Module, inputs: Batch | Batches, modules: dict[str, tuple[bool, bool]]
+              ) -> dict[str, tuple[Tensor | None, Tensor | None]]:
     """Mean squared input and output per feature (last axis; channels for convolutions) of ``modules``,
-    over every mini-batch; a module called several times per forward sums the means of its calls."""
+    over every mini-batch; a module called several times per forward sums the means of its calls.
+    ``modules`` says which of the two each module's scores read (None for the other): a language model's
+    output layer is scored by its input alone, and squaring its 30,000-wide output was a third of the pass."""
     sums: dict[tuple[str, int], list] = {}  # (module, call) -> [sum x^2, sum y^2, rows]
     calls: dict[str, int] = {}
 
@@ -93,10 +96,12 @@ def _energies(model: nn.Module, inputs: Batch | Batches, modules: set[str]) -> d
             key = (name, calls.get(name, 0))
             calls[name] = key[1] + 1
             conv = isinstance(module, nn.Conv2d)
-            ex, ey = known(args[0], x, conv), known(output, y, conv)
+            need_in, need_out = modules[name]
+            ex = known(args[0], x, conv) if need_in else None
+            ey = known(output, y, conv) if need_out else None
             if key in sums:
-                sums[key][0] = sums[key][0] + ex  # not in place: a sum may be shared by the tensor's readers
-                sums[key][1] = sums[key][1] + ey
+                sums[key][0] = _plus(sums[key][0], ex)  # not in place: a sum may be shared by the tensor's readers
+                sums[key][1] = _plus(sums[key][1], ey)
                 sums[key][2] += x.shape[0]
             else:
                 sums[key] = [ex, ey, x.shape[0]]
@@ -120,11 +125,15 @@ def _energies(model: nn.Module, inputs: Batch | Batches, modules: set[str]) -> d
 
     named = dict(model.named_modules())
     hooked_pass(model, inputs, [(named[n], hook(n)) for n in modules if n in named], before_batch=next_batch)
-    found: dict[str, list[Tensor]] = {}
+    found: dict[str, list[Tensor | None]] = {}
     for (name, _), (ex, ey, rows) in sorted(sums.items(), key=lambda kv: kv[0]):
-        mean = [ex / rows, ey / rows]
-        found[name] = mean if name not in found else [found[name][0] + mean[0], found[name][1] + mean[1]]
-    return {n: (v[0].float(), v[1].float()) for n, v in found.items()}
+        mean = [None if ex is None else ex / rows, None if ey is None else ey / rows]
+        found[name] = mean if name not in found else [_plus(found[name][0], mean[0]), _plus(found[name][1], mean[1])]
+    return {n: tuple(None if e is None else e.float() for e in v) for n, v in found.items()}  # type: ignore[misc]
+
+
+def _plus(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    return None if a is None or b is None else a + b
 
 
 def activation_scores(model: nn.Module, plan: Any, inputs: Batch | Batches,
@@ -138,7 +147,16 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch | Batches,
               if real_name(a.tensor).endswith(".weight")}
     named = dict(model.named_modules())
     hooked = {n for n in owners if isinstance(named.get(n), (nn.Linear, nn.Conv2d, nn.LayerNorm))}
-    energy = _energies(model, inputs, hooked)
+    sides: dict[str, tuple[bool, bool]] = {}  # module -> (its input scored, its output scored)
+    for dim in plan.dimensions:
+        for axis in dim.axes:
+            owner, _, leaf = real_name(axis.tensor).rpartition(".")
+            owner = rename(owner)
+            if owner in hooked and leaf == "weight":
+                norm = isinstance(named[owner], nn.LayerNorm)
+                was = sides.get(owner, (False, False))
+                sides[owner] = (was[0] or (axis.axis == 1 and not norm), was[1] or norm or axis.axis == 0)
+    energy = _energies(model, inputs, sides)
     fallback = magnitude_scores(state, plan, rename)
     scores = {}
     for dim in plan.dimensions:
@@ -157,20 +175,20 @@ def activation_scores(model: nn.Module, plan: Any, inputs: Batch | Batches,
             else:
                 continue
             per = per.reshape(axis.parts, dim.source, axis.group).sum(dim=(0, 2))
-            total += _normalised(per)
+            total += _normalised(per).cpu()  # a model on a GPU: scores and choices live on the CPU
             used = True
         scores[dim.name] = total if used else fallback[dim.name]
     scores.update(expert_scores(model, plan, inputs, rename))  # experts: on the tokens routed to each
     return scores
 
 
-def _part_energy(fused: dict, axis: Any, energy: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+def _part_energy(fused: dict, axis: Any, energy: tuple) -> tuple:
     """A fused layer's output energies restricted to one part (q, k, v; gate, up) when ``axis`` is one."""
     whole = fused.get(real_name(axis.tensor))
     if whole is None:
         return energy
     part = next(p for p in whole.parts if whole.part_name(p) == axis.tensor)
-    return energy[0], energy[1][part.source]
+    return energy[0], None if energy[1] is None else energy[1][part.source.to(energy[1].device)]
 
 
 def choose(plan: Any, scores: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["row_chunks", "Moments", "moments", "shared_moments", "add_shared", "Bases", "channel_moments", "ridge_towards", "held_out_error", "choose_strength", "Choice", "GRID"]
+__all__ = ["row_chunks", "Moments", "moments", "shared_moments", "group_moments", "lift", "add_shared", "Bases", "channel_moments", "ridge_towards", "held_out_error", "choose_strength", "Choice", "GRID"]
 
 CHUNK_BYTES = 64 * 2**20  # rows go to float64 in chunks of about this size
 BLOCK_BYTES = 32 * 2**20  # candidate refits are solved this many bytes of float64 weights at a time
@@ -70,13 +70,37 @@ def shared_moments(x: Tensor, ys: list[Tensor]) -> list[Moments]:
     """``moments(x, y)`` for several targets of the same rows (queries, keys and values read one input):
     ``X^T X`` is computed once and is the same tensor in every result, so it is also decomposed once
     (``_Basis``); each target costs only its ``X^T Y``."""
+    return group_moments(x, ys, [False] * len(ys), held=False)
+
+
+def group_moments(x: Tensor, ys: list[Tensor], lifted: list[bool], held: bool) -> list[Moments]:
+    """``shared_moments`` where some targets are *lifted*: rows ``inputs`` of a linear map ``L`` applied later
+    (``lift``), for a layer whose output has more columns than its input. Then ``xy = X^T inputs`` and, for
+    held-out rows (``held``), ``yy`` holds ``inputs^T inputs``; for fitted rows ``tr(Y^T Y)`` is never used,
+    and 0 is kept. A target given twice (the same tensor: gate and up read one source input) costs once.
+
+    The source's output layer over a 30,000-word vocabulary made ``X^T Y`` cost 30,400 products per token and
+    input feature; through its 1,024-wide input it costs 1,025, and the source no longer computes the logits."""
     x = x.double()
     xx = x.mT @ x
+    found: dict[tuple[int, bool], tuple[Tensor, Tensor]] = {}
     out = []
-    for y in ys:
-        y = y.double()
-        out.append(Moments(xx, x.mT @ y, (y * y).sum((-2, -1)), int(x.shape[-2])))
+    for y, up in zip(ys, lifted):
+        key = (id(y), up)
+        if key not in found:
+            wide = y.double()
+            yy = (wide.mT @ wide if held else wide.new_zeros(())) if up else (wide * wide).sum((-2, -1))
+            found[key] = (x.mT @ wide, yy)
+        out.append(Moments(xx, *found[key], int(x.shape[-2])))
     return out
+
+
+def lift(stats: Moments, through: Tensor) -> Moments:
+    """Lifted statistics (``group_moments``) turned into those of ``Y = inputs @ through``:
+    ``X^T Y = (X^T inputs) through`` and ``tr(Y^T Y) = sum(through * (inputs^T inputs) through)``."""
+    through = through.to(stats.xy.dtype)
+    yy = (through * (stats.yy @ through)).sum() if stats.yy.dim() == 2 else stats.yy
+    return Moments(stats.xx, stats.xy @ through, yy, stats.n)
 
 
 def add_shared(totals: list[Moments | None], parts: list[Moments | None]) -> list[Moments | None]:

@@ -71,7 +71,8 @@ def _covariances(model: nn.Module, groups: dict[tuple[str, str], list[Any]], uni
     out = {}
     for key, axes in groups.items():
         width = units[key[0]]
-        total = torch.zeros(axes[0].parts, width, width, dtype=torch.float64)
+        device = next(iter(grams.values())).device if grams else None
+        total = torch.zeros(axes[0].parts, width, width, dtype=torch.float64, device=device)
         for axis in axes:
             owner = rename(axis.tensor.rpartition(".")[0])
             if owner not in grams or axis.axis != 0 or not axis.tensor.endswith(".weight"):

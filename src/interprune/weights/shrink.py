@@ -33,9 +33,18 @@ __all__ = ["shrink", "plan_for"]
 def plan_for(source: str | os.PathLike | PreTrainedModel, overrides: dict[str, Any]) -> Plan:
     """The dimension plan of a shrink, from shapes only: both models are built without memory."""
     config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
-    target = build_model(target_config(config, overrides), meta=True)
+    target = build_model(_target_config(source, config, overrides), meta=True)
     model = source if isinstance(source, PreTrainedModel) else build_model(config, meta=True)
     return make_plan(model, target)
+
+
+def _target_config(source: Any, config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
+    """The target's config. A model built in memory and never saved has no ``architectures``: its target is
+    of its own class (a causal LM's target used to be built as the bare ``AutoModel``, without its head)."""
+    wanted = target_config(config, overrides)
+    if isinstance(source, PreTrainedModel) and not getattr(config, "architectures", None):
+        wanted.architectures = [type(source).__name__]
+    return wanted
 
 
 def shrink(
@@ -77,7 +86,7 @@ def shrink(
                                 bool(reinit or choices))
     overrides = dict(overrides or {})
     config = source.config if isinstance(source, PreTrainedModel) else load_config(source)
-    target = build_model(target_config(config, overrides), seed)
+    target = build_model(_target_config(source, config, overrides), seed)
     check_target(target, overrides)
     _check_vocabulary(source, config, target.config)
     model = source if isinstance(source, PreTrainedModel) else load_model(source, config)

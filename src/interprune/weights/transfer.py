@@ -199,10 +199,11 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
         covered = sum(part.target.numel() for part in fused.parts) == fresh.shape[fused.axis]
         # parts that cover every row need nothing of the target's own values (so a meta target streams)
         out = torch.empty(fresh.shape, dtype=fresh.dtype, device=value.device) if covered else fresh.clone()
-        for part in fused.parts:
-            piece = _fill(fused.part_name(part), value.index_select(fused.axis, part.source),
-                          fresh.index_select(fused.axis, part.target), method, plan, choices, structured, generator)
-            out.index_copy_(fused.axis, part.target, piece.to(out.dtype))
+        for part in fused.parts:  # indices live on the CPU, the tensors where the model is
+            rows, into = part.source.to(value.device), part.target.to(fresh.device)
+            piece = _fill(fused.part_name(part), value.index_select(fused.axis, rows),
+                          fresh.index_select(fused.axis, into), method, plan, choices, structured, generator)
+            out.index_copy_(fused.axis, into.to(out.device), piece.to(out.dtype))
         return out
     by_axis: dict[int, list] = {}
     for axis, dim, ax in plan.entries(name):
@@ -221,6 +222,7 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
         index = axis_index(work.shape[axis], entries, choices)
         if index is None or index.numel() != fresh.shape[axis]:
             continue
+        index = index.to(work.device)  # choices live on the CPU, the tensors where the model is
         work = work.index_select(axis, index.clamp(min=0))
         missing = (index < 0).reshape([-1 if i == axis else 1 for i in range(work.dim())])
         mask = missing if mask is None else mask | missing
