@@ -134,3 +134,26 @@ def test_layers_reading_one_input_share_x_t_x_and_one_decomposition():
         assert together.strength == alone.strength
         assert torch.allclose(together.weight, alone.weight, atol=1e-10)
     assert len(bases.made) == 1
+
+
+def test_lifted_statistics_give_the_refit_of_the_outputs_they_stand_for_in_any_column_blocks():
+    """``group_moments`` of a source layer's inputs, lifted through its map a block of columns at a time,
+    choose the same strength and weights as the statistics of its outputs."""
+    from interprune.preserve.refit import group_moments
+
+    gen = torch.Generator().manual_seed(5)
+    x, inputs = torch.randn(200, 6, generator=gen, dtype=torch.float64), torch.randn(200, 4, generator=gen,
+                                                                                    dtype=torch.float64)
+    through = torch.randn(4, 30, generator=gen, dtype=torch.float64)
+    x = x + inputs[:, :1]  # the small model's inputs relate to the source's, so the refit matters
+    y = inputs @ through  # the source layer's outputs
+    w0 = torch.randn(6, 30, generator=gen, dtype=torch.float64)
+    fit, held = moments(x[:150], y[:150]), moments(x[150:], y[150:])
+    (lift_fit,), (lift_held,) = group_moments(x[:150], [inputs[:150]], [True], held=False), \
+        group_moments(x[150:], [inputs[150:]], [True], held=True)
+    direct = choose_strength(fit, held, w0)
+    for block in (8 * 6 * 7, 10**9):  # 7 columns a block, and all at once
+        lifted = choose_strength(lift_fit, lift_held, w0, block_bytes=block, through=through)
+        assert lifted.strength == direct.strength
+        assert torch.allclose(lifted.weight, direct.weight, rtol=1e-8, atol=1e-10)
+        assert all(abs(lifted.errors[s] - direct.errors[s]) < 1e-9 for s in direct.errors)

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .refit import GRID, Bases, Choice, Moments, add_shared, channel_moments, choose_strength, group_moments, lift, row_chunks
+from .refit import GRID, Bases, Choice, Moments, add_shared, channel_moments, choose_strength, group_moments, row_chunks
 from ..walk import Batches, Spill, Stop, Walker, outer_block
 
 __all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments", "LayerStats", "record", "refit",
@@ -184,10 +184,8 @@ def refit(module: nn.Module, stats: LayerStats, grid: tuple[float, ...], bases: 
     """Solve for the layer from its statistics (the strength the held-out rows prefer) and write it;
     ``bases`` shares one decomposition among layers whose statistics share ``X^T X``."""
     fit, held = stats.fit, stats.held
-    if stats.through is not None:
-        fit, held = (lift(m, stats.through) if m is not None else None for m in (fit, held))
     choice = choose_strength(fit if fit is not None else held, held if fit is not None else None, stats.prior, grid,
-                             bases=bases)
+                             bases=bases, through=stats.through)
     _assign(module, choice.weight, isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None)
     return choice
 

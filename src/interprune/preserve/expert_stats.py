@@ -33,7 +33,8 @@ def _hook(energy: dict[str, Tensor], prefix: str) -> Callable:
             token, slot = torch.where(index == e)
             if not token.numel():
                 continue
-            gate, up = nn.functional.linear(hidden[token], module.gate_up_proj[e]).chunk(2, dim=-1)
+            weight = module.gate_up_proj[e].to(hidden.dtype)  # a half-precision source computes in float32
+            gate, up = nn.functional.linear(hidden[token], weight).chunk(2, dim=-1)
             units = module.act_fn(gate) * up * weights[token, slot, None]
             total[e] += units.double().pow(2).sum(0)
     return fn

@@ -14,7 +14,6 @@ where a rotation would change the function.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from ..plan import RULES
 from ..plan.fused import PART_MARK
+from ..precision import float32_copy
 from ..walk import hooked_pass
 
 __all__ = ["rotate_heads", "query_key_axes"]
@@ -102,7 +102,7 @@ def rotate_heads(source: nn.Module, plan: Any, inputs: Batch,
     dims = [d for d in plan.dimensions if _rotatable(d)]
     if not dims:  # nothing to turn (rotary heads, no head cut): the source itself, not a copy of it
         return source, {}
-    rotated = copy.deepcopy(source)
+    rotated = float32_copy(source)  # rotated in float32: a half-precision source's rotation is not rounded
     groups = {}
     for dim in dims:
         qk, vo = query_key_axes(dim)

@@ -141,15 +141,23 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
     if run.batch == "auto":
         run = replace(run, batch=auto_batch(inputs))
     _check_budget(run.budget, model.config, inputs, run.batch)
-    # least squares in full precision, without changing a caller's half-precision model
-    ours = not isinstance(source, PreTrainedModel)  # loaded here: converted in place, not copied
-    work = model if model.dtype == torch.float32 else (model.float() if ours else copy.deepcopy(model).float())
+    from ..precision import compute_in_float32
+
+    # least squares in full precision: a half-precision source stays half and each module computes with
+    # float32 copies of its own tensors while it runs (``precision.py``), not a float32 copy of the whole model
+    ours = not isinstance(source, PreTrainedModel)  # loaded here: moved in place, not copied
+    work = model
     if run.device != "cpu":
-        work = copy.deepcopy(work) if work is model and not ours else work
+        work = model if ours else copy.deepcopy(model)
         work, target, inputs = work.to(run.device), target.to(run.device), _on(inputs, run.device)
-    report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
-                          layers=layers, rotate=rotate, seed=seed, batch_size=run.batch, budget=run.budget,
-                          progress=run.progress)
+    handles = compute_in_float32(work)
+    try:
+        report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
+                              layers=layers, rotate=rotate, seed=seed, batch_size=run.batch, budget=run.budget,
+                              progress=run.progress)
+    finally:
+        for handle in handles:
+            handle.remove()
     target.cpu()
     if calibration is not None and not isinstance(calibration, dict):
         record.calibration = str(calibration)

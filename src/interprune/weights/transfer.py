@@ -199,16 +199,19 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
         covered = sum(part.target.numel() for part in fused.parts) == fresh.shape[fused.axis]
         # parts that cover every row need nothing of the target's own values (so a meta target streams)
         out = torch.empty(fresh.shape, dtype=fresh.dtype, device=value.device) if covered else fresh.clone()
-        for part in fused.parts:  # indices live on the CPU, the tensors where the model is
-            rows, into = part.source.to(value.device), part.target.to(fresh.device)
-            piece = _fill(fused.part_name(part), value.index_select(fused.axis, rows),
-                          fresh.index_select(fused.axis, into), method, plan, choices, structured, generator)
+        for part in fused.parts:  # indices live on the CPU, the tensors where the model is (or on meta)
+            rows, into = part.source.to(value.device), part.target
+            mine = fresh.index_select(fused.axis, into if fresh.device.type == "meta" else into.to(fresh.device))
+            piece = _fill(fused.part_name(part), value.index_select(fused.axis, rows), mine, method, plan, choices,
+                          structured, generator)
             out.index_copy_(fused.axis, into.to(out.device), piece.to(out.dtype))
         return out
     by_axis: dict[int, list] = {}
     for axis, dim, ax in plan.entries(name):
         by_axis.setdefault(axis, []).append((dim, ax))
     work, mask = value.detach(), None
+    if work.dtype != fresh.dtype and work.is_floating_point() and fresh.is_floating_point() and fresh.device.type != "meta":
+        work = work.to(fresh.dtype)  # a half-precision source into a float32 target: resampled in float32
     for axis, entries in sorted(by_axis.items()):
         if work.shape[axis] == fresh.shape[axis]:
             continue

@@ -1,0 +1,49 @@
+"""A half-precision source is calibrated in float32 one module at a time: the same model as a float32 copy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interprune import shrink
+from interprune.precision import compute_in_float32, float32_copy
+
+from .families import FAMILIES
+
+
+def _bf16(family: str):
+    config_cls, fields, model_cls, _, widths = FAMILIES[family]
+    torch.manual_seed(0)
+    return model_cls(config_cls(**fields)).eval().to(torch.bfloat16), widths[0]
+
+
+def test_modules_compute_in_float32_and_keep_their_half_tensors():
+    model, _ = _bf16("bert")
+    ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))
+    reference = float32_copy(model)
+    handles = compute_in_float32(model)
+    try:
+        with torch.no_grad():
+            found, expected = model(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert found.dtype == torch.float32 and torch.equal(found, expected)  # the float32 model's function exactly
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())  # and no float32 tensor stays behind
+    assert all(p.dtype == torch.float32 for p in reference.parameters())
+
+
+@pytest.mark.parametrize("family,rotate", [("qwen2", True), ("bert", True), ("mixtral", False)])
+def test_a_half_precision_source_shrinks_as_its_float32_copy_does(family, rotate):
+    model, overrides = _bf16(family)
+    ids = torch.randint(3, 100, (8, 12), generator=torch.Generator().manual_seed(2))
+    options = dict(method="calibrated", rotate=rotate, compensate=True, calibration={"input_ids": ids},
+                   calibration_batch=4, dtype=torch.bfloat16)
+    half, half_report = shrink(model, overrides, **options)
+    whole, whole_report = shrink(float32_copy(model), overrides, **options)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())  # the caller's model is unchanged
+    assert {k: torch.as_tensor(v).tolist() for k, v in half_report.choices.items()} == \
+        {k: torch.as_tensor(v).tolist() for k, v in whole_report.choices.items()}
+    assert half_report.preserved["compensated"] == whole_report.preserved["compensated"]
+    for (name, a), (_, b) in zip(half.state_dict().items(), whole.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
