@@ -47,3 +47,58 @@ def test_a_half_precision_source_shrinks_as_its_float32_copy_does(family, rotate
     assert half_report.preserved["compensated"] == whole_report.preserved["compensated"]
     for (name, a), (_, b) in zip(half.state_dict().items(), whole.state_dict().items()):
         assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_a_block_that_reads_a_childs_weight_directly_computes_on_float32_weights_instead():
+    """Modules outside every stack stay float32 for the whole recipe (a detector's parent reads its query
+    embeddings' weight directly); a block that does so is caught by a one-example probe, and the model is
+    then converted whole, in place, and put back afterwards."""
+    from torch import nn
+
+    from interprune.weights.shrink import _in_float32
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return x @ self.proj.weight.T  # not self.proj(x): no hook of proj's runs
+
+    class Toy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.queries = nn.Embedding(3, 4)
+            self.layers = nn.ModuleList([Block(), Block()])
+
+        def forward(self, x):
+            x = x + self.queries.weight.sum(0)  # read directly, outside every stack
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    model = Toy().to(torch.bfloat16)
+    handles = _in_float32(model, {"x": torch.randn(2, 4)})
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model(torch.randn(2, 4)).dtype == torch.float32
+    for handle in handles:
+        handle.remove()
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_the_float16_demo_source_shrinks_as_its_float32_copy_does():
+    """The shipped detector is stored in float16: its data-aware shrink is the float32 copy's, bit for bit."""
+    from interprune.demo import DEMO_SOURCE
+    from interprune.hf.models import load_model
+
+    from .engine_cases import demo_pixels
+
+    model = load_model(DEMO_SOURCE)
+    assert model.dtype == torch.float16
+    options = dict(method="calibrated", rotate=True, compensate=True, calibration=demo_pixels(4), calibration_batch=2,
+                   dtype=torch.float32)
+    overrides = {"d_model": 64, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128}
+    half, _ = shrink(model, overrides, **options)
+    whole, _ = shrink(float32_copy(model), overrides, **options)
+    for (name, a), (_, b) in zip(half.state_dict().items(), whole.state_dict().items()):
+        assert torch.equal(a, b), name

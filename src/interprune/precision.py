@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HALF", "compute_in_float32", "float32_copy"]
+__all__ = ["HALF", "compute_in_float32", "float32_copy", "to_float32", "Restore"]
 
 HALF = (torch.float16, torch.bfloat16)
 _SAVED = "_interprune_half"  # module attribute: the half-precision tensors swapped out during a call
@@ -46,16 +46,48 @@ def _down(module: nn.Module, args: Any, output: Any) -> None:
     setattr(module, _SAVED, [])
 
 
+class Restore:
+    """Puts back the half-precision tensors of modules made float32 for the whole recipe."""
+
+    def __init__(self, saved: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.saved = saved
+
+    def remove(self) -> None:
+        for t, half in self.saved:
+            t.data = half
+        self.saved = []
+
+
 def compute_in_float32(model: nn.Module) -> list[Any]:
-    """Make every module of ``model`` that holds half-precision tensors compute with float32 copies of them
-    (see the module doc); returns the hook handles (``handle.remove()`` undoes it). A model without half
-    tensors is left alone."""
+    """Make ``model``'s half-precision tensors compute in float32 (see the module doc); returns handles
+    whose ``remove()`` undoes it. Modules inside a repeated stack (``layers.3.mlp``: nearly every weight of
+    a large model) convert their own tensors while they run; the few outside every stack (embeddings, heads,
+    a detector's query embeddings, which its parent reads directly rather than by calling the module) are
+    float32 for the whole recipe. A model without half tensors is left alone."""
+    from .walk import outer_block
+
     handles: list[Any] = []
-    for module in model.modules():
-        if any(t.dtype in HALF for t in _own(module)):
-            handles.append(module.register_forward_pre_hook(_up))
-            handles.append(module.register_forward_hook(_down, always_call=True))
-    return handles
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for name, module in model.named_modules():
+        own = [t for t in _own(module) if t.dtype in HALF]
+        if not own:
+            continue
+        if outer_block(name) is None:
+            for t in own:
+                kept.append((t, t.data))
+                t.data = t.data.float()
+            continue
+        handles.append(module.register_forward_pre_hook(_up))
+        handles.append(module.register_forward_hook(_down, always_call=True))
+    return [*handles, Restore(kept)]
+
+
+def to_float32(model: nn.Module) -> Restore:
+    """Every half-precision tensor of ``model`` made float32 in place; ``remove()`` puts them back."""
+    saved = [(t, t.data) for t in [*model.parameters(), *model.buffers()] if t.dtype in HALF]
+    for t, half in saved:
+        t.data = half.float()
+    return Restore(saved)
 
 
 def float32_copy(model: nn.Module) -> nn.Module:

@@ -141,8 +141,6 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
     if run.batch == "auto":
         run = replace(run, batch=auto_batch(inputs))
     _check_budget(run.budget, model.config, inputs, run.batch)
-    from ..precision import compute_in_float32
-
     # least squares in full precision: a half-precision source stays half and each module computes with
     # float32 copies of its own tensors while it runs (``precision.py``), not a float32 copy of the whole model
     ours = not isinstance(source, PreTrainedModel)  # loaded here: moved in place, not copied
@@ -150,7 +148,7 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
     if run.device != "cpu":
         work = model if ours else copy.deepcopy(model)
         work, target, inputs = work.to(run.device), target.to(run.device), _on(inputs, run.device)
-    handles = compute_in_float32(work)
+    handles = _in_float32(work, inputs)
     try:
         report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
                               layers=layers, rotate=rotate, seed=seed, batch_size=run.batch, budget=run.budget,
@@ -163,6 +161,26 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
         record.calibration = str(calibration)
     report.preserved = record.to_dict()
     return report
+
+
+def _in_float32(model: PreTrainedModel, inputs: Any) -> list[Any]:
+    """``precision.compute_in_float32`` on ``model``, tried on one calibration example: a family whose
+    blocks read a child's half-precision weight directly (not by calling it) fails there at once, and then
+    computes on a float32 copy as before, converted in place (undone afterwards)."""
+    from ..precision import HALF, compute_in_float32, to_float32
+    from ..walk import split_batch
+
+    handles = compute_in_float32(model)
+    if not isinstance(inputs, dict) or not any(t.dtype in HALF for t in model.parameters()):
+        return handles
+    try:
+        with torch.no_grad():
+            model.eval()(**split_batch(inputs, 1)[0])
+        return handles
+    except RuntimeError:
+        for handle in handles:
+            handle.remove()
+    return [to_float32(model)]
 
 
 AUTO_EXAMPLES, AUTO_PIXELS = 8, 2_000_000
