@@ -31,13 +31,18 @@ def _own(module: nn.Module) -> list[torch.Tensor]:
     return [*module.parameters(recurse=False), *module.buffers(recurse=False)]
 
 
+def _widen(tensors: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The half-precision ones among ``tensors`` made float32 in place; returns each with its half data."""
+    saved = [(t, t.data) for t in tensors if t.dtype in HALF]
+    for t, half in saved:
+        t.data = half.float()
+    return saved
+
+
 def _up(module: nn.Module, args: Any) -> None:
     if "forward" in module.__dict__:  # replayed from a store: no computation, no copy
         return
-    saved = [(t, t.data) for t in _own(module) if t.dtype in HALF]
-    for t, half in saved:
-        t.data = half.float()
-    setattr(module, _SAVED, saved)
+    setattr(module, _SAVED, _widen(_own(module)))
 
 
 def _down(module: nn.Module, args: Any, output: Any) -> None:
@@ -69,13 +74,10 @@ def compute_in_float32(model: nn.Module) -> list[Any]:
     handles: list[Any] = []
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     for name, module in model.named_modules():
-        own = [t for t in _own(module) if t.dtype in HALF]
-        if not own:
+        if not any(t.dtype in HALF for t in _own(module)):
             continue
         if outer_block(name) is None:
-            for t in own:
-                kept.append((t, t.data))
-                t.data = t.data.float()
+            kept += _widen(_own(module))
             continue
         handles.append(module.register_forward_pre_hook(_up))
         handles.append(module.register_forward_hook(_down, always_call=True))
@@ -84,17 +86,12 @@ def compute_in_float32(model: nn.Module) -> list[Any]:
 
 def to_float32(model: nn.Module) -> Restore:
     """Every half-precision tensor of ``model`` made float32 in place; ``remove()`` puts them back."""
-    saved = [(t, t.data) for t in [*model.parameters(), *model.buffers()] if t.dtype in HALF]
-    for t, half in saved:
-        t.data = half.float()
-    return Restore(saved)
+    return Restore(_widen([*model.parameters(), *model.buffers()]))
 
 
 def float32_copy(model: nn.Module) -> nn.Module:
     """A float32 copy of ``model`` (its hooks stay and find nothing to convert): for code that changes
     weights in place, such as rotating heads, whose result must not be rounded to half precision."""
     twin = copy.deepcopy(model)
-    for t in [*twin.parameters(), *twin.buffers()]:
-        if t.dtype in HALF:
-            t.data = t.data.float()
+    _widen([*twin.parameters(), *twin.buffers()])
     return twin

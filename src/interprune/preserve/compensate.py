@@ -359,81 +359,117 @@ def _stages(target: Walker, active: list[str], report: Compensation) -> list[lis
     return stages
 
 
-def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], stats: dict[str, LayerStats],
-               kept: Callable, source_name: Callable, scale: Callable, report: Compensation, holdout: bool,
-               following: list[tuple[str, int]]) -> None:
-    """One pass over the mini-batches: the stage's inputs from the target, the kept outputs of their
-    counterparts from the source, recorded into ``stats``. ``following`` is the next stage."""
-    target, source = walkers
-    counterparts = {}
+@dataclass
+class _Plan:
+    """What one stage's pass reads: per target ``(layer, call)`` its source counterpart's call, the source
+    output indices it keeps, the source map its statistics are lifted through (``_through``), what to capture
+    of the source (``(name, call, "pre"|"post")``), and the source block recorded on the way (``until``)."""
+
+    counterparts: dict[tuple[str, int], tuple[str, int]]
+    index: dict[tuple[str, int], Tensor | None]
+    through: dict[tuple[str, int], Tensor | None]
+    want: dict[tuple[str, int], tuple[str, int, str]]
+    until: tuple[str, Callable[[int, Any], None]] | None
+
+
+def _counterparts(source: Walker, stage: list[tuple[str, int]], source_name: Callable
+                  ) -> dict[tuple[str, int], tuple[str, int]]:
+    """The source call each ``(layer, call)`` of ``stage`` is fitted to (a layer called more often in the
+    target than in the source is fitted to the source's last call); layers the source never runs are left out."""
+    found = {}
     for name, k in stage:
-        src = source_name(name)
-        calls = source.calls.get(src, [])
+        calls = source.calls.get(source_name(name), [])
         if calls:
-            counterparts[(name, k)] = (src, min(k, len(calls) - 1))
-        else:
-            report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
-    if not counterparts:
-        return
+            found[(name, k)] = (source_name(name), min(k, len(calls) - 1))
+    return found
+
+
+def _plan_stage(walkers: tuple[Walker, Walker], counterparts: dict[tuple[str, int], tuple[str, int]],
+                kept: Callable, scale: Callable, following: list[tuple[str, int]], source_name: Callable) -> _Plan:
+    """Prepare both walks for the stage and decide what its pass captures (see ``_Plan``)."""
+    target, source = walkers
     target.prepare(min(target.enter(n, k) for n, k in counterparts))
     source.prepare(min(source.enter(*c) for c in counterparts.values()))
     index = {key: kept(key[0]) for key in counterparts}
     through = {key: _through(target.modules[key[0]], source.modules[src], index[key], scale(key[0]))
                for key, (src, _) in counterparts.items()}
     want = {key: (*src, "post" if through[key] is None else "pre") for key, src in counterparts.items()}
-    closing = _closing_block(source, list(counterparts.values()), [
-        source.enter(source_name(n), min(k, len(source.calls[source_name(n)]) - 1))
-        for n, k in following if source.calls.get(source_name(n))])
-    until = (closing, source.recorder(closing)) if closing is not None else None
+    after = [source.enter(*c) for c in _counterparts(source, following, source_name).values()]
+    closing = _closing_block(source, list(counterparts.values()), after)
+    return _Plan(counterparts, index, through, want, (closing, source.recorder(closing)) if closing else None)
+
+
+def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], stats: dict[str, LayerStats],
+               kept: Callable, source_name: Callable, scale: Callable, report: Compensation, holdout: bool,
+               following: list[tuple[str, int]]) -> None:
+    """One pass over the mini-batches: the stage's inputs from the target, the kept outputs of their
+    counterparts from the source (or their inputs, for lifted layers), recorded into ``stats``.
+    ``following`` is the next stage."""
+    target, source = walkers
+    counterparts = _counterparts(source, stage, source_name)
+    for name, _ in stage:
+        if not any(key[0] == name for key in counterparts):
+            report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
+    if not counterparts:
+        return
+    plan = _plan_stage(walkers, counterparts, kept, scale, following, source_name)
     offset = 0  # examples before this mini-batch: every fourth example of the whole set is held out
     for i in range(len(target.batches)):
         xs = _capture(target, [(n, k, "pre") for n, k in counterparts], i)
-        ys = _capture(source, list(dict.fromkeys(want.values())), i, until)
-        size = target.batches.sizes[i]
-        rows: dict[tuple[int, bool], Tensor] = {}  # layers reading one tensor share its rows
-        inputs: dict[int, Tensor] = {}  # ... and lifted layers reading one source input share its rows
-        groups: dict[tuple, tuple[Tensor, Tensor, list]] = {}  # ... and their statistics' X^T X
-        for (name, k), src in counterparts.items():
-            module = target.modules[name]
-            x, y = xs.get((name, k, "pre")), ys.get(want[(name, k)])
-            if x is None or y is None:
-                report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
-                continue
-            conv = isinstance(module, nn.Conv2d)
-            lifted = through[(name, k)]
-            if lifted is not None:  # the source layer's inputs (with a column of ones for its bias)
-                if id(y) not in inputs:
-                    flat = _flat(y, False)
-                    extra = lifted.shape[0] - flat.shape[1]
-                    inputs[id(y)] = torch.cat([flat, torch.ones_like(flat[:, :1])], 1) if extra == 1 else flat
-                y = inputs[id(y)]
-            elif index[(name, k)] is not None:
-                y = y.index_select(1 if conv else -1, index[(name, k)].to(y.device))
-            if conv:  # rows are (example, output position): a k x k convolution is linear in its input patches
-                shape = torch.Size([y.shape[0], y.shape[2] * y.shape[3], 1])
-                layout = (id(x), module.kernel_size, module.stride, module.padding, module.dilation)
-            else:
-                shape, layout = x.shape, (id(x),)
-            if layout not in rows:
-                rows[layout] = conv_patches(x, module) if conv else _flat(x, False)
-            x = rows[layout]
-            sample = sample_rows(x.shape[0]) if conv else None  # a backbone's maps are large: spread positions
-            x, y = _sampled(x, sample), y if lifted is not None else _sampled(_flat(y, conv), sample)
-            width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
-            given = lifted.shape[1] if lifted is not None else y.shape[1]
-            if x.shape[0] != y.shape[0] or given != width or (lifted is not None and y.shape[1] != lifted.shape[0]):
-                report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
-                continue
-            held = _sampled(_held(shape, size, offset, target.batches.examples), sample) if holdout else torch.zeros(
-                x.shape[0], dtype=torch.bool)
-            kind = (isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None)
-            groups.setdefault((id(x), kind), (x, held.to(x.device), []))[2].append((name, module, y, lifted))
+        ys = _capture(source, list(dict.fromkeys(plan.want.values())), i, plan.until)
+        groups = _groups(target, plan, xs, ys, report, target.batches.sizes[i], offset if holdout else None)
         for x, held, members in groups.values():
             names_ = [member[0] for member in members]
             found = record([m[1] for m in members], [stats.get(n) for n in names_], x, [m[2] for m in members],
                            held, [scale(n) for n in names_], [m[3] for m in members])
             stats.update(zip(names_, found))
-        offset += size
+        offset += target.batches.sizes[i]
+
+
+def _groups(target: Walker, plan: _Plan, xs: dict, ys: dict, report: Compensation, size: int,
+            offset: int | None) -> dict[tuple, tuple[Tensor, Tensor, list]]:
+    """One mini-batch's rows for each stage layer, grouped by the input rows they share (their statistics
+    share ``X^T X``): ``(x, held, [(name, module, targets, through)])``. ``offset`` is the first example's
+    number when every fourth example is held out (None: none is)."""
+    rows: dict[tuple, Tensor] = {}  # layers reading one tensor share its rows
+    inputs: dict[int, Tensor] = {}  # ... and lifted layers reading one source input share its rows
+    groups: dict[tuple, tuple[Tensor, Tensor, list]] = {}
+    for (name, k) in plan.counterparts:
+        module = target.modules[name]
+        x, y = xs.get((name, k, "pre")), ys.get(plan.want[(name, k)])
+        if x is None or y is None:
+            report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
+            continue
+        conv = isinstance(module, nn.Conv2d)
+        lifted = plan.through[(name, k)]
+        if lifted is not None:  # the source layer's inputs (with a column of ones for its bias)
+            if id(y) not in inputs:
+                flat = _flat(y, False)
+                extra = lifted.shape[0] - flat.shape[1]
+                inputs[id(y)] = torch.cat([flat, torch.ones_like(flat[:, :1])], 1) if extra == 1 else flat
+            y = inputs[id(y)]
+        elif plan.index[(name, k)] is not None:
+            y = y.index_select(1 if conv else -1, plan.index[(name, k)].to(y.device))
+        if conv:  # rows are (example, output position): a k x k convolution is linear in its input patches
+            shape = torch.Size([y.shape[0], y.shape[2] * y.shape[3], 1])
+            layout = (id(x), module.kernel_size, module.stride, module.padding, module.dilation)
+        else:
+            shape, layout = x.shape, (id(x),)
+        if layout not in rows:
+            rows[layout] = conv_patches(x, module) if conv else _flat(x, False)
+        x = rows[layout]
+        sample = sample_rows(x.shape[0]) if conv else None  # a backbone's maps are large: spread positions
+        x, y = _sampled(x, sample), y if lifted is not None else _sampled(_flat(y, conv), sample)
+        width = module.normalized_shape[0] if isinstance(module, nn.LayerNorm) else module.weight.shape[0]
+        given = lifted.shape[1] if lifted is not None else y.shape[1]
+        if x.shape[0] != y.shape[0] or given != width or (lifted is not None and y.shape[1] != lifted.shape[0]):
+            report.skipped[name] = f"{x.shape[0]}x{width} outputs, but the source gave {tuple(y.shape)}"
+            continue
+        held = _sampled(_held(shape, size, offset, target.batches.examples), sample) if offset is not None \
+            else torch.zeros(x.shape[0], dtype=torch.bool)
+        kind = (isinstance(module, nn.LayerNorm), getattr(module, "bias", None) is not None)
+        groups.setdefault((id(x), kind), (x, held.to(x.device), []))[2].append((name, module, y, lifted))
+    return groups
 
 
 def _held(shape: torch.Size, size: int, offset: int, examples: int) -> Tensor:
