@@ -199,12 +199,11 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
         covered = sum(part.target.numel() for part in fused.parts) == fresh.shape[fused.axis]
         # parts that cover every row need nothing of the target's own values (so a meta target streams)
         out = torch.empty(fresh.shape, dtype=fresh.dtype, device=value.device) if covered else fresh.clone()
-        for part in fused.parts:  # indices live on the CPU, the tensors where the model is (or on meta)
-            rows, into = part.source.to(value.device), part.target
-            mine = fresh.index_select(fused.axis, into if fresh.device.type == "meta" else into.to(fresh.device))
-            piece = _fill(fused.part_name(part), value.index_select(fused.axis, rows), mine, method, plan, choices,
+        for part in fused.parts:  # indices live on the CPU, each tensor where its model is (or on meta)
+            piece = _fill(fused.part_name(part), value.index_select(fused.axis, part.source.to(value.device)),
+                          fresh.index_select(fused.axis, part.target.to(fresh.device)), method, plan, choices,
                           structured, generator)
-            out.index_copy_(fused.axis, into.to(out.device), piece.to(out.dtype))
+            out.index_copy_(fused.axis, part.target.to(out.device), piece.to(out.dtype))
         return out
     by_axis: dict[int, list] = {}
     for axis, dim, ax in plan.entries(name):
