@@ -121,3 +121,36 @@ def test_an_moe_residual_is_scored_on_its_own_axes_not_an_experts_units(family):
     assert sorted(report.choices["residual"]) == list(report.choices["residual"])
     assert len(report.choices["residual"]) == small.config.hidden_size
     assert max(report.choices["residual"]) < model.config.hidden_size
+
+
+def test_the_scoring_pass_stops_after_its_last_hooked_call_and_loses_nothing():
+    """After the first mini-batch, a forward stops at the last call a score reads: a language model's output
+    layer is scored by its input, so its 30,000-wide logits were computed for nothing. The scores are those
+    of one whole batch (where nothing stops), and the float32 squares summed in float64 match float64 ones."""
+    from interprune.preserve.importance import _square_sums
+    from interprune.walk import Batches
+    from interprune.weights.shrink import plan_for
+
+    from .families import FAMILIES
+
+    from transformers import Qwen2ForCausalLM
+
+    config_cls, fields, _, _, widths = FAMILIES["qwen2"]
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config_cls(**fields)).eval()
+    inputs = {"input_ids": torch.randint(3, 100, (9, 12), generator=torch.Generator().manual_seed(2))}
+    plan = plan_for(model, widths[0])
+    whole = activation_scores(model, plan, inputs)
+    runs = []
+    handle = model.lm_head.register_forward_hook(lambda m, a, o: runs.append(o.shape[0]))
+    try:
+        parts = activation_scores(model, plan, Batches.of(inputs, 3))
+    finally:
+        handle.remove()
+    assert runs == [3]  # the first mini-batch ran whole, the two others stopped before the output layer
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        assert torch.allclose(parts[name], whole[name], rtol=1e-5, atol=0), name
+    rows = torch.randn(1000, 7) * 100
+    assert torch.allclose(_square_sums(rows), rows.double().pow(2).sum(0), rtol=1e-6, atol=0)
+    assert torch.allclose(_square_sums(rows.half()), rows.half().double().pow(2).sum(0), rtol=1e-6, atol=0)

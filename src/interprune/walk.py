@@ -87,10 +87,14 @@ class Batches(Sequence[Batch]):
 
 
 def hooked_pass(model: nn.Module, inputs: Batch | Sequence[Batch], hooks: list[tuple[nn.Module, Callable]], *,
-                with_kwargs: bool = False, before_batch: Callable[[], None] | None = None) -> None:
-    """One pass of ``model`` (in eval mode) over the mini-batches of ``inputs`` with forward ``hooks`` attached,
-    removed afterwards whatever happens: how scores and covariances are summed over a calibration set."""
+                with_kwargs: bool = False, before_batch: Callable[[], None] | None = None,
+                pre: list[tuple[nn.Module, Callable]] = ()) -> None:
+    """One pass of ``model`` (in eval mode) over the mini-batches of ``inputs`` with forward ``hooks`` (and
+    forward pre-hooks ``pre``) attached, removed afterwards whatever happens: how scores and covariances are
+    summed over a calibration set. A hook may raise ``Stop`` to end a mini-batch's forward there."""
     handles = [module.register_forward_hook(hook, with_kwargs=with_kwargs) for module, hook in hooks]
+    handles += [module.register_forward_pre_hook(hook) for module, hook in pre]
+    hooks = [*hooks, *pre]
     batches = Batches.of(inputs)
     names = {id(m): n for n, m in model.named_modules()}
     hooked = [names[id(module)] for module, _ in hooks if id(module) in names]
@@ -103,6 +107,8 @@ def hooked_pass(model: nn.Module, inputs: Batch | Sequence[Batch], hooks: list[t
             shared = batches.shared.attach(model, i, avoid=inside) if batches.shared is not None else ([], [])
             try:
                 model(**batch)
+            except Stop:
+                pass
             finally:
                 _undo(*shared)
     finally:
