@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from interprune.preserve.compensate import held_out_rows
@@ -90,6 +91,20 @@ def test_choosing_by_blocks_of_columns_equals_choosing_at_once():
     assert torch.allclose(blocks.weight, whole.weight, atol=1e-12)
     assert all(abs(blocks.errors[s] - whole.errors[s]) < 1e-12 for s in whole.errors)
     assert whole.errors[whole.strength] < 1  # the refit helps on these held-out rows
+
+
+def test_a_float32_prior_gives_the_float64_refit_rounded_once():
+    """A layer's chosen weights are kept in its own dtype and widened a block of columns at a time (an output
+    layer over 30,000 words held 125 MB more as a float64 prior): the refit is the float64 one, rounded to float32."""
+    x, w, g = _data(n=96, d=6, k=40)
+    y = x @ w + 0.5 * torch.randn(96, 40, generator=g, dtype=torch.float64)
+    w0 = (w + 0.3 * torch.randn(6, 40, generator=g, dtype=torch.float64)).float()
+    fit, held = moments(x[:72], y[:72]), moments(x[72:], y[72:])
+    wide = choose_strength(fit, held, w0.double())
+    narrow = choose_strength(fit, held, w0, block_bytes=8 * 6 * 7)
+    assert narrow.weight.dtype == torch.float32 and narrow.strength == wide.strength
+    assert torch.equal(narrow.weight, wide.weight.float())
+    assert narrow.errors == pytest.approx(wide.errors, rel=1e-12)
 
 
 def test_strengths_from_one_decomposition_equal_a_solve_each():

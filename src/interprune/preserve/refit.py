@@ -165,8 +165,9 @@ def choose_strength(fit: Moments, held: Moments | None, w0: Tensor, grid: tuple[
     hold several candidate weight matrices of 125 MB each at once. ``bases`` keeps the decomposition of
     statistics that several layers share (``shared_moments``), so it is made once for all of them. Lifted
     statistics (``group_moments``) come with their map ``through`` and are lifted a block of columns at a
-    time too: lifting all 30,400 columns at once held five matrices of 125 MB."""
-    w0 = w0.to(fit.xy.dtype)
+    time too: lifting all 30,400 columns at once held five matrices of 125 MB. ``w0`` may be in a narrower
+    dtype than the statistics (a layer's float32 weights): it is widened a block of columns at a time, and the
+    refit comes back in its dtype."""
     columns = _column_blocks(w0, block_bytes)
     if held is None or held.n == 0:
         strength = grid[len(grid) // 2]
@@ -178,7 +179,8 @@ def choose_strength(fit: Moments, held: Moments | None, w0: Tensor, grid: tuple[
         part_fit, part_held = _view(fit, cols, through), _view(held, cols, through)
         if through is not None:
             total += float(part_held.yy.sum())
-        for s, value in basis.quadratics(part_fit.xy, part_held.xy, w0[..., cols], quadratic).items():
+        prior = w0[..., cols].to(fit.xy.dtype)
+        for s, value in basis.quadratics(part_fit.xy, part_held.xy, prior, quadratic).items():
             quadratic[s] += value
     base = max(quadratic[math.inf] + total, 1e-30)
     errors = {s: (quadratic[s] + total) / base for s in grid}
@@ -202,7 +204,7 @@ def _view(stats: Moments, cols: slice, through: Tensor | None) -> Moments:
 
 def _by_columns(stats: Moments, w0: Tensor, strength: float, columns: list[slice],
                 through: Tensor | None = None) -> Tensor:
-    parts = [ridge_towards(_view(stats, cols, through), w0[..., cols], strength) for cols in columns]
+    parts = [ridge_towards(_view(stats, cols, through), w0[..., cols], strength).to(w0.dtype) for cols in columns]
     return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
 
