@@ -205,3 +205,51 @@ def test_the_source_computes_each_blocks_ffn_once_per_example_in_compensation(mo
     # 3 mini-batches; the last block is not read again (a start is counted, stopped inside or not)
     assert {i: before[i] - runs[i] for i in runs} == {0: 3, 1: 3, 2: 0}
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(model.values(), same.values()))
+
+
+def test_a_source_pass_captures_the_next_stage_of_its_block_on_the_way(monkeypatch):
+    """The source's weights never change, so a stage's source pass goes on to the next stage's layers when they
+    lie further on in the same block, keeps their outputs, and the next stage runs no source at all: a decoder's
+    source computed each block's attention three times per mini-batch and its FFN twice. The model is bit for
+    bit the same."""
+    import importlib
+
+    from transformers import Qwen2Config, Qwen2Model
+
+    from interprune.plan import make_plan, output_index
+    from interprune.walk import Batches
+    from interprune.weights.transfer import transfer as copy_weights
+
+    module = importlib.import_module("interprune.preserve.compensate")
+    torch.manual_seed(0)
+    common = dict(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, vocab_size=60,
+                  max_position_embeddings=32)
+    source = Qwen2Model(Qwen2Config(hidden_size=32, intermediate_size=64, **common)).eval()
+    ids = torch.randint(0, 60, (6, 10), generator=torch.Generator().manual_seed(1))
+
+    def run() -> tuple[dict[tuple[int, str], int], dict]:
+        target = Qwen2Model(Qwen2Config(hidden_size=16, intermediate_size=32, **common)).eval()
+        report = copy_weights(source, target, "select")
+        choices = {name: torch.as_tensor(index) for name, index in report.choices.items()}
+        plan, state = make_plan(source, target), source.state_dict()
+        kept = lambda name: output_index(plan, f"{name}.weight", state[f"{name}.weight"].shape[0], choices) \
+            if f"{name}.weight" in state else None  # noqa: E731
+        runs: dict[tuple[int, str], int] = {}
+        handles = [getattr(layer, part).register_forward_pre_hook(
+            lambda m, a, key=(i, part): runs.__setitem__(key, runs.get(key, 0) + 1))
+            for i, layer in enumerate(source.layers) for part in ("self_attn", "mlp")]
+        try:
+            done = module.compensate(source, target, Batches.of({"input_ids": ids}, 2), kept, ridge=1e-2)
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert len(done.layers) == 3 * 7 and not done.skipped  # q, k, v, o, gate, up, down of every block
+        return runs, target.state_dict()
+
+    ahead, model = run()
+    monkeypatch.setattr(module, "LOOK_AHEAD", False)
+    before, same = run()
+    # 3 mini-batches: two attention runs and one FFN run fewer per block and mini-batch
+    assert {key: before[key] - ahead[key] for key in before} == {
+        (i, part): 6 if part == "self_attn" else 3 for i in range(3) for part in ("self_attn", "mlp")}
+    assert all(torch.equal(a, b) for a, b in zip(model.values(), same.values()))

@@ -39,6 +39,7 @@ __all__ = ["Compensation", "compensate", "refittable", "layer_errors", "Moments"
 
 Batch = dict[str, Any]
 HOLD_OUT_EVERY = 4  # every fourth calibration example is held out to choose each refit's strength
+LOOK_AHEAD = True  # a source pass also captures the next stage's outputs when they lie further on in its block
 MAX_ROWS = 65536  # convolution outputs are sampled to at most this many positions per call (memory)
 
 
@@ -260,9 +261,10 @@ def compensate(
         stages = _stages(walkers[0], active, report)
         stats: dict[str, LayerStats] = {}
         versions = _versions(walkers[0], active)
+        ahead: list[Any] | None = None  # this stage's source captures, made in the stage before's pass
         for done, stage in enumerate(stages):
-            following = stages[done + 1] if done + 1 < len(stages) else []
-            _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout, following)
+            ahead = _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout,
+                               stages[done + 1:done + 3], ahead)
             _refit_stage(stage, stats, modules, walkers[0], fixed or grid, versions, report)
             if progress is not None:
                 progress(done + 1, len(stages))
@@ -366,13 +368,15 @@ def _stages(target: Walker, active: list[str], report: Compensation) -> list[lis
 class _Plan:
     """What one stage's pass reads: per target ``(layer, call)`` its source counterpart's call, the source
     output indices it keeps, the source map its statistics are lifted through (``_through``), what to capture
-    of the source (``(name, call, "pre"|"post")``), and the source block recorded on the way (``until``)."""
+    of the source (``(name, call, "pre"|"post")``), the source block recorded on the way (``until``) and what the
+    pass captures for the next stage (``ahead``)."""
 
     counterparts: dict[tuple[str, int], tuple[str, int]]
     index: dict[tuple[str, int], Tensor | None]
     through: dict[tuple[str, int], Tensor | None]
     want: dict[tuple[str, int], tuple[str, int, str]]
     until: tuple[str, Callable[[int, Any], None]] | None
+    ahead: list[tuple[str, int, str]] = field(default_factory=list)  # the next stage's captures, made on the way
 
 
 def _counterparts(source: Walker, stage: list[tuple[str, int]], source_name: Callable
@@ -387,39 +391,70 @@ def _counterparts(source: Walker, stage: list[tuple[str, int]], source_name: Cal
     return found
 
 
-def _plan_stage(walkers: tuple[Walker, Walker], counterparts: dict[tuple[str, int], tuple[str, int]],
-                kept: Callable, scale: Callable, following: list[tuple[str, int]], source_name: Callable) -> _Plan:
-    """Prepare both walks for the stage and decide what its pass captures (see ``_Plan``)."""
+def _wants(walkers: tuple[Walker, Walker], counterparts: dict[tuple[str, int], tuple[str, int]], kept: Callable,
+           scale: Callable) -> tuple[dict, dict, dict[tuple[str, int], tuple[str, int, str]]]:
+    """Per ``(layer, call)``: the source outputs it keeps, the map its statistics are lifted through, and what
+    of its counterpart to capture (its output, or its input when lifted)."""
     target, source = walkers
-    target.prepare(min(target.enter(n, k) for n, k in counterparts))
-    source.prepare(min(source.enter(*c) for c in counterparts.values()))
     index = {key: kept(key[0]) for key in counterparts}
     through = {key: _through(target.modules[key[0]], source.modules[src], index[key], scale(key[0]))
                for key, (src, _) in counterparts.items()}
     want = {key: (*src, "post" if through[key] is None else "pre") for key, src in counterparts.items()}
-    after = [source.enter(*c) for c in _counterparts(source, following, source_name).values()]
-    closing = _closing_block(source, list(counterparts.values()), after)
-    return _Plan(counterparts, index, through, want, (closing, source.recorder(closing)) if closing else None)
+    return index, through, want
+
+
+def _plan_stage(walkers: tuple[Walker, Walker], counterparts: dict[tuple[str, int], tuple[str, int]],
+                kept: Callable, scale: Callable, following: list[list[tuple[str, int]]], source_name: Callable,
+                given: bool) -> _Plan:
+    """Prepare both walks for the stage and decide what its pass captures (see ``_Plan``); ``following`` are
+    the next two stages, and ``given`` says the stage before's pass captured this one's source outputs."""
+    target, source = walkers
+    target.prepare(min(target.enter(n, k) for n, k in counterparts))
+    index, through, want = _wants(walkers, counterparts, kept, scale)
+    if given:  # the source does not run at all
+        return _Plan(counterparts, index, through, want, None)
+    source.prepare(min(source.enter(*c) for c in counterparts.values()))
+    calls = list(counterparts.values())
+    upcoming = [_counterparts(source, stage, source_name) for stage in following]
+    after = [source.enter(*c) for c in upcoming[0].values()] if upcoming else []
+    closing, ahead = _closing_block(source, calls, after), []
+    if LOOK_AHEAD and closing is None and upcoming and upcoming[0] and _block_of(source, calls + list(upcoming[0].values())):
+        # the next stage's source calls lie further on in this block: the source's weights never change, so
+        # this pass goes on to them and keeps what the next stage needs, which then runs no source at all
+        # (a decoder's source computed its attention twice, and its FFN's gate and up twice, per block)
+        ahead = list(dict.fromkeys(_wants(walkers, upcoming[0], kept, scale)[2].values()))
+        later = [source.enter(*c) for c in upcoming[1].values()] if len(upcoming) > 1 else []
+        closing = _closing_block(source, calls + list(upcoming[0].values()), later)
+    return _Plan(counterparts, index, through, want, (closing, source.recorder(closing)) if closing else None, ahead)
 
 
 def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], stats: dict[str, LayerStats],
                kept: Callable, source_name: Callable, scale: Callable, report: Compensation, holdout: bool,
-               following: list[tuple[str, int]]) -> None:
+               following: list[list[tuple[str, int]]], given: list[Any] | None) -> list[Any] | None:
     """One pass over the mini-batches: the stage's inputs from the target, the kept outputs of their
     counterparts from the source (or their inputs, for lifted layers), recorded into ``stats``.
-    ``following`` is the next stage."""
+    ``following`` are the next two stages; ``given`` holds, per mini-batch, this stage's source captures when
+    the stage before's pass made them (kept by the walk's spill). Returns the next stage's, when this pass
+    made them."""
     target, source = walkers
     counterparts = _counterparts(source, stage, source_name)
     for name, _ in stage:
         if not any(key[0] == name for key in counterparts):
             report.skipped.setdefault(name, "not run on the calibration inputs, or called with keywords")
     if not counterparts:
-        return
-    plan = _plan_stage(walkers, counterparts, kept, scale, following, source_name)
+        _release(source, given)
+        return None
+    plan = _plan_stage(walkers, counterparts, kept, scale, following, source_name, given is not None)
+    made: list[Any] | None = [] if plan.ahead else None
     offset = 0  # examples before this mini-batch: every fourth example of the whole set is held out
     for i in range(len(target.batches)):
         xs = _capture(target, [(n, k, "pre") for n, k in counterparts], i)
-        ys = _capture(source, list(dict.fromkeys(plan.want.values())), i, plan.until)
+        if given is not None:
+            ys = source.spill.load(given[i])
+        else:
+            ys = _capture(source, list(dict.fromkeys([*plan.want.values(), *plan.ahead])), i, plan.until)
+        if made is not None:
+            made.append(source.spill.keep({key: ys[key] for key in plan.ahead if key in ys}))
         groups = _groups(target, plan, xs, ys, report, target.batches.sizes[i], offset if holdout else None)
         for x, held, members in groups.values():
             names_ = [member[0] for member in members]
@@ -427,6 +462,13 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
                            held, [scale(n) for n in names_], [m[3] for m in members])
             stats.update(zip(names_, found))
         offset += target.batches.sizes[i]
+    _release(source, given)
+    return made
+
+
+def _release(source: Walker, given: list[Any] | None) -> None:
+    for item in given or []:
+        source.spill.release(item)
 
 
 def _groups(target: Walker, plan: _Plan, xs: dict, ys: dict, report: Compensation, size: int,
@@ -494,8 +536,8 @@ def _capture(walker: Walker, calls: list[tuple[str, int, str]], i: int,
     def grab(key: tuple[str, int, str]) -> Callable:
         def fn(module: nn.Module, args: tuple, kwargs: dict, *output: Any) -> None:
             value = output[0] if output else (args[0] if args and isinstance(args[0], Tensor) else None)
-            if isinstance(value, Tensor):
-                seen[key] = value.detach()
+            if isinstance(value, Tensor):  # a pass that goes on must keep what the forward changes in place later
+                seen[key] = value.detach().clone() if key[0] in walker.written else value.detach()
             if len(seen) == len(calls) and until is None:
                 raise Stop
         return fn
@@ -510,14 +552,20 @@ def _capture(walker: Walker, calls: list[tuple[str, int, str]], i: int,
     return seen
 
 
+def _block_of(source: Walker, calls: list[tuple[str, int]]) -> str | None:
+    """The block of a stack (called once per forward) that all of ``calls`` lie in, if there is one."""
+    blocks = {outer_block(name) for name, _ in calls}
+    block = blocks.pop() if len(blocks) == 1 else None
+    return block if block is not None and len(source.calls.get(block, [])) == 1 else None
+
+
 def _closing_block(source: Walker, calls: list[tuple[str, int]], after: list[int]) -> str | None:
     """The block of a stack that all of a stage's source calls lie in, when no later stage calls into it
     (``after``: where the next stage's source calls begin): the source's weights never change, so its pass
     goes on to the block's end and records the block's output, and the next block's stage replays it instead
     of computing the whole block again (a decoder's FFN ran twice per block in the source)."""
-    blocks = {outer_block(name) for name, _ in calls}
-    block = blocks.pop() if len(blocks) == 1 else None
-    if block is None or len(source.calls.get(block, [])) != 1 or block in source.stores:
+    block = _block_of(source, calls)
+    if block is None or block in source.stores:
         return None
     end = source.calls[block][0].exit
     if any(start < end for start in after):
