@@ -97,23 +97,18 @@ def _energies(model: nn.Module, inputs: Batch | Batches, modules: dict[str, tupl
         def fn(module: nn.Module, args: tuple, output: Tensor | None = None) -> None:
             events[0] += 1
             if args and isinstance(args[0], Tensor):  # else called with keywords only: no input to score
-                _add(name, module, args[0], output)
+                add(name, isinstance(module, nn.Conv2d), args[0], output)
             if events[0] == first[0]:
                 raise Stop  # the rest of the forward feeds no score: a language model's logits are not computed
         return fn
 
-    def _add(name: str, module: nn.Module, x: Tensor, output: Tensor | None) -> None:
-        conv = isinstance(module, nn.Conv2d)
+    def add(name: str, conv: bool, x: Tensor, output: Tensor | None) -> None:
         need_in, need_out = modules[name]
         key = (name, calls.get(name, 0))
         calls[name] = key[1] + 1
-        rows = x.movedim(1, -1) if conv else x
-        rows = rows.reshape(-1, rows.shape[-1])
+        rows = _feature_rows(x, conv)
         ex = known(x, rows, conv) if need_in else None
-        ey = None
-        if need_out and output is not None:
-            y = output.movedim(1, -1) if conv else output
-            ey = known(output, y.reshape(-1, y.shape[-1]), conv)
+        ey = known(output, _feature_rows(output, conv), conv) if need_out and output is not None else None
         if key in sums:
             sums[key][0] = _plus(sums[key][0], ex)  # not in place: a sum may be shared by the tensor's readers
             sums[key][1] = _plus(sums[key][1], ey)
@@ -145,6 +140,17 @@ def _energies(model: nn.Module, inputs: Batch | Batches, modules: dict[str, tupl
     alone = {n for n in present if modules[n] == (True, False)}
     hooked_pass(model, inputs, [(named[n], hook(n)) for n in present if n not in alone],
                 pre=[(named[n], hook(n)) for n in present if n in alone], before_batch=next_batch)
+    return _means(sums)
+
+
+def _feature_rows(t: Tensor, conv: bool) -> Tensor:
+    """Activations as (rows, features): channels last for convolutions."""
+    t = t.movedim(1, -1) if conv else t
+    return t.reshape(-1, t.shape[-1])
+
+
+def _means(sums: dict[tuple[str, int], list]) -> dict[str, tuple[Tensor | None, Tensor | None]]:
+    """Per module, the mean squares of each call (sums over rows, divided by the rows) summed over its calls."""
     found: dict[str, list[Tensor | None]] = {}
     for (name, _), (ex, ey, rows) in sorted(sums.items(), key=lambda kv: kv[0]):
         mean = [None if ex is None else ex / rows, None if ey is None else ey / rows]
