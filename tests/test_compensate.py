@@ -227,7 +227,7 @@ def test_a_source_pass_captures_the_next_stage_of_its_block_on_the_way(monkeypat
     source = Qwen2Model(Qwen2Config(hidden_size=32, intermediate_size=64, **common)).eval()
     ids = torch.randint(0, 60, (6, 10), generator=torch.Generator().manual_seed(1))
 
-    def run() -> tuple[dict[tuple[int, str], int], dict]:
+    def run(budget: int | None = None) -> tuple[dict[tuple[int, str], int], dict]:
         target = Qwen2Model(Qwen2Config(hidden_size=16, intermediate_size=32, **common)).eval()
         report = copy_weights(source, target, "select")
         choices = {name: torch.as_tensor(index) for name, index in report.choices.items()}
@@ -239,7 +239,8 @@ def test_a_source_pass_captures_the_next_stage_of_its_block_on_the_way(monkeypat
             lambda m, a, key=(i, part): runs.__setitem__(key, runs.get(key, 0) + 1))
             for i, layer in enumerate(source.layers) for part in ("self_attn", "mlp")]
         try:
-            done = module.compensate(source, target, Batches.of({"input_ids": ids}, 2), kept, ridge=1e-2)
+            done = module.compensate(source, target, Batches.of({"input_ids": ids}, 2), kept, ridge=1e-2,
+                                     budget=budget)
         finally:
             for handle in handles:
                 handle.remove()
@@ -247,6 +248,8 @@ def test_a_source_pass_captures_the_next_stage_of_its_block_on_the_way(monkeypat
         return runs, target.state_dict()
 
     ahead, model = run()
+    on_disk = run(budget=100)[1]  # the captures kept for the next stage go to disk past the memory budget
+    assert all(torch.equal(a, b) for a, b in zip(model.values(), on_disk.values()))
     monkeypatch.setattr(module, "LOOK_AHEAD", False)
     before, same = run()
     # 3 mini-batches: two attention runs and one FFN run fewer per block and mini-batch
