@@ -161,11 +161,9 @@ def test_an_output_layer_wider_than_its_input_is_refit_through_the_source_inputs
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
 
 
-def test_the_source_computes_each_blocks_ffn_once_per_example_in_compensation(monkeypatch):
-    """The source's pass at the last stage of a block goes on to the block's end and records its output,
-    so the next block's first stage replays it: each FFN of the source runs once less per mini-batch (it ran
-    once for its down projection's stage and once more to record the block for the next one), and the
-    model is the same."""
+def _source_runs(budget: int | None = None) -> tuple[dict[tuple[int, str], int], dict, object]:
+    """Compensate a half-width 3-layer Qwen2 from the same source (the module's switches as the caller set
+    them): how often each source block's attention and FFN started, the refit target's weights, the report."""
     import importlib
 
     from transformers import Qwen2Config, Qwen2Model
@@ -180,30 +178,39 @@ def test_the_source_computes_each_blocks_ffn_once_per_example_in_compensation(mo
                   max_position_embeddings=32)
     source = Qwen2Model(Qwen2Config(hidden_size=32, intermediate_size=64, **common)).eval()
     ids = torch.randint(0, 60, (6, 10), generator=torch.Generator().manual_seed(1))
+    target = Qwen2Model(Qwen2Config(hidden_size=16, intermediate_size=32, **common)).eval()
+    report = copy_weights(source, target, "select")
+    choices = {name: torch.as_tensor(index) for name, index in report.choices.items()}
+    plan, state = make_plan(source, target), source.state_dict()
+    kept = lambda name: output_index(plan, f"{name}.weight", state[f"{name}.weight"].shape[0], choices) \
+        if f"{name}.weight" in state else None  # noqa: E731
+    runs: dict[tuple[int, str], int] = {(i, part): 0 for i in range(3) for part in ("self_attn", "mlp")}
+    handles = [getattr(layer, part).register_forward_pre_hook(
+        lambda m, a, key=(i, part): runs.__setitem__(key, runs[key] + 1))
+        for i, layer in enumerate(source.layers) for part in ("self_attn", "mlp")]
+    try:
+        done = module.compensate(source, target, Batches.of({"input_ids": ids}, 2), kept, ridge=1e-2, budget=budget)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return runs, target.state_dict(), done
 
-    def run() -> tuple[dict[int, int], dict]:
-        target = Qwen2Model(Qwen2Config(hidden_size=16, intermediate_size=32, **common)).eval()
-        report = copy_weights(source, target, "select")
-        choices = {name: torch.as_tensor(index) for name, index in report.choices.items()}
-        plan, state = make_plan(source, target), source.state_dict()
-        kept = lambda name: output_index(plan, f"{name}.weight", state[f"{name}.weight"].shape[0], choices) \
-            if f"{name}.weight" in state else None  # noqa: E731
-        runs = {i: 0 for i in range(3)}
-        handles = [layer.mlp.register_forward_pre_hook(lambda m, a, i=i: runs.__setitem__(i, runs[i] + 1))
-                   for i, layer in enumerate(source.layers)]
-        try:
-            done = module.compensate(source, target, Batches.of({"input_ids": ids}, 2), kept, ridge=1e-2)
-        finally:
-            for handle in handles:
-                handle.remove()
-        assert "layers.2.mlp.down_proj" in done.layers
-        return runs, target.state_dict()
 
-    runs, model = run()
+def test_the_source_computes_each_blocks_ffn_once_per_example_in_compensation(monkeypatch):
+    """The source's pass at the last stage of a block goes on to the block's end and records its output,
+    so the next block's first stage replays it: each FFN of the source runs once less per mini-batch (it ran
+    once for its down projection's stage and once more to record the block for the next one), and the
+    model is the same."""
+    import importlib
+
+    module = importlib.import_module("interprune.preserve.compensate")
+    runs, model, done = _source_runs()
+    assert "layers.2.mlp.down_proj" in done.layers
     monkeypatch.setattr(module, "_closing_block", lambda *args: None)
-    before, same = run()
+    before, same, done = _source_runs()
+    assert "layers.2.mlp.down_proj" in done.layers
     # 3 mini-batches; the last block is not read again (a start is counted, stopped inside or not)
-    assert {i: before[i] - runs[i] for i in runs} == {0: 3, 1: 3, 2: 0}
+    assert {i: before[(i, "mlp")] - runs[(i, "mlp")] for i in range(3)} == {0: 3, 1: 3, 2: 0}
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(model.values(), same.values()))
 
 
@@ -214,44 +221,14 @@ def test_a_source_pass_captures_the_next_stage_of_its_block_on_the_way(monkeypat
     bit the same."""
     import importlib
 
-    from transformers import Qwen2Config, Qwen2Model
-
-    from interprune.plan import make_plan, output_index
-    from interprune.walk import Batches
-    from interprune.weights.transfer import transfer as copy_weights
-
     module = importlib.import_module("interprune.preserve.compensate")
-    torch.manual_seed(0)
-    common = dict(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, vocab_size=60,
-                  max_position_embeddings=32)
-    source = Qwen2Model(Qwen2Config(hidden_size=32, intermediate_size=64, **common)).eval()
-    ids = torch.randint(0, 60, (6, 10), generator=torch.Generator().manual_seed(1))
-
-    def run(budget: int | None = None) -> tuple[dict[tuple[int, str], int], dict]:
-        target = Qwen2Model(Qwen2Config(hidden_size=16, intermediate_size=32, **common)).eval()
-        report = copy_weights(source, target, "select")
-        choices = {name: torch.as_tensor(index) for name, index in report.choices.items()}
-        plan, state = make_plan(source, target), source.state_dict()
-        kept = lambda name: output_index(plan, f"{name}.weight", state[f"{name}.weight"].shape[0], choices) \
-            if f"{name}.weight" in state else None  # noqa: E731
-        runs: dict[tuple[int, str], int] = {}
-        handles = [getattr(layer, part).register_forward_pre_hook(
-            lambda m, a, key=(i, part): runs.__setitem__(key, runs.get(key, 0) + 1))
-            for i, layer in enumerate(source.layers) for part in ("self_attn", "mlp")]
-        try:
-            done = module.compensate(source, target, Batches.of({"input_ids": ids}, 2), kept, ridge=1e-2,
-                                     budget=budget)
-        finally:
-            for handle in handles:
-                handle.remove()
-        assert len(done.layers) == 3 * 7 and not done.skipped  # q, k, v, o, gate, up, down of every block
-        return runs, target.state_dict()
-
-    ahead, model = run()
-    on_disk = run(budget=100)[1]  # the captures kept for the next stage go to disk past the memory budget
+    ahead, model, done = _source_runs()
+    assert len(done.layers) == 3 * 7 and not done.skipped  # q, k, v, o, gate, up, down of every block
+    on_disk = _source_runs(budget=100)[1]  # the captures kept for the next stage go to disk past the memory budget
     assert all(torch.equal(a, b) for a, b in zip(model.values(), on_disk.values()))
     monkeypatch.setattr(module, "LOOK_AHEAD", False)
-    before, same = run()
+    before, same, done = _source_runs()
+    assert len(done.layers) == 3 * 7 and not done.skipped
     # 3 mini-batches: two attention runs and one FFN run fewer per block and mini-batch
     assert {key: before[key] - ahead[key] for key in before} == {
         (i, part): 6 if part == "self_attn" else 3 for i in range(3) for part in ("self_attn", "mlp")}
