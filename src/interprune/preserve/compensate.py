@@ -418,13 +418,14 @@ def _plan_stage(walkers: tuple[Walker, Walker], counterparts: dict[tuple[str, in
     upcoming = [_counterparts(source, stage, source_name) for stage in following]
     after = [source.enter(*c) for c in upcoming[0].values()] if upcoming else []
     closing, ahead = _closing_block(source, calls, after), []
-    if LOOK_AHEAD and closing is None and upcoming and upcoming[0] and _block_of(source, calls + list(upcoming[0].values())):
+    together = calls + list(upcoming[0].values()) if upcoming else calls
+    if LOOK_AHEAD and closing is None and upcoming and upcoming[0] and _block_of(source, together):
         # the next stage's source calls lie further on in this block: the source's weights never change, so
         # this pass goes on to them and keeps what the next stage needs, which then runs no source at all
         # (a decoder's source computed its attention twice, and its FFN's gate and up twice, per block)
         ahead = list(dict.fromkeys(_wants(walkers, upcoming[0], kept, scale)[2].values()))
         later = [source.enter(*c) for c in upcoming[1].values()] if len(upcoming) > 1 else []
-        closing = _closing_block(source, calls + list(upcoming[0].values()), later)
+        closing = _closing_block(source, together, later)
     return _Plan(counterparts, index, through, want, (closing, source.recorder(closing)) if closing else None, ahead)
 
 
