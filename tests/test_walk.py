@@ -55,8 +55,74 @@ def test_two_boundaries_stay_stored_and_earlier_blocks_are_skipped():
         _walk_to(walker, f"layers.{k}.lin")
     # the block just finished (recorded in this pass) and the one it is computed from, whatever the depth
     assert {n for n in walker.stores if n.count(".") <= 1} == {"layers.3", "layers.4"}
+    assert not any(n.endswith(".norm") for n in walker.stores)  # computed again from its input: cheaper than stored
     assert set(walker.skipped) == {"embed", "layers.0", "layers.1", "layers.2"}
     walker.close()
+
+
+class Table(nn.Module):
+    """A rotary table: its first input is the embeddings, of which it reads only the shape."""
+
+    def forward(self, h):
+        return torch.linspace(1.0, 2.0, h.shape[-1])
+
+
+class ScaledBlock(Block):
+    def forward(self, x, scale):
+        return x + self.lin(self.norm(x)) * scale
+
+
+class TableStack(Stack):
+    def __init__(self):
+        super().__init__()
+        self.table, self.layers = Table(), nn.ModuleList(ScaledBlock(8) for _ in range(6))
+
+    def forward(self, x):
+        h = self.embed(x)
+        scale = self.table(h)
+        for layer in self.layers:
+            h = layer(h, scale)
+        return self.head(h)
+
+
+def test_the_embeddings_are_skipped_once_the_first_block_is_done():
+    """The embeddings feed a rotary-like table and the first block: a verdict taken while the first block still
+    read them said "never skip them" (kept for their role), and they stayed stored for the whole walk."""
+    torch.manual_seed(0)
+    walker = Walker(TableStack(), Batches.of({"x": torch.randn(8, 5, 4)}, 2))
+    walker.trace()
+    for k in range(6):
+        _walk_to(walker, f"layers.{k}.lin")
+    assert {"embed", "layers.0", "layers.1", "layers.2"} <= set(walker.skipped)
+    assert "embed" not in walker.stores
+    walker.close()
+
+
+def test_a_block_recorded_whole_keeps_none_of_its_parts():
+    """A pass that records a block as a whole (the source's last stage of a block) stores none of the block's
+    parts: later passes replay the block itself, and the parts cost a boundary each per example."""
+    torch.manual_seed(0)
+    model = Stack()
+    for layer in model.layers:
+        layer.norm = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8))  # a part worth storing, unlike a norm
+    x = torch.randn(4, 5, 4)
+    for whole in (None, "layers.2"):
+        walker = Walker(model, Batches.of({"x": x}, 2))
+        walker.trace()
+        _walk_to(walker, "layers.2.norm")
+        walker.prepare(walker.enter("layers.2.lin", 0))  # the block's first part is done: a pass would store it
+        record = walker.recorder("layers.2")
+
+        def done(module, args, kwargs, output, i=None):
+            raise Stop
+        for i in range(2):
+            walker.run(i, [("layers.2", 0, "post", lambda m, a, k, o, i=i: (record(i, o), done(m, a, k, o)))],
+                       whole=whole)
+        assert ("layers.2.norm" in walker.stores) == (whole is None)
+        with torch.no_grad():
+            h = model.layers[1](model.layers[0](model.embed(x[2:])))
+            assert torch.allclose(walker.stores["layers.2"].get(1), model.layers[2](h))
+        walker.close()
 
 
 def test_only_outputs_changed_in_place_are_copied():

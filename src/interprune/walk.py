@@ -374,6 +374,13 @@ def _block_level(name: str) -> bool:
     return parts[-1].isdigit() or not any(p.isdigit() for p in parts)
 
 
+def _elementwise(module: nn.Module) -> bool:
+    """A leaf whose parameters are all vectors (a norm's gain and shift): computing it costs about what reading
+    its stored output costs, so the walk computes it again from its input instead of storing it."""
+    params = list(module.parameters(recurse=False))
+    return not any(True for _ in module.children()) and bool(params) and all(p.dim() <= 1 for p in params)
+
+
 def outer_block(name: str) -> str | None:
     """The outermost block of a stack that ``name`` lies in (``model.layers.3`` for its attention)."""
     parts = name.split(".")
@@ -396,6 +403,8 @@ class Walker:
         self.skipped: dict[str, Any] = {}  # name -> placeholder output
         self._verdicts: dict[tuple[str, str], bool] = {}  # (parent, class) -> whether skipping is safe
         self.on_call: dict[str, Callable[[nn.Module, int], None]] = {}  # name -> fn(module, traced call index)
+        # norms cost less to compute again from their input than to store for every example (one boundary each)
+        self.cheap = {n for n, m in self.modules.items() if _elementwise(m)}
 
     # ------------------------------------------------------------------------------------------ trace
     @torch.no_grad()
@@ -465,9 +474,14 @@ class Walker:
         self.replayed = keep - set(self.skipped)
         complete = {n for n in self.replayed if n in self.stores and len(self.stores[n].items) == len(self.batches)}
         # read by a finished *block* (not by a part of the current block, which may read it again through
-        # the residual: a verdict is kept per role, so it must be taken where skipping can be right)
+        # the residual: a verdict is kept per role, so it must be taken where skipping can be right), and by
+        # no block not yet complete (a rotary table's input is the embeddings the first block reads too: a
+        # verdict taken there said "never skip the embeddings", and kept them for the whole walk)
         consumed = {self.calls[n][0].input_id for n in complete if _block_level(n)}
+        pending = {calls[0].input_id for n, calls in self.calls.items()
+                   if _block_level(n) and len(calls) == 1 and n not in complete}
         candidates = frozenset(n for n in complete if self.calls[n][0].output_ids & consumed
+                               and not self.calls[n][0].output_ids & pending
                                and _skippable(self.stores[n].shapes) and _block_level(n))
         for name in sorted(candidates):
             role = re.sub(r"\.\d+(?=\.|$)", ".*", name)  # the same part of every block of a stack
@@ -540,9 +554,11 @@ class Walker:
     # -------------------------------------------------------------------------------------------- run
     @torch.no_grad()
     def run(self, i: int, hooks: list[tuple[str, int, str, Callable]], *, replayed: set[str] | None = None,
-            skipped: dict[str, Any] | None = None, record: bool = True) -> None:
+            skipped: dict[str, Any] | None = None, record: bool = True, whole: str | None = None) -> None:
         """Mini-batch ``i`` through the model; ``hooks`` are ``(module, call, "pre"|"post", fn)`` called at
-        that call only (``fn(module, args, kwargs[, output])``); any of them may raise ``Stop``."""
+        that call only (``fn(module, args, kwargs[, output])``); any of them may raise ``Stop``. ``whole`` names
+        a block this pass records as a whole (``recorder``): the parts of it that run are not stored, since
+        later passes replay the block itself (storing them cost three boundaries per example on a decoder)."""
         replayed = self.replayed if replayed is None else replayed
         skipped = self.skipped if skipped is None else skipped
         shared = self.batches.shared
@@ -550,7 +566,8 @@ class Walker:
         common = set(shared.stores) if shared is not None and shared.applies(self.model) else set()
         for name in replayed - common:  # the shared parts are replayed from their own store
             module, store = self.modules[name], self.stores.get(name)
-            if store is None and record:
+            if store is None and record and name not in self.cheap and not (
+                    whole is not None and name.startswith(whole + ".")):
                 store = self.stores[name] = Store(self.spill, copy=name in self.written,
                                                   unread=self.unread.get(name, frozenset()))
             if store is not None:

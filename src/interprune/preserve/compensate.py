@@ -265,6 +265,9 @@ def compensate(
         for done, stage in enumerate(stages):
             ahead = _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout,
                                stages[done + 1:done + 3], ahead)
+            if done == len(stages) - 1:  # no pass is left: free the stored boundaries before the last refit
+                for walker in walkers:
+                    walker.close()
             _refit_stage(stage, stats, modules, walkers[0], fixed or grid, versions, report)
             if progress is not None:
                 progress(done + 1, len(stages))
@@ -549,7 +552,8 @@ def _capture(walker: Walker, calls: list[tuple[str, int, str]], i: int,
         raise Stop
 
     hooks = [(name, k, kind, grab((name, k, kind))) for name, k, kind in calls]
-    walker.run(i, hooks + ([(until[0], 0, "post", done)] if until is not None else []))
+    walker.run(i, hooks + ([(until[0], 0, "post", done)] if until is not None else []),
+               whole=until[0] if until is not None else None)
     return seen
 
 
