@@ -102,3 +102,40 @@ def test_the_float16_demo_source_shrinks_as_its_float32_copy_does():
     whole, _ = shrink(float32_copy(model), overrides, **options)
     for (name, a), (_, b) in zip(half.state_dict().items(), whole.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_modules_outside_every_stack_stay_half_unless_a_parent_reads_their_weight():
+    """A decoder's embeddings and output layer convert their own tensors only while they run (in float32 for
+    the whole recipe they were twice their half size); a table whose weight the model reads directly (and
+    sums in half precision, which type promotion would not reveal) is caught by the probe and made float32
+    for the whole recipe, so the function is the float32 copy's."""
+    from torch import nn
+
+    from interprune.weights.shrink import _in_float32
+
+    model, _ = _bf16("qwen2")
+    handles = _in_float32(model, {"input_ids": torch.randint(3, 100, (2, 7))})
+    assert model.embed_tokens.weight.dtype == torch.bfloat16  # half between calls
+    for handle in handles:
+        handle.remove()
+
+    class Tabled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table, self.layers = nn.Embedding(5, 4), nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+        def forward(self, x):
+            x = x + self.table.weight.cumsum(0)[-1]  # computed in the weight's own precision
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    torch.manual_seed(0)
+    toy, x = Tabled().to(torch.bfloat16), torch.randn(3, 4)
+    expected = float32_copy(toy)(x)
+    handles = _in_float32(toy, {"x": x})
+    assert toy.table.weight.dtype == torch.float32 and toy.layers[0].weight.dtype == torch.bfloat16
+    assert torch.equal(toy(x), expected)
+    for handle in handles:
+        handle.remove()
+    assert toy.table.weight.dtype == torch.bfloat16

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["HALF", "compute_in_float32", "float32_copy", "to_float32", "Restore"]
+__all__ = ["HALF", "compute_in_float32", "float32_copy", "to_float32", "Restore", "computes_in_float32"]
 
 HALF = (torch.float16, torch.bfloat16)
 _SAVED = "_interprune_half"  # module attribute: the half-precision tensors swapped out during a call
@@ -63,12 +64,14 @@ class Restore:
         self.saved = []
 
 
-def compute_in_float32(model: nn.Module) -> list[Any]:
+def compute_in_float32(model: nn.Module, outer: bool = True) -> list[Any]:
     """Make ``model``'s half-precision tensors compute in float32 (see the module doc); returns handles
     whose ``remove()`` undoes it. Modules inside a repeated stack (``layers.3.mlp``: nearly every weight of
-    a large model) convert their own tensors while they run; the few outside every stack (embeddings, heads,
-    a detector's query embeddings, which its parent reads directly rather than by calling the module) are
-    float32 for the whole recipe. A model without half tensors is left alone."""
+    a large model) convert their own tensors while they run; with ``outer`` the few outside every stack
+    (embeddings, heads, a detector's query embeddings, which its parent reads directly rather than by calling
+    the module) are float32 for the whole recipe, else they too convert only while they run (a vocabulary's
+    embeddings and output layer in float32 are twice their half size for the whole recipe). A model without
+    half tensors is left alone."""
     from .walk import outer_block
 
     handles: list[Any] = []
@@ -76,7 +79,7 @@ def compute_in_float32(model: nn.Module) -> list[Any]:
     for name, module in model.named_modules():
         if not any(t.dtype in HALF for t in _own(module)):
             continue
-        if outer_block(name) is None:
+        if outer and outer_block(name) is None:
             kept += _widen(_own(module))
             continue
         handles.append(module.register_forward_pre_hook(_up))
@@ -95,3 +98,38 @@ def float32_copy(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model)
     _widen([*twin.parameters(), *twin.buffers()])
     return twin
+
+
+class _HalfSeen(TorchDispatchMode):
+    """Notes whether any operation gets a half-precision tensor: a model computing in float32 as it should
+    never gives one to an operation (a parent reading a child's weight directly, or a model casting to its own
+    ``dtype``, would, and type promotion may hide it from a plain run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.seen:
+            found = [t.dtype for t in torch.utils._pytree.tree_leaves((args, kwargs, out))
+                     if isinstance(t, torch.Tensor)]
+            # the hooks' own widening (half in, float32 out) is exact, and a view computes nothing (what is
+            # computed from it is seen in turn); anything else that touches a half tensor is not float32
+            widening = func is torch.ops.aten._to_copy.default and found[-1] == torch.float32
+            self.seen = not widening and not func.is_view and any(d in HALF for d in found)
+        return out
+
+
+@torch.no_grad()
+def computes_in_float32(model: nn.Module, inputs: dict[str, Any]) -> bool:
+    """Whether one forward of ``model`` on ``inputs`` runs without error and gives no operation a
+    half-precision tensor: the probe that tells whether a model's hooks (``compute_in_float32``) suffice."""
+    mode = _HalfSeen()
+    try:
+        with mode:
+            model.eval()(**inputs)
+    except RuntimeError:
+        return False
+    return not mode.seen

@@ -164,20 +164,21 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
 
 
 def _in_float32(model: PreTrainedModel, inputs: Any) -> list[Any]:
-    """``precision.compute_in_float32`` on ``model``, tried on one calibration example: a family whose
-    blocks read a child's half-precision weight directly (not by calling it) fails there at once, and then
-    computes on a float32 copy as before, converted in place (undone afterwards)."""
-    from ..precision import HALF, compute_in_float32, to_float32
+    """``precision.compute_in_float32`` on ``model``, checked on one calibration example, from the least
+    memory to the most: every module converts its own tensors while it runs; else the modules outside every
+    stack are float32 for the whole recipe (a detector whose parent reads its query embeddings' weight); else
+    (a block that reads a child's half-precision weight directly) the model is converted in place, undone
+    afterwards. The check fails where an operation gets a half-precision tensor or an error."""
+    from ..precision import HALF, compute_in_float32, computes_in_float32, to_float32
     from ..walk import split_batch
 
-    handles = compute_in_float32(model)
     if not isinstance(inputs, dict) or not any(t.dtype in HALF for t in model.parameters()):
-        return handles
-    try:
-        with torch.no_grad():
-            model.eval()(**split_batch(inputs, 1)[0])
-        return handles
-    except RuntimeError:
+        return compute_in_float32(model)
+    example = split_batch(inputs, 1)[0]
+    for outer in (False, True):
+        handles = compute_in_float32(model, outer=outer)
+        if computes_in_float32(model, example):
+            return handles
         for handle in handles:
             handle.remove()
     return [to_float32(model)]
