@@ -374,11 +374,17 @@ def _block_level(name: str) -> bool:
     return parts[-1].isdigit() or not any(p.isdigit() for p in parts)
 
 
-def _elementwise(module: nn.Module) -> bool:
-    """A leaf whose parameters are all vectors (a norm's gain and shift): computing it costs about what reading
-    its stored output costs, so the walk computes it again from its input instead of storing it."""
+def _recomputed(name: str, module: nn.Module) -> bool:
+    """Parts the walk computes again from their input rather than store for every example: a leaf whose
+    parameters are all vectors (a norm's gain and shift: computing it costs about what reading its stored
+    output costs), and a linear map inside a block (queries, keys and values were stored so that a later stage
+    could compute the attention from them: a boundary per example for three small products per pass)."""
+    if any(True for _ in module.children()):
+        return False
+    if isinstance(module, nn.Linear):
+        return outer_block(name) not in (None, name)
     params = list(module.parameters(recurse=False))
-    return not any(True for _ in module.children()) and bool(params) and all(p.dim() <= 1 for p in params)
+    return bool(params) and all(p.dim() <= 1 for p in params)
 
 
 def outer_block(name: str) -> str | None:
@@ -403,8 +409,8 @@ class Walker:
         self.skipped: dict[str, Any] = {}  # name -> placeholder output
         self._verdicts: dict[tuple[str, str], bool] = {}  # (parent, class) -> whether skipping is safe
         self.on_call: dict[str, Callable[[nn.Module, int], None]] = {}  # name -> fn(module, traced call index)
-        # norms cost less to compute again from their input than to store for every example (one boundary each)
-        self.cheap = {n for n, m in self.modules.items() if _elementwise(m)}
+        # parts cheaper to compute again from their input than to store for every example (a boundary each)
+        self.cheap = {n for n, m in self.modules.items() if _recomputed(n, m)}
 
     # ------------------------------------------------------------------------------------------ trace
     @torch.no_grad()
