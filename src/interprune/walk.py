@@ -93,7 +93,9 @@ def hooked_pass(model: nn.Module, inputs: Batch | Sequence[Batch], hooks: list[t
     forward pre-hooks ``pre``) attached, removed afterwards whatever happens: how scores and covariances are
     summed over a calibration set. A hook may raise ``Stop`` to end a mini-batch's forward there."""
     handles = [module.register_forward_hook(hook, with_kwargs=with_kwargs) for module, hook in hooks]
-    handles += [module.register_forward_pre_hook(hook) for module, hook in pre]
+    # before any other pre-hook: one that ends the forward there spares the rest (a half-precision output
+    # layer would be made float32 only to be stopped)
+    handles += [module.register_forward_pre_hook(hook, prepend=True) for module, hook in pre]
     hooks = [*hooks, *pre]
     batches = Batches.of(inputs)
     names = {id(m): n for n, m in model.named_modules()}
@@ -621,8 +623,8 @@ class Walker:
             if count[0] - 1 == call:
                 fn(m, args, kwargs, output)
 
-        if kind == "pre":
-            return module.register_forward_pre_hook(pre, with_kwargs=True)
+        if kind == "pre":  # first, as in ``hooked_pass``
+            return module.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
         return module.register_forward_hook(post, with_kwargs=True)
 
     def recorder(self, name: str) -> Callable[[int, Any], None]:

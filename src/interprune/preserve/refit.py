@@ -168,7 +168,8 @@ def choose_strength(fit: Moments, held: Moments | None, w0: Tensor, grid: tuple[
     time too: lifting all 30,400 columns at once held five matrices of 125 MB. ``w0`` may be in a narrower
     dtype than the statistics (a layer's float32 weights): it is widened a block of columns at a time, and the
     refit comes back in its dtype."""
-    columns = _column_blocks(w0, block_bytes)
+    # a lifted block of columns makes float64 products as tall as the source input (``lift``): sized by that
+    columns = _column_blocks(w0 if through is None else through, block_bytes)
     if held is None or held.n == 0:
         strength = grid[len(grid) // 2]
         return Choice(_by_columns(fit, w0, strength, columns, through), strength, {})
