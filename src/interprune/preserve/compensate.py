@@ -380,6 +380,7 @@ class _Plan:
     want: dict[tuple[str, int], tuple[str, int, str]]
     until: tuple[str, Callable[[int, Any], None]] | None
     ahead: list[tuple[str, int, str]] = field(default_factory=list)  # the next stage's captures, made on the way
+    narrow: dict[tuple[str, int, str], tuple[Tensor, int]] = field(default_factory=dict)  # ... kept in part
 
 
 def _counterparts(source: Walker, stage: list[tuple[str, int]], source_name: Callable
@@ -414,7 +415,9 @@ def _plan_stage(walkers: tuple[Walker, Walker], counterparts: dict[tuple[str, in
     target, source = walkers
     target.prepare(min(target.enter(n, k) for n, k in counterparts))
     index, through, want = _wants(walkers, counterparts, kept, scale)
-    if given:  # the source does not run at all
+    if given:  # the source does not run at all, and the captures it was given hold only the kept columns
+        narrowed = _narrowed(target, index, through, want)
+        index = {key: None if want[key] in narrowed else value for key, value in index.items()}
         return _Plan(counterparts, index, through, want, None)
     source.prepare(min(source.enter(*c) for c in counterparts.values()))
     calls = list(counterparts.values())
@@ -426,10 +429,29 @@ def _plan_stage(walkers: tuple[Walker, Walker], counterparts: dict[tuple[str, in
         # the next stage's source calls lie further on in this block: the source's weights never change, so
         # this pass goes on to them and keeps what the next stage needs, which then runs no source at all
         # (a decoder's source computed its attention twice, and its FFN's gate and up twice, per block)
-        ahead = list(dict.fromkeys(_wants(walkers, upcoming[0], kept, scale)[2].values()))
+        following_wants = _wants(walkers, upcoming[0], kept, scale)
+        ahead = list(dict.fromkeys(following_wants[2].values()))
+        narrow = _narrowed(target, *following_wants)
         later = [source.enter(*c) for c in upcoming[1].values()] if len(upcoming) > 1 else []
         closing = _closing_block(source, together, later)
-    return _Plan(counterparts, index, through, want, (closing, source.recorder(closing)) if closing else None, ahead)
+    return _Plan(counterparts, index, through, want, (closing, source.recorder(closing)) if closing else None, ahead,
+                 narrow if ahead else {})
+
+
+def _narrowed(target: Walker, index: dict, through: dict, want: dict) -> dict[tuple[str, int, str], tuple[Tensor, int]]:
+    """The captures of a stage of which it keeps only some columns (an output read by one layer, not lifted,
+    with kept indices), with those indices and their axis: a pass that captures them for the stage ahead
+    keeps only those columns (at a half-width cut, half a boundary per example less), and the stage selects
+    nothing more. The stage before and the stage itself decide it alike, from the same ``_wants``."""
+    readers: dict[tuple[str, int, str], list[tuple[str, int]]] = {}
+    for key, capture in want.items():
+        readers.setdefault(capture, []).append(key)
+    found = {}
+    for capture, keys in readers.items():
+        key = keys[0]
+        if len(keys) == 1 and capture[2] == "post" and through[key] is None and index[key] is not None:
+            found[capture] = (index[key], 1 if isinstance(target.modules[key[0]], nn.Conv2d) else -1)
+    return found
 
 
 def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], stats: dict[str, LayerStats],
@@ -458,7 +480,8 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
         else:
             ys = _capture(source, list(dict.fromkeys([*plan.want.values(), *plan.ahead])), i, plan.until)
         if made is not None:
-            made.append(source.spill.keep({key: ys[key] for key in plan.ahead if key in ys}))
+            made.append(source.spill.keep({key: _columns(ys[key], plan.narrow.get(key)) for key in plan.ahead
+                                           if key in ys}))
         groups = _groups(target, plan, xs, ys, report, target.batches.sizes[i], offset if holdout else None)
         for x, held, members in groups.values():
             names_ = [member[0] for member in members]
@@ -468,6 +491,10 @@ def _run_stage(walkers: tuple[Walker, Walker], stage: list[tuple[str, int]], sta
         offset += target.batches.sizes[i]
     _release(source, given)
     return made
+
+
+def _columns(y: Tensor, narrow: tuple[Tensor, int] | None) -> Tensor:
+    return y if narrow is None else y.index_select(narrow[1], narrow[0].to(y.device))
 
 
 def _release(source: Walker, given: list[Any] | None) -> None:
