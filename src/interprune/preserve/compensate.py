@@ -265,20 +265,23 @@ def compensate(
         for done, stage in enumerate(stages):
             ahead = _run_stage(walkers, stage, stats, kept, source_name, scale, report, holdout,
                                stages[done + 1:done + 3], ahead)
-            if done == len(stages) - 1:  # no pass is left: free the stored boundaries before the last refit
-                for walker in walkers:
-                    walker.close()
+            if done == len(stages) - 1:
+                _close(walkers)  # no pass is left: free the stored boundaries before the last refit
             _refit_stage(stage, stats, modules, walkers[0], fixed or grid, versions, report)
             if progress is not None:
                 progress(done + 1, len(stages))
         for name, saved in versions.items():  # the model keeps each layer's last refit
             _use_version(modules[name], saved, len(walkers[0].calls[name]))
     finally:
-        for walker in walkers:
-            walker.close()
+        _close(walkers)
         if batches.shared is None:  # else the shared parts' owner closes it
             spill.close()
     return report
+
+
+def _close(walkers: tuple[Walker, Walker]) -> None:
+    for walker in walkers:
+        walker.close()
 
 
 def _refit_stage(stage: list[tuple[str, int]], stats: dict[str, LayerStats], modules: dict[str, nn.Module],
