@@ -426,7 +426,7 @@ def _plan_stage(walkers: tuple[Walker, Walker], counterparts: dict[tuple[str, in
     calls = list(counterparts.values())
     upcoming = [_counterparts(source, stage, source_name) for stage in following]
     after = [source.enter(*c) for c in upcoming[0].values()] if upcoming else []
-    closing, ahead = _closing_block(source, calls, after), []
+    closing, ahead, narrow = _closing_block(source, calls, after), [], {}
     together = calls + list(upcoming[0].values()) if upcoming else calls
     if LOOK_AHEAD and closing is None and upcoming and upcoming[0] and _block_of(source, together):
         # the next stage's source calls lie further on in this block: the source's weights never change, so
@@ -438,7 +438,7 @@ def _plan_stage(walkers: tuple[Walker, Walker], counterparts: dict[tuple[str, in
         later = [source.enter(*c) for c in upcoming[1].values()] if len(upcoming) > 1 else []
         closing = _closing_block(source, together, later)
     return _Plan(counterparts, index, through, want, (closing, source.recorder(closing)) if closing else None, ahead,
-                 narrow if ahead else {})
+                 narrow)
 
 
 def _narrowed(target: Walker, index: dict, through: dict, want: dict) -> dict[tuple[str, int, str], tuple[Tensor, int]]:
@@ -528,7 +528,7 @@ def _groups(target: Walker, plan: _Plan, xs: dict, ys: dict, report: Compensatio
                 inputs[id(y)] = torch.cat([flat, torch.ones_like(flat[:, :1])], 1) if extra == 1 else flat
             y = inputs[id(y)]
         elif plan.index[(name, k)] is not None:
-            y = y.index_select(1 if conv else -1, plan.index[(name, k)].to(y.device))
+            y = _columns(y, (plan.index[(name, k)], 1 if conv else -1))
         if conv:  # rows are (example, output position): a k x k convolution is linear in its input patches
             shape = torch.Size([y.shape[0], y.shape[2] * y.shape[3], 1])
             layout = (id(x), module.kernel_size, module.stride, module.padding, module.dilation)
