@@ -40,7 +40,8 @@ CUTS = {"qwen251m": ["hidden_size=512", "intermediate_size=1408"],
 VOCAB = 30400
 
 CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the command line sets it (allocator.huge_pages), for every job
 import torch, transformers, interprune
 from interprune.cli import main
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -61,7 +62,7 @@ elif job == "forward":  # the source in float32 (as the recipe computes) over th
     inputs = calibration_inputs(extra["data"], model_processor(source), count=extra["count"])
     start = time.perf_counter()
     with torch.no_grad():
-        from interprune.weights.shrink import auto_batch
+        from interprune.preserve.calibration import auto_batch
         for batch in Batches.of(inputs, extra["batch"] or auto_batch(inputs)):
             model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     if device != "cpu":

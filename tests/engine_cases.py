@@ -13,18 +13,24 @@ import torch
 REFERENCE = Path(__file__).parent / "data" / "engine_reference.json"
 
 
-def demo_pixels(count: int = 6) -> dict:
-    """``count`` shapes images of the source domain, through the demo source's own processor."""
+def demo_images(count: int = 6) -> Path:
+    """A folder of ``count`` shapes images of the source domain."""
     import tempfile
 
-    from interprune.hf.processors import model_processor
-    from interprune.preserve.calibration import calibration_inputs
     from interprune.data.domains import write_domain
-    from interprune.demo import DEMO_SOURCE
 
     folder = Path(tempfile.mkdtemp(prefix="engine-cases-"))
     write_domain("shapes", folder / "calib", train=count, valid=1, copies=1, size=96, seed=777)
-    return calibration_inputs(folder / "calib", model_processor(DEMO_SOURCE), count=count)
+    return folder / "calib"
+
+
+def demo_pixels(count: int = 6) -> dict:
+    """``count`` shapes images of the source domain, through the demo source's own processor."""
+    from interprune.hf.processors import model_processor
+    from interprune.preserve.calibration import calibration_inputs
+    from interprune.demo import DEMO_SOURCE
+
+    return calibration_inputs(demo_images(count), model_processor(DEMO_SOURCE), count=count)
 
 
 def tiny_qwen():

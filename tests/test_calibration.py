@@ -95,3 +95,38 @@ def test_images_processed_a_few_at_a_time_give_the_processors_one_batch(tmp_path
     for key in chunked:
         assert chunked[key].dtype == whole[key].dtype
         assert torch.equal(chunked[key], whole[key]), key
+
+
+def test_images_made_a_mini_batch_at_a_time_equal_the_one_batch_split(tmp_path):
+    """``calibration_batches`` processes each mini-batch when first asked, padded to the largest image of
+    all: the mini-batches are the one batch's slices, whatever the mini-batch size."""
+    import numpy as np
+    from transformers import DetrImageProcessor
+
+    from interprune.preserve.calibration import calibration_batches
+    from interprune.walk import split_batch
+
+    gen = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(40, 30), (30, 50), (64, 20), (20, 20), (50, 44)]):
+        Image.fromarray((gen.random((h, w, 3)) * 255).astype("uint8")).save(tmp_path / f"{i}.png")
+    processor = DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64})
+    whole = calibration_inputs(tmp_path, processor, count=5)
+    for size in (1, 2, 5):
+        batches = calibration_batches(tmp_path, processor, count=5, batch=size)
+        assert batches.made and batches.sizes == [len(p["pixel_values"]) for p in split_batch(whole, size)]
+        for part, expected in zip(batches, split_batch(whole, size)):
+            assert set(part) == set(expected)
+            for key in part:
+                assert torch.equal(part[key], expected[key]), (size, key)
+    assert calibration_batches(tmp_path, processor, count=5).sizes == [5]  # small images: 8 to a mini-batch
+
+
+def test_text_batches_are_the_tokenized_lines_split(tmp_path):
+    from interprune.preserve.calibration import calibration_batches
+
+    path = tmp_path / "text.txt"
+    path.write_text("\n".join(f"line {i}" * (i + 1) for i in range(5)))
+    batches = calibration_batches(path, Tokenizer(), count=5, batch=2)
+    whole = calibration_inputs(path, Tokenizer(), count=5)
+    assert not batches.made and batches.sizes == [2, 2, 1]
+    assert torch.cat([b["input_ids"] for b in batches]).tolist() == whole["input_ids"].tolist()

@@ -62,7 +62,7 @@ def test_spilled_boundaries_give_the_same_model():
 
 
 def test_the_default_mini_batch_holds_at_most_two_million_pixels():
-    from interprune.weights.shrink import auto_batch
+    from interprune.preserve.calibration import auto_batch
 
     assert auto_batch({"input_ids": torch.zeros(32, 256, dtype=torch.long)}) == 8
     assert auto_batch({"pixel_values": torch.zeros(32, 3, 160, 160)}) == 8

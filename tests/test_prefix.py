@@ -94,15 +94,15 @@ def test_the_demo_recipe_runs_the_backbone_once_per_image_and_gives_the_same_mod
             if args[0].shape[-2:] == (160, 160):  # calibration images (the plan's own probe is smaller)
                 images.append(args[0].shape[0])
 
-    def shrunk():
+    def shrunk(inputs=None):
         from interprune.hf.config import target_config
         from interprune.hf.models import build_model
 
         target = build_model(target_config(source.config, overrides), 0)
         handle = nn.modules.module.register_module_forward_hook(count)
         try:
-            report, record = recipe.fill(source, target, "calibrated", inputs=demo_pixels(), compensate_layers=True,
-                                    rotate=True, batch_size=2)
+            report, record = recipe.fill(source, target, "calibrated", inputs=inputs or demo_pixels(),
+                                         compensate_layers=True, rotate=True, batch_size=2)
         finally:
             handle.remove()
         report.preserved = record.to_dict()
@@ -111,6 +111,29 @@ def test_the_demo_recipe_runs_the_backbone_once_per_image_and_gives_the_same_mod
     shared = shrunk()
     assert sum(images) == 6 + 2
     images.clear()
+
+    # images processed a mini-batch at a time, when first needed, and freed once the backbone's outputs
+    # for them are stored: the same model, the backbone still once per image
+    from interprune.demo import DEMO_SOURCE
+    from interprune.hf.processors import model_processor
+    from interprune.preserve.calibration import calibration_batches
+
+    from .engine_cases import demo_images
+
+    made = []
+    batches = calibration_batches(demo_images(), model_processor(DEMO_SOURCE), count=6, batch=2)
+    make = batches.make
+    batches.make = lambda i: made.append(i) or make(i)
+    assert batches.made and len(batches) == 3
+    assert shrunk(batches) == shared
+    assert sum(images) == 6 + 2 and made == [0, 1, 2]  # each mini-batch processed once
+    for i in range(3):  # the pixels and their mask are placeholders now: no memory
+        thin = batches.served(i)
+        assert set(thin) == {"pixel_values", "pixel_mask"}
+        assert all(v.stride() == (0,) * v.dim() for v in thin.values())
+        assert thin["pixel_values"].shape == (2, 3, 160, 160)
+    images.clear()
+
     monkeypatch.setattr(recipe, "find_prefix", lambda s, t, b, spill: Prefix(s, [], spill))
     alone = shrunk()
     assert sum(images) > 4 * 6

@@ -9,6 +9,12 @@ get their own mapping, returned when freed; the cost (a page fault per fresh pag
 matrix products that fill them.
 
 It changes the whole process's allocator, so only the data-aware shrink asks for it, and only on glibc.
+
+The price of fresh mappings is a page fault per 4 KB page, and the kernel zeroes each: a DETR-R50
+calibration spent 97 s of system time on 150 s of wall time. ``huge_pages`` asks torch to back its
+allocations of 2 MB and more with transparent huge pages (``THP_MEM_ALLOC_ENABLE``, read once, at torch's
+first allocation): one fault per 2 MB. The same job then took 117 s and 42 s of system time, at the same
+peak. The command line sets it for every command before anything is allocated.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["release_promptly"]
+import os
+
+__all__ = ["release_promptly", "huge_pages"]
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h); setting it also turns off the dynamic threshold
 THRESHOLD = 1 << 20
@@ -34,3 +42,9 @@ def release_promptly(threshold: int = THRESHOLD) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
+def huge_pages() -> None:
+    """Large torch tensors on transparent huge pages, unless the user set ``THP_MEM_ALLOC_ENABLE``. Only
+    effective before torch's first allocation; where the kernel offers no huge pages, nothing changes."""
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

@@ -28,14 +28,20 @@ from .walk import Batches, Spill, Store, _ancestors, _Uses, print_of, serve, spl
 
 __all__ = ["Prefix", "find_prefix"]
 
+INPUT = "<input>."  # how the probe names the model's inputs among module outputs
+
 
 class Prefix:
     """Stored outputs, per mini-batch, of the modules named in ``names``, shared by every model whose
     module of that name holds the same tensors as ``reference``'s."""
 
     def __init__(self, reference: nn.Module, names: list[str], spill: Spill,
-                 written: set[str] = frozenset(), unread: dict[str, frozenset[int]] | None = None):
+                 written: set[str] = frozenset(), unread: dict[str, frozenset[int]] | None = None,
+                 inputs_only: frozenset[str] = frozenset()):
         self.names, self.spill = list(names), spill
+        # model inputs that nothing but these modules reads (a detector's pixels and their mask): once their
+        # outputs are stored, a forward that replays them all needs only the inputs' shapes (``Batches.served``)
+        self.inputs_only = inputs_only if names else frozenset()
         self.stores = {n: Store(spill, copy=n in written, unread=(unread or {}).get(n, frozenset())) for n in names}
         modules = dict(reference.named_modules())
         self._reference = {n: _state(modules[n]) for n in names}
@@ -51,6 +57,10 @@ class Prefix:
             self._checked[key] = all(n in modules and _same_state(_state(modules[n]), self._reference[n])
                                      for n in self.names)
         return self._checked[key]
+
+    def recorded(self, i: int) -> bool:
+        """Whether every stored module's output for mini-batch ``i`` is stored."""
+        return all(i in store.items for store in self.stores.values())
 
     def attach(self, model: nn.Module, i: int, *, avoid: Callable[[str], bool] = lambda name: False,
                record: bool = True) -> tuple[list[Any], list[nn.Module]]:
@@ -112,11 +122,17 @@ def find_prefix(source: nn.Module, target: nn.Module, batches: Batches, spill: S
         outer = sorted(same)
         written = set().union(*(u.written for u in uses)) if uses else set()
         unread = {n: uses[0].unread().get(n, frozenset()) & uses[1].unread().get(n, frozenset()) for n in outer}
-        prefix = Prefix(source, outer, spill or Spill(), written, unread)
+        prefix = Prefix(source, outer, spill or Spill(), written, unread, _inputs_only(probe, uses or [], set(outer)))
     finally:
         for n, t in swapped.items():
             t.data = saved[n]
     return prefix
+
+
+def _inputs_only(batch: dict[str, Any], uses: list[_Uses], outer: set[str]) -> frozenset[str]:
+    """The tensor inputs of ``batch`` that every probed forward read only inside the ``outer`` modules."""
+    return frozenset(k for k, v in batch.items() if isinstance(v, Tensor) and all(
+        running & outer for u in uses for running in u.read_in.get(INPUT + k, ())))
 
 
 def _alike(a: Tensor, b: Tensor) -> bool:
@@ -130,8 +146,12 @@ def _probe(model: nn.Module, batch: dict[str, Any], compared: set[str]) -> tuple
     found: dict[str, tuple[int, tuple]] = {}
     uses = _Uses()
 
+    def pre(module: nn.Module, args: tuple) -> None:
+        uses.running.append(names[id(module)])
+
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         name = names[id(module)]
+        uses.running.pop()
         calls, prints = found.get(name, (0, None))
         if prints is None and name in compared:
             with _disable_current_modes():  # the prints are not reads of the forward
@@ -140,6 +160,11 @@ def _probe(model: nn.Module, batch: dict[str, Any], compared: set[str]) -> tuple
         uses.produced(name, output)
 
     handles = [m.register_forward_hook(post, with_kwargs=True) for m in model.modules()]
+    handles += [m.register_forward_pre_hook(pre) for m in model.modules()]
+    for key, value in batch.items():  # which modules read each input
+        if isinstance(value, Tensor):
+            uses.watched.add(INPUT + key)
+            uses.produced(INPUT + key, value)
     try:
         with uses:
             model.eval()(**batch)

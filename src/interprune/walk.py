@@ -58,14 +58,24 @@ def split_batch(inputs: Batch, size: int | None) -> list[Batch]:
 
 
 class Batches(Sequence[Batch]):
-    """Mini-batches of calibration inputs, made on demand (``make(i)``) so that only one is alive."""
+    """Mini-batches of calibration inputs, made on demand (``make(i)``).
 
-    def __init__(self, count: int, make: Callable[[int], Batch], sizes: list[int]):
-        self.count, self.make, self.sizes = count, make, sizes
+    ``made=True`` says ``make(i)`` builds a batch afresh (images processed lazily): each is then made once
+    and kept, until every output of the shared parts (``shared``, a ``prefix.Prefix``) is recorded for it.
+    From then on a forward whose shared parts are all replayed gets ``served(i)``: the inputs only those
+    parts read are zero placeholders of their shape, and the real ones are freed. 32 images at 800 px were
+    held for the whole recipe, 680 MB with their masks; now a mini-batch's images live until its first
+    forward has recorded the backbone's output. A forward that computes a shared part itself gets the
+    full batch, made again."""
+
+    def __init__(self, count: int, make: Callable[[int], Batch], sizes: list[int], *, made: bool = False):
+        self.count, self.make, self.sizes, self.made = count, make, sizes, made
         self.examples = sum(sizes)  # examples per mini-batch, and in all
         # outputs of the parts every model of the recipe shares, per mini-batch (``prefix.Prefix``): every
         # pass over these batches computes them once, in whichever model comes first
         self.shared: Any = None
+        self._kept: dict[int, Batch] = {}  # made batches, full until settled
+        self._thin: dict[int, Batch] = {}  # settled batches: placeholders for the inputs only shared parts read
 
     @classmethod
     def of(cls, inputs: Batch | Sequence[Batch], size: int | None = None) -> "Batches":
@@ -78,12 +88,33 @@ class Batches(Sequence[Batch]):
         return self.count
 
     def __getitem__(self, i: int) -> Batch:  # type: ignore[override]
+        """Mini-batch ``i`` with every input real."""
         if not 0 <= i < self.count:
             raise IndexError(i)
-        return self.make(i)
+        if not self.made:
+            return self.make(i)
+        if i in self._kept:
+            return self._kept[i]
+        batch = self.make(i)
+        if i not in self._thin:  # made again for a forward that computes a shared part: not kept twice
+            self._kept[i] = batch
+        return batch
 
     def __iter__(self) -> Iterator[Batch]:
-        return (self.make(i) for i in range(self.count))
+        return (self[i] for i in range(self.count))
+
+    def served(self, i: int) -> Batch:
+        """Mini-batch ``i`` for a forward in which every shared part is replayed from its store."""
+        self.settle(i)
+        return self._thin.get(i) or self[i]
+
+    def settle(self, i: int) -> None:
+        """Once the shared parts' outputs for ``i`` are all stored, free the inputs only they read."""
+        shared = self.shared
+        if not self.made or i in self._thin or i not in self._kept or shared is None or not shared.recorded(i):
+            return
+        full = self._kept.pop(i)
+        self._thin[i] = {k: _placeholder(v) if k in shared.inputs_only else v for k, v in full.items()}
 
 
 def hooked_pass(model: nn.Module, inputs: Batch | Sequence[Batch], hooks: list[tuple[nn.Module, Callable]], *,
@@ -103,16 +134,17 @@ def hooked_pass(model: nn.Module, inputs: Batch | Sequence[Batch], hooks: list[t
     inside = lambda name: any(h == name or h.startswith(name + ".") for h in hooked)  # noqa: E731
     model.eval()  # once: setting the mode walks every module, which cost DETR-R50 9 s over a recipe's runs
     try:
-        for i, batch in enumerate(batches):
+        for i in range(len(batches)):
             if before_batch is not None:
                 before_batch()
             shared = batches.shared.attach(model, i, avoid=inside) if batches.shared is not None else ([], [])
             try:
-                model(**batch)
+                model(**(batches.served(i) if _all_served(batches, shared) else batches[i]))
             except Stop:
                 pass
             finally:
                 _undo(*shared)
+                batches.settle(i)
     finally:
         for handle in handles:
             handle.remove()
@@ -127,6 +159,12 @@ def serve(module: nn.Module, store: "Store", i: int, record: bool, handles: list
         patched.append(module)
     elif record:
         handles.append(module.register_forward_hook(lambda m, a, o: store.put(i, o)))
+
+
+def _all_served(batches: "Batches", attached: tuple[list[Any], list[nn.Module]]) -> bool:
+    """Whether a forward with ``attached`` (``Prefix.attach``'s hooks and patched modules) replays every
+    shared part, so that the inputs only they read are not needed."""
+    return batches.shared is not None and len(attached[1]) == len(batches.shared.stores)
 
 
 def _undo(handles: list[Any], patched: list[nn.Module]) -> None:
@@ -178,6 +216,11 @@ class _Uses(TorchDispatchMode):
         self.written: set[str] = set()
         self.read: set[tuple[str, int]] = set()  # (module, position of the tensor in its output)
         self.made: dict[str, int] = {}  # module -> tensors in its output
+        # the modules running now (``prefix._probe`` keeps it), and for each output in ``watched`` the sets of
+        # modules that were running at its reads: which parts read a model input
+        self.running: list[str] = []
+        self.watched: set[str] = set()
+        self.read_in: dict[str, set[frozenset[str]]] = {}
 
     def produced(self, name: str, output: Any) -> None:
         """``name`` returned ``output`` after the ops so far (its own work on it came before)."""
@@ -201,6 +244,8 @@ class _Uses(TorchDispatchMode):
                 for name, position, made, ref in self.outputs.get(storage.data_ptr(), ()):
                     if made < self.ops and ref() is storage:
                         self.read.add((name, position))
+                        if name in self.watched:
+                            self.read_in.setdefault(name, set()).add(frozenset(self.running))
                         if write:
                             self.written.add(name)
         return func(*args, **kwargs)
@@ -452,11 +497,12 @@ class Walker:
         shared = self.batches.shared.attach(self.model, 0) if self.batches.shared is not None else ([], [])
         try:
             with uses:
-                self.model.eval()(**self.batches[0])
+                self.model.eval()(**(self.batches.served(0) if _all_served(self.batches, shared) else self.batches[0]))
         finally:
             for h in handles:
                 h.remove()
             _undo(*shared)
+            self.batches.settle(0)
         self.written, self.unread = uses.written, uses.unread()
         for calls in self.calls.values():
             calls.sort(key=lambda c: c.enter)
@@ -571,6 +617,7 @@ class Walker:
         skipped = self.skipped if skipped is None else skipped
         shared = self.batches.shared
         handles, patched = shared.attach(self.model, i, record=record) if shared is not None else ([], [])
+        served = _all_served(self.batches, (handles, patched))
         common = set(shared.stores) if shared is not None and shared.applies(self.model) else set()
         for name in replayed - common:  # the shared parts are replayed from their own store
             module, store = self.modules[name], self.stores.get(name)
@@ -587,12 +634,13 @@ class Walker:
             handles.append(self._at_call(name, self.observed(name, call, replayed, skipped), kind, fn))
         for name, fn in self.on_call.items():
             handles.append(self._every_call(name, self.visible(name, replayed, skipped), fn))
-        try:
-            self.model(**self.batches[i])  # in eval mode since ``__init__``
+        try:  # in eval mode since ``__init__``
+            self.model(**(self.batches.served(i) if served else self.batches[i]))
         except Stop:
             pass
         finally:
             _undo(handles, patched)
+            self.batches.settle(i)
 
     def visible(self, name: str, replayed: set[str], skipped: dict[str, Any]) -> list[int]:
         """The traced indices of the calls of ``name`` a walk really makes, in order."""

@@ -140,7 +140,8 @@ def build_model(config: PretrainedConfig, seed: int = 0, *, meta: bool = False,
                 initialise: bool = True) -> PreTrainedModel:
     """A freshly initialised float32 model for ``config``; the seed makes its initial values reproducible.
     ``meta=True`` builds shapes only (no memory, no initialisation): enough for a plan. ``initialise=False``
-    builds real tensors without their initial values (parameters are zeros): enough to run once."""
+    builds a model that runs without its initial values: every parameter is a zero that takes no memory
+    (``_zero_parameters``), buffers are real."""
     torch.manual_seed(seed)
     try:
         if meta:
@@ -151,9 +152,7 @@ def build_model(config: PretrainedConfig, seed: int = 0, *, meta: bool = False,
 
             with no_init_weights():
                 model = model_class(config)(config).float()
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.zero_()
+            _zero_parameters(model)
         else:  # float32 throughout: built from a half-precision config, timm backbones come out mixed
             model = model_class(config)(config).float()
     except InterpruneError:
@@ -162,6 +161,17 @@ def build_model(config: PretrainedConfig, seed: int = 0, *, meta: bool = False,
         raise InterpruneError(f"the target configuration cannot be built: {_build_error(err)}; change the --set "
                               f"values") from None
     return model.eval()
+
+
+def _zero_parameters(model: torch.nn.Module) -> None:
+    """Every parameter becomes one zero expanded to its shape (stride 0): the model runs (a dummy forward to
+    check a target), but its parameters hold no memory and the untouched pages of the empty tensors they
+    replace are freed unread. Zeroing them in place wrote every page: DETR-R50's target, 113 MB."""
+    for module in model.modules():
+        for name, value in module._parameters.items():
+            if value is not None:
+                zero = torch.zeros((), dtype=value.dtype).expand(value.shape)
+                module._parameters[name] = torch.nn.Parameter(zero, requires_grad=False)
 
 
 def _build_error(err: BaseException) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,7 +75,7 @@ def shrink(
     the options ``layers``, ``rotate`` and ``compensate`` are ``preserve.fill``'s; ``calibration`` is a
     data path (prepared by the source's own processor, ``calibration_size`` examples) or an already
     prepared batch of inputs, run ``calibration_batch`` examples at a time (all at once for None; ``"auto"``:
-    ``auto_batch``) through
+    ``preserve.calibration.auto_batch``) through
     the sequential engine (``walk``); ``budget`` bounds its stored activations in bytes (the rest spill to
     disk); ``device`` is where the data-aware math runs (``auto``: a GPU when there is one).
     """
@@ -131,28 +131,31 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
     from ..allocator import release_promptly
 
     release_promptly()  # thousands of activations freed and made again: keep the heap from fragmenting
-    inputs = calibration
-    if calibration is not None and not isinstance(calibration, dict):
+    from ..preserve.calibration import auto_batch, calibration_batches
+    from ..walk import Batches
+
+    inputs: Any = None
+    if isinstance(calibration, dict):  # a prepared batch: split here
+        batch = auto_batch(calibration) if run.batch == "auto" else run.batch
+        inputs = Batches.of(_on(calibration, run.device), batch)
+    elif calibration is not None:
         from ..hf.processors import model_processor  # reads data: only when asked to
-        from ..preserve.calibration import calibration_inputs
 
         processor = model_processor(source if not isinstance(source, PreTrainedModel) else source.name_or_path)
-        inputs = calibration_inputs(calibration, processor, count=calibration_size, seed=seed)
-    if run.batch == "auto":
-        run = replace(run, batch=auto_batch(inputs))
-    _check_budget(run.budget, model.config, inputs, run.batch)
+        inputs = calibration_batches(calibration, processor, count=calibration_size, seed=seed, batch=run.batch,
+                                     device=run.device)
+    _check_budget(run.budget, model.config, inputs)
     # least squares in full precision: a half-precision source stays half and each module computes with
     # float32 copies of its own tensors while it runs (``precision.py``), not a float32 copy of the whole model
     ours = not isinstance(source, PreTrainedModel)  # loaded here: moved in place, not copied
     work = model
     if run.device != "cpu":
         work = model if ours else copy.deepcopy(model)
-        work, target, inputs = work.to(run.device), target.to(run.device), _on(inputs, run.device)
+        work, target = work.to(run.device), target.to(run.device)
     handles = _in_float32(work, inputs)
     try:
         report, record = fill(work, target.float(), method, inputs=inputs, compensate_layers=compensate,
-                              layers=layers, rotate=rotate, seed=seed, batch_size=run.batch, budget=run.budget,
-                              progress=run.progress)
+                              layers=layers, rotate=rotate, seed=seed, budget=run.budget, progress=run.progress)
     finally:
         for handle in handles:
             handle.remove()
@@ -172,9 +175,9 @@ def _in_float32(model: PreTrainedModel, inputs: Any) -> list[Any]:
     from ..precision import HALF, compute_in_float32, computes_in_float32, to_float32
     from ..walk import split_batch
 
-    if not isinstance(inputs, dict) or not any(t.dtype in HALF for t in model.parameters()):
+    if inputs is None or not any(t.dtype in HALF for t in model.parameters()):
         return compute_in_float32(model)
-    example = split_batch(inputs, 1)[0]
+    example = split_batch(inputs if isinstance(inputs, dict) else inputs[0], 1)[0]
     for outer in (False, True):
         handles = compute_in_float32(model, outer=outer)
         if computes_in_float32(model, example):
@@ -182,20 +185,6 @@ def _in_float32(model: PreTrainedModel, inputs: Any) -> list[Any]:
         for handle in handles:
             handle.remove()
     return [to_float32(model)]
-
-
-AUTO_EXAMPLES, AUTO_PIXELS = 8, 2_000_000
-
-
-def auto_batch(inputs: Any) -> int:
-    """The default mini-batch: 8 examples, or fewer images when they are large, so that one mini-batch holds
-    at most 2 million pixels. A detector's backbone at 800 px keeps several maps of its whole mini-batch
-    alive: DETR-R50 with 32 images peaked at 3.8 GB in mini-batches of 8 and at 2.5 GB in mini-batches of 2,
-    and ran no slower (a convolution at that size keeps both cores busy on one image)."""
-    pixels = inputs.get("pixel_values") if isinstance(inputs, dict) else None
-    if not isinstance(pixels, torch.Tensor) or pixels.dim() < 3:
-        return AUTO_EXAMPLES
-    return max(1, min(AUTO_EXAMPLES, AUTO_PIXELS // (pixels.shape[-1] * pixels.shape[-2])))
 
 
 @dataclass(frozen=True)
@@ -208,16 +197,16 @@ class Run:
     progress: Any
 
 
-def _check_budget(budget: int | None, config: PretrainedConfig, inputs: Any, batch: int | None) -> None:
+def _check_budget(budget: int | None, config: PretrainedConfig, batches: Any) -> None:
     """The engine keeps at least one block boundary of one mini-batch in memory: refuse a budget below it."""
-    if budget is None or not isinstance(inputs, dict):
+    if budget is None or batches is None:
         return
     config = getattr(config, "text_config", None) or config
     width = next((getattr(config, k) for k in HIDDEN_SIZES if isinstance(getattr(config, k, None), int)), None)
-    first = next((v for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 1), None)
+    first = next((v for v in batches[0].values() if isinstance(v, torch.Tensor) and v.dim() > 1), None)
     if width is None or first is None:
         return
-    examples = min(batch or first.shape[0], first.shape[0])
+    examples = first.shape[0]
     tokens = first.shape[1] if first.dim() == 2 else (first.shape[-2] // 32) * (first.shape[-1] // 32)
     needed = examples * tokens * width * 4
     if budget < needed:
@@ -227,11 +216,9 @@ def _check_budget(budget: int | None, config: PretrainedConfig, inputs: Any, bat
                               f"least {size} or a smaller --calibration-batch")
 
 
-def _on(inputs: Any, device: str) -> Any:
+def _on(inputs: dict[str, Any], device: str) -> dict[str, Any]:
     """Calibration inputs moved to ``device`` (one batch of tensors)."""
-    if isinstance(inputs, dict):
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    return inputs
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def _check_vocabulary(source: Any, config: PretrainedConfig, target: PretrainedConfig) -> None:
