@@ -139,3 +139,20 @@ def test_modules_outside_every_stack_stay_half_unless_a_parent_reads_their_weigh
     for handle in handles:
         handle.remove()
     assert toy.table.weight.dtype == torch.bfloat16
+
+
+def test_a_copy_of_some_tensors_shares_every_other_one_and_widens_its_own():
+    """``float32_copy(only=...)``: what the rotation changes is copied (float32), the rest is the model's own
+    tensor; a tensor tied to a copied name is copied under every name."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)).to(torch.bfloat16)
+    model[2].weight = model[1].weight  # tied
+    twin = float32_copy(model, only={"0.weight", "1.weight"})
+    assert twin[0].bias is model[0].bias and twin[1].bias is model[1].bias and twin[2].bias is model[2].bias
+    assert twin[0].weight is not model[0].weight and twin[0].weight.dtype == torch.float32
+    assert twin[1].weight is twin[2].weight and twin[1].weight is not model[1].weight
+    assert torch.equal(twin[0].weight, model[0].weight.float()) and twin[1].weight.dtype == torch.float32
+    with torch.no_grad():
+        twin[0].weight.mul_(2)
+    assert torch.equal(model[0].weight.float() * 2, twin[0].weight)  # the model's own weight is untouched
+    assert float32_copy(model)[0].bias.dtype == torch.float32  # without ``only``: all of it, in float32

@@ -92,11 +92,23 @@ def to_float32(model: nn.Module) -> Restore:
     return Restore(_widen([*model.parameters(), *model.buffers()]))
 
 
-def float32_copy(model: nn.Module) -> nn.Module:
+def float32_copy(model: nn.Module, only: set[str] | None = None) -> nn.Module:
     """A float32 copy of ``model`` (its hooks stay and find nothing to convert): for code that changes
-    weights in place, such as rotating heads, whose result must not be rounded to half precision."""
-    twin = copy.deepcopy(model)
-    _widen([*twin.parameters(), *twin.buffers()])
+    weights in place, such as rotating heads, whose result must not be rounded to half precision.
+
+    With ``only`` (tensor names), just those tensors are copied (in float32); every other one is *the same
+    tensor* as the model's, so the copy costs what the rotation changes, not a whole model (DETR-R50's
+    rotated copy held its 94 MB backbone twice), and parts shared with the source are seen to be shared
+    (``prefix.Prefix.applies``) without comparing them."""
+    if only is None:
+        twin = copy.deepcopy(model)
+        _widen([*twin.parameters(), *twin.buffers()])
+        return twin
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    changed = {id(t) for n, t in named if n in only}
+    twin = copy.deepcopy(model, {id(t): t for _, t in named if id(t) not in changed})
+    state = twin.state_dict(keep_vars=True)
+    _widen(list({id(state[n]): state[n] for n in only}.values()))
     return twin
 
 

@@ -102,11 +102,13 @@ def rotate_heads(source: nn.Module, plan: Any, inputs: Batch,
     dims = [d for d in plan.dimensions if _rotatable(d)]
     if not dims:  # nothing to turn (rotary heads, no head cut): the source itself, not a copy of it
         return source, {}
-    rotated = float32_copy(source)  # rotated in float32: a half-precision source's rotation is not rounded
     groups = {}
     for dim in dims:
         qk, vo = query_key_axes(dim)
         groups[(dim.name, "qk")], groups[(dim.name, "vo")] = qk, vo
+    # rotated in float32 (a half-precision source's rotation is not rounded); the tensors it leaves alone
+    # are the source's own
+    rotated = float32_copy(source, only={rename(axis.tensor) for axes in groups.values() for axis in axes})
     covariances = _covariances(source, groups, {d.name: d.source for d in dims}, inputs, rename)
     state = rotated.state_dict(keep_vars=True)
     for (name, _), axes in groups.items():
