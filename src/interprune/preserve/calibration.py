@@ -3,8 +3,9 @@
 Importance scores and compensation look at activations, so they need real inputs of the domain the
 small model will serve. Images come from a COCO/Roboflow dataset (its training split) or a plain
 folder; text from a file with one example per line. They go through the source's saved image
-processor or tokenizer, so resizing, normalisation and padding are the model's, and become *one*
-batch: compensation refits each layer on all examples at once.
+processor or tokenizer, so resizing, normalisation and padding are the model's, and become one
+batch (``calibration_inputs``) or, for the recipe, mini-batches of it made when a pass first needs them
+(``calibration_batches``): statistics summed over them are those of the one batch.
 """
 
 from __future__ import annotations
