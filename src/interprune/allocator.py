@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import sys
-
 import os
+import sys
 
 __all__ = ["release_promptly", "huge_pages"]
 

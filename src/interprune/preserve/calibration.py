@@ -21,7 +21,7 @@ from ..errors import InterpruneError
 if TYPE_CHECKING:
     from ..walk import Batches
 
-__all__ = ["calibration_inputs", "calibration_batches", "auto_batch", "images_per_batch"]
+__all__ = ["calibration_inputs", "calibration_batches", "auto_batch", "images_per_batch", "on_device"]
 
 CHUNK = 8  # images processed at a time
 
@@ -81,12 +81,12 @@ def calibration_batches(
     Images are processed one mini-batch at a time, when a pass first needs it (``Batches(made=True)``), and
     padded to the largest image of all, which a first pass over the images alone finds: held as one batch,
     32 images at 800 px took 680 MB for the whole recipe. Text is tokenized at once (one padding)."""
-    from ..walk import Batches, split_batch
+    from ..walk import Batches
 
     found = _sample(data, processor, count, seed)
     if isinstance(found, dict):
         size = auto_batch(found) if batch == "auto" else batch
-        return Batches.of(_on(found, device), size)
+        return Batches.of(on_device(found, device), size)
     from ..data.loader import load_image
 
     shapes, masked = set(), True
@@ -96,13 +96,13 @@ def calibration_batches(
         masked = masked and "pixel_mask" in encoded
     if len(shapes) > 1 and not masked:  # images of several sizes and no mask: the processor's own one batch
         inputs = _processed(processor, found, load_image)
-        return Batches.of(_on(inputs, device), auto_batch(inputs) if batch == "auto" else batch)
+        return Batches.of(on_device(inputs, device), auto_batch(inputs) if batch == "auto" else batch)
     height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
     size = len(found) if batch is None else images_per_batch(height, width) if batch == "auto" else max(1, int(batch))
     groups = [found[i:i + size] for i in range(0, len(found), size)]
 
     def make(i: int) -> dict[str, Any]:
-        return _on(_processed(processor, groups[i], load_image, size=(height, width)), device)
+        return on_device(_processed(processor, groups[i], load_image, size=(height, width)), device)
 
     return Batches(len(groups), make, [len(g) for g in groups], made=True)
 
@@ -126,8 +126,8 @@ def auto_batch(inputs: Any) -> int:
     return images_per_batch(pixels.shape[-2], pixels.shape[-1])
 
 
-def _on(inputs: dict[str, Any], device: str) -> dict[str, Any]:
-    """Calibration inputs moved to ``device``."""
+def on_device(inputs: dict[str, Any], device: str) -> dict[str, Any]:
+    """Calibration inputs (one batch of tensors) moved to ``device``."""
     if device == "cpu":
         return inputs
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}

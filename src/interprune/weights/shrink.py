@@ -131,13 +131,13 @@ def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, meth
     from ..allocator import release_promptly
 
     release_promptly()  # thousands of activations freed and made again: keep the heap from fragmenting
-    from ..preserve.calibration import auto_batch, calibration_batches
+    from ..preserve.calibration import auto_batch, calibration_batches, on_device
     from ..walk import Batches
 
     inputs: Any = None
     if isinstance(calibration, dict):  # a prepared batch: split here
         batch = auto_batch(calibration) if run.batch == "auto" else run.batch
-        inputs = Batches.of(_on(calibration, run.device), batch)
+        inputs = Batches.of(on_device(calibration, run.device), batch)
     elif calibration is not None:
         from ..hf.processors import model_processor  # reads data: only when asked to
 
@@ -214,11 +214,6 @@ def _check_budget(budget: int | None, config: PretrainedConfig, batches: Any) ->
         raise InterpruneError(f"--memory-budget {budget:,} bytes is too small for one block boundary of a mini-batch "
                               f"({examples} examples x {tokens} positions x {width} channels in float32); give at "
                               f"least {size} or a smaller --calibration-batch")
-
-
-def _on(inputs: dict[str, Any], device: str) -> dict[str, Any]:
-    """Calibration inputs moved to ``device`` (one batch of tensors)."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def _check_vocabulary(source: Any, config: PretrainedConfig, target: PretrainedConfig) -> None:
