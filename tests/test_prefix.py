@@ -128,7 +128,7 @@ def test_the_demo_recipe_runs_the_backbone_once_per_image_and_gives_the_same_mod
     assert shrunk(batches) == shared
     assert sum(images) == 6 + 2 and made == [0, 1, 2]  # each mini-batch processed once
     for i in range(3):  # the pixels and their mask are placeholders now: no memory
-        thin = batches.served(i)
+        thin = batches._thin[i]
         assert set(thin) == {"pixel_values", "pixel_mask"}
         assert all(v.stride() == (0,) * v.dim() for v in thin.values())
         assert thin["pixel_values"].shape == (2, 3, 160, 160)

@@ -62,7 +62,7 @@ class Batches(Sequence[Batch]):
 
     ``made=True`` says ``make(i)`` builds a batch afresh (images processed lazily): each is then made once
     and kept, until every output of the shared parts (``shared``, a ``prefix.Prefix``) is recorded for it.
-    From then on a forward whose shared parts are all replayed gets ``served(i)``: the inputs only those
+    From then on a forward whose shared parts are all replayed (``for_forward``) gets the inputs only those
     parts read are zero placeholders of their shape, and the real ones are freed. 32 images at 800 px were
     held for the whole recipe, 680 MB with their masks; now a mini-batch's images live until its first
     forward has recorded the backbone's output. A forward that computes a shared part itself gets the
@@ -103,8 +103,11 @@ class Batches(Sequence[Batch]):
     def __iter__(self) -> Iterator[Batch]:
         return (self[i] for i in range(self.count))
 
-    def served(self, i: int) -> Batch:
-        """Mini-batch ``i`` for a forward in which every shared part is replayed from its store."""
+    def for_forward(self, i: int, attached: tuple[list[Any], list[nn.Module]]) -> Batch:
+        """Mini-batch ``i`` for a forward with ``attached`` (``Prefix.attach``'s hooks and patched modules):
+        where it replays every shared part, the inputs only they read are placeholders; else all are real."""
+        if self.shared is None or len(attached[1]) != len(self.shared.stores):
+            return self[i]
         self.settle(i)
         return self._thin.get(i) or self[i]
 
@@ -139,7 +142,7 @@ def hooked_pass(model: nn.Module, inputs: Batch | Sequence[Batch], hooks: list[t
                 before_batch()
             shared = batches.shared.attach(model, i, avoid=inside) if batches.shared is not None else ([], [])
             try:
-                model(**(batches.served(i) if _all_served(batches, shared) else batches[i]))
+                model(**batches.for_forward(i, shared))
             except Stop:
                 pass
             finally:
@@ -159,12 +162,6 @@ def serve(module: nn.Module, store: "Store", i: int, record: bool, handles: list
         patched.append(module)
     elif record:
         handles.append(module.register_forward_hook(lambda m, a, o: store.put(i, o)))
-
-
-def _all_served(batches: "Batches", attached: tuple[list[Any], list[nn.Module]]) -> bool:
-    """Whether a forward with ``attached`` (``Prefix.attach``'s hooks and patched modules) replays every
-    shared part, so that the inputs only they read are not needed."""
-    return batches.shared is not None and len(attached[1]) == len(batches.shared.stores)
 
 
 def _undo(handles: list[Any], patched: list[nn.Module]) -> None:
@@ -497,7 +494,7 @@ class Walker:
         shared = self.batches.shared.attach(self.model, 0) if self.batches.shared is not None else ([], [])
         try:
             with uses:
-                self.model.eval()(**(self.batches.served(0) if _all_served(self.batches, shared) else self.batches[0]))
+                self.model.eval()(**self.batches.for_forward(0, shared))
         finally:
             for h in handles:
                 h.remove()
@@ -617,7 +614,7 @@ class Walker:
         skipped = self.skipped if skipped is None else skipped
         shared = self.batches.shared
         handles, patched = shared.attach(self.model, i, record=record) if shared is not None else ([], [])
-        served = _all_served(self.batches, (handles, patched))
+        attached = (handles, list(patched))  # the shared parts' own: more are added below
         common = set(shared.stores) if shared is not None and shared.applies(self.model) else set()
         for name in replayed - common:  # the shared parts are replayed from their own store
             module, store = self.modules[name], self.stores.get(name)
@@ -635,7 +632,7 @@ class Walker:
         for name, fn in self.on_call.items():
             handles.append(self._every_call(name, self.visible(name, replayed, skipped), fn))
         try:  # in eval mode since ``__init__``
-            self.model(**(self.batches.served(i) if served else self.batches[i]))
+            self.model(**self.batches.for_forward(i, attached))
         except Stop:
             pass
         finally:
