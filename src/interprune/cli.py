@@ -56,8 +56,7 @@ def run_shrink(args: argparse.Namespace) -> None:
     kept = report.preserved
     if kept:
         layers = "; ".join(f"{stack} keeps source layers {index}" for stack, index in kept["layers"].items())
-        print(f"{kept['method']}: {len(report.choices)} dimensions chosen, {len(kept['rotated'])} head widths "
-              f"rotated, {len(kept['compensated'])} layers refit on {kept['calibration_examples']} calibration "
+        print(f"{kept['method']}: {len(report.choices)} dimensions chosen, {len(kept['rotated'])} rotated, {len(kept['compensated'])} layers refit on {kept['calibration_examples']} calibration "
               f"examples" + (f"; {layers}" if layers else ""))
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json)")
     if recovery is not None:
@@ -354,7 +353,7 @@ def _add_set_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_shrink_parser(sub: Any) -> None:
-    from .methods import LAYER_CHOICES
+    from .methods import LAYER_CHOICES, ROTATIONS
 
     p = sub.add_parser("shrink", help="resize a pretrained model and carry its weights over")
     p.add_argument("source", help="Hugging Face Hub id or local model folder")
@@ -380,8 +379,9 @@ def add_shrink_parser(sub: Any) -> None:
                    "models are written as shards with an index (default 5GB)")
     p.add_argument("--compensate", action="store_true", help="refit every resized layer in closed form so its "
                    "outputs on the calibration data match the source's")
-    p.add_argument("--rotate", action="store_true", help="rotate each attention head's width to its principal "
-                   "directions (same function) before cutting it")
+    p.add_argument("--rotate", nargs="?", const="heads", default=False, choices=list(ROTATIONS),
+                   help="turn to principal directions (same function) before cutting: each attention head's width "
+                        "(heads, the default), a pre-norm model's residual stream (residual: SliceGPT), or both")
     p.add_argument("--layers", default="first", choices=list(LAYER_CHOICES),
                    help="which source layers a shallower target keeps (default first)")
     p.add_argument("--recover", type=int, metavar="N", help="then distil the result from the source for N steps "

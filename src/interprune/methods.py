@@ -62,6 +62,20 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 # which source layers a shallower stack keeps (``preserve.importance.choose_layers``)
 LAYER_CHOICES = ("first", "uniform", "importance")
+# what ``rotate`` turns to its principal directions: attention heads' widths (``True`` says the same), a
+# pre-norm model's residual stream, or both (``preserve.rotate``, ``preserve.residual``)
+ROTATIONS = ("heads", "residual", "both")
+
+
+def rotation_parts(rotate: bool | str) -> tuple[bool, bool]:
+    """``(heads, residual)``: what a ``rotate`` option value turns."""
+    if rotate is True:
+        return True, False
+    if rotate is False or rotate is None:
+        return False, False
+    if rotate not in ROTATIONS:
+        raise InterpruneError(f"unknown rotation {rotate!r}; use one of {', '.join(ROTATIONS)}")
+    return rotate in ("heads", "both"), rotate in ("residual", "both")
 
 
 def names(*kinds: Kind) -> tuple[str, ...]:
@@ -74,7 +88,7 @@ def chooses_units(method: str) -> bool:
     return method in METHODS and METHODS[method].kind is not Kind.PER_TENSOR
 
 
-def check_options(method: str, *, calibration: bool, compensate: bool, layers: str, rotate: bool,
+def check_options(method: str, *, calibration: bool, compensate: bool, layers: str, rotate: bool | str,
                   words: str = "cli") -> bool:
     """Reject a method with inconsistent options before any work, naming the fix; return whether the
     data-aware recipe (``preserve.recipe.fill``) runs. ``words`` is ``cli`` (flags) or ``yaml`` (sweep keys)."""
@@ -103,8 +117,9 @@ def check_options(method: str, *, calibration: bool, compensate: bool, layers: s
     return True
 
 
-def check_recipe(method: str, *, calibration: bool, compensate: bool, layers: str, rotate: bool) -> None:
+def check_recipe(method: str, *, calibration: bool, compensate: bool, layers: str, rotate: bool | str) -> None:
     """The options of the data-aware recipe: a method that chooses units, calibration data where needed."""
+    rotation_parts(rotate)
     if layers not in LAYER_CHOICES:
         raise InterpruneError(f"unknown layer choice {layers!r}; use one of {', '.join(LAYER_CHOICES)}")
     if not chooses_units(method):

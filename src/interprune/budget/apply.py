@@ -16,7 +16,7 @@ __all__ = ["shrink_to_budget", "search_plan"]
 
 def shrink_to_budget(source: str | os.PathLike, budgets: list[Budget], fixed: dict[str, Any] | None = None,
                      method: str = "select", *, calibration: str | os.PathLike | None = None,
-                     calibration_size: int = 32, seed: int = 0, compensate: bool = False, rotate: bool = False,
+                     calibration_size: int = 32, seed: int = 0, compensate: bool = False, rotate: bool | str = False,
                      layers: str = "first", dtype: Any = None, cache: LatencyCache | None = None,
                      engine: dict[str, Any] | None = None, **search_options: Any) -> tuple[Any, Any, SearchResult]:
     """The model, its transfer report and the search. With ``calibration`` the top candidates are each shrunk

@@ -5,8 +5,9 @@ One function, ``fill``, runs the whole recipe on a freshly built target (``magni
 the depth, rotation and compensation options):
 
 1. depth: which source layers a shallower stack keeps (``first``, ``uniform`` or ``importance``);
-2. optionally, rotate each attention head's width to its principal directions (``rotate``), a change
-   of basis that leaves the source's function exactly as it was;
+2. optionally, rotate each attention head's width (``rotate="heads"``, or ``True``) and/or a pre-norm
+   model's residual stream (``"residual"``, ``"both"``) to its principal directions, a change of basis that
+   leaves the source's function exactly as it was (``rotate.py``, ``residual.py``);
 3. one choice of kept units per dimension of the plan: ``magnitude`` (weight norms) or ``calibrated``
    (activations), the aligned channels wherever a parameter-free encoding fixes them;
 4. the transfer of every tensor with those choices;
@@ -25,12 +26,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..methods import Kind, check_recipe, names
+from ..methods import Kind, check_recipe, names, rotation_parts
 from ..plan import RULES, Plan, make_plan, output_index
 from ..weights.transfer import transfer
 from .compensate import compensate
 from .importance import (activation_scores, choose, choose_layers, layer_influence, layer_name_map,
                          magnitude_scores)
+from .residual import rotate_residual
 from .rotate import query_key_axes, rotate_heads
 from ..prefix import find_prefix
 from ..walk import Batches, Spill
@@ -47,6 +49,8 @@ class Preservation:
     layers: dict[str, list[int]] = field(default_factory=dict)  # layer stack -> kept source layers
     layer_choice: str = "first"
     rotated: list[str] = field(default_factory=list)  # dimensions rotated to principal directions
+    # residual rotation: each small norm's gain factor (the share of the stream its kept channels carry)
+    residual_scales: dict[str, float] = field(default_factory=dict)
     compensated: list[str] = field(default_factory=list)  # layers refit, in forward order
     not_compensated: dict[str, str] = field(default_factory=dict)  # resized layers left as chosen, and why
     calibration: str | None = None  # where the calibration examples came from (a path), when known
@@ -70,7 +74,7 @@ def fill(
     inputs: dict[str, Any] | Batches | None = None,
     compensate_layers: bool = False,
     layers: str = "first",
-    rotate: bool = False,
+    rotate: bool | str = False,
     seed: int = 0,
     batch_size: int | None = None,
     budget: int | None = None,
@@ -83,7 +87,8 @@ def fill(
     ``budget`` bounds the boundary activations compensation keeps in memory (bytes; the rest spill to disk)."""
     check_recipe(method, calibration=inputs is not None, compensate=compensate_layers, layers=layers, rotate=rotate)
     batches = Batches.of(inputs, batch_size) if inputs is not None else None
-    passes = (method == "calibrated") + rotate + 2 * compensate_layers + (layers == "importance")
+    heads, residual = rotation_parts(rotate)
+    passes = (method == "calibrated") + heads + 2 * residual + 2 * compensate_layers + (layers == "importance")
     if batches is not None and passes > 1:  # what the shrink leaves as it is runs once, not once per pass
         batches.shared = find_prefix(source, target, batches, Spill(budget))
     try:
@@ -95,7 +100,7 @@ def fill(
 
 
 def _fill(source: nn.Module, target: nn.Module, method: str, batches: Batches | None, compensate_layers: bool,
-          layers: str, rotate: bool, seed: int, budget: int | None,
+          layers: str, rotate: bool | str, seed: int, budget: int | None,
           progress: Callable[[int, int], None] | None) -> tuple[Any, Preservation]:
     """``fill`` once the calibration batches are made (and share what every pass computes alike)."""
     inputs = batches
@@ -110,10 +115,17 @@ def _fill(source: nn.Module, target: nn.Module, method: str, batches: Batches | 
             kept_layers[dim.name] = choose_layers(how, dim.source, dim.target, influence)
             record.layers[dim.name] = kept_layers[dim.name].tolist()
     rename = layer_name_map(kept_layers)  # target name -> source name
-    full, rotated = source, {}
-    if rotate:  # the whole source, rotated (same function): its own forward still gives the targets
-        full, rotated = rotate_heads(source, plan, inputs, rename)
-        record.rotated = sorted(rotated)
+    full, rotated, turn = source, {}, None
+    heads, residual = rotation_parts(rotate)
+    if residual:  # the whole source, rotated (same function): its own forward still gives the targets
+        turn = rotate_residual(source, target, plan, inputs, rename)
+        if turn is not None:
+            full, rotated = turn.model, dict(turn.choices)
+            record.residual_scales = {name: round(c, 6) for name, (_, _, c) in turn.scales.items()}
+    if heads:
+        full, turned = rotate_heads(full, plan, inputs, rename)
+        rotated.update(turned)
+    record.rotated = sorted(rotated)
     if method == "calibrated":
         choices = choose(plan, activation_scores(full, plan, inputs, rename))
     elif method == "magnitude":
@@ -124,6 +136,8 @@ def _fill(source: nn.Module, target: nn.Module, method: str, batches: Batches | 
     structured = method if method in names(Kind.STRUCTURED) else "select"
     report = transfer(full, target, structured, plan=plan, choices=choices, seed=seed)
     report.method = method
+    if turn is not None:  # the small model's norms, for a stream of fewer channels
+        turn.settle(target)
     if compensate_layers:
         assert inputs is not None
         everything = {name: torch.as_tensor(index) for name, index in report.choices.items()}

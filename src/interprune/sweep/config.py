@@ -76,7 +76,7 @@ class Experiment(BaseModel):
                                     "or 'data' for the sweep's own training images")
     calibration_size: int = Field(32, gt=0)
     compensate: bool = False
-    rotate: bool = False
+    rotate: bool | Literal["heads", "residual", "both"] = False
     layers: Literal["first", "uniform", "importance"] = "first"
     budget: str | None = Field(None, description="instead of the sweep's target, the target the budget search "
                                "finds (e.g. latency=0.5: half the source's latency, one thread, CPU time)")

@@ -60,7 +60,7 @@ def shrink(
     calibration_size: int = 32,
     compensate: bool = False,
     layers: str = "first",
-    rotate: bool = False,
+    rotate: bool | str = False,
     calibration_batch: int | str | None = None,
     budget: int | None = None,
     device: str | None = None,
@@ -108,7 +108,7 @@ def shrink(
 
 
 def _check_request(method: str, calibration: Any, calibration_batch: int | str | None, compensate: bool, layers: str,
-                   rotate: bool, fixed: bool) -> bool:
+                   rotate: bool | str, fixed: bool) -> bool:
     """The method and its options, before any work; True when the data-aware recipe fills the target.
     ``fixed``: the caller gave ``reinit`` or ``choices``, which only a plain transfer takes."""
     if calibration_batch != "auto" and (isinstance(calibration_batch, str) or (
@@ -125,7 +125,7 @@ def _check_request(method: str, calibration: Any, calibration_batch: int | str |
 
 
 def _preserve(source: Any, model: PreTrainedModel, target: PreTrainedModel, method: str, *,
-              calibration: Any, calibration_size: int, compensate: bool, layers: str, rotate: bool,
+              calibration: Any, calibration_size: int, compensate: bool, layers: str, rotate: bool | str,
               seed: int, run: "Run") -> TransferReport:
     """Fill ``target`` (in place, in float32) with the data-aware recipe, on calibration inputs from ``calibration``."""
     from ..allocator import release_promptly
