@@ -59,7 +59,11 @@ VARIANTS = {
     "calibrated": dict(method="calibrated"),
     "+ compensate": dict(method="calibrated", compensate=True),
     "+ rotate + compensate": dict(method="calibrated", compensate=True, rotate=True),
-    "+ rotate-residual + compensate": dict(method="calibrated", compensate=True, rotate_residual=True),
+    # SliceGPT's residual rotation; this model ties its output layer to the embedding and its final norm's gains
+    # are uneven, so the small model gets its own output layer (vocab x width parameters more: the line says)
+    "+ rotate residual (untied output)": dict(method="calibrated", rotate="residual", untie=True),
+    "+ rotate residual + compensate (untied output)": dict(method="calibrated", rotate="residual", compensate=True,
+                                                           untie=True),
 }
 CALIBRATION = 128  # docstrings that calibrate (why not 256: the module docstring)
 MAX_TOKENS = 64
@@ -163,7 +167,7 @@ def supported(variants: list[str]) -> list[str]:
     accepted = set(inspect.signature(shrink).parameters)
     out = []
     for name in variants:
-        missing = sorted(set(VARIANTS[name]) - {"method"} - accepted)
+        missing = sorted(set(VARIANTS[name]) - {"method", "untie"} - accepted)
         if missing:
             print(f"skipped {name!r}: interprune.shrink does not accept {', '.join(missing)} yet", flush=True)
         else:
@@ -177,6 +181,8 @@ def shrink_variant(source: Path, cut: dict, options: dict, calibration: Path) ->
 
     options = dict(options)
     method = options.pop("method")
+    if options.pop("untie", False):
+        cut = {**cut, "tie_word_embeddings": False}
     data = {"calibration": str(calibration), "calibration_size": CALIBRATION} if method != "select" else {}
     cpu, wall = time.process_time(), time.perf_counter()
     model, report = shrink(source, cut, method, **data, **options)
@@ -252,7 +258,10 @@ def main() -> None:
                 if VARIANTS[variant].get("rotate"):  # rotary heads are not rotated (their channel pairs would mix)
                     rotated = (report.preserved or {}).get("rotated") or []
                     results[f"{cut} {variant}"]["rotated"] = len(rotated)
-                    note += f"; {len(rotated)} head dimensions rotated"
+                    note += f"; {len(rotated)} dimensions rotated"
+                parameters = sum(p.numel() for p in model.parameters())
+                results[f"{cut} {variant}"]["parameters"] = parameters
+                note += f"; {parameters / 1e6:.1f}M parameters"
                 print(line(cut, variant, scores, note), flush=True)
                 if variant == "calibrated" and "residual" in report.choices:
                     kept = torch.as_tensor(report.choices["residual"])
