@@ -250,34 +250,56 @@ def rotate_residual(source: nn.Module, target: nn.Module, plan: Any, inputs: Bat
     modules = dict(source.named_modules())
     forms = {n: gain_form(modules[n], dims[i].source) for n, i in norms.items()}
     gains = {n: a * modules[n].weight.detach().double() + b for n, (a, b) in forms.items()}
-
     names = {r.name for rs in roles.values() for r in rs}
-    aliases, small = _aliases(source), _aliases(target)
     target_names = {rename(axis.tensor): axis.tensor for dim in dims for axis in dim.axes}
+    tied, untie, keep_gain = _ties(source, target, roles, links, gains, names, target_names)
+    rotated = float32_copy(source, only=names)
+    modules = dict(rotated.named_modules())
+    for r in untie:  # the small model has its own output layer: the source's is copied apart from the embedding
+        param = r.name.rpartition(".")[2]
+        setattr(modules[r.owner], param, nn.Parameter(getattr(modules[r.owner], param).detach().clone()))
+    tied_now = {r.name for r in tied if r not in untie}
+    _turn(rotated, roles, rotations, forms, gains, links, keep_gain, tied_now)
+    error, shares = _check(rotated, norms, first, rotations, kept, inputs)
+    if not error <= TOLERANCE:
+        raise _refuse(f"the turned model's stream differs from the source's by {error:.1e} (relative): a layer "
+                      f"reads it other than through RMS norms and linear maps")
+    scales = {target_names[r.name]: (*forms[r.owner], math.sqrt(dims[i].source / dims[i].target) * shares[r.owner])
+              for i, rs in roles.items() for r in rs if r.kind == "norm"}
+    return ResidualTurn(rotated, {dim.name: torch.arange(dim.target) for dim in dims}, scales, error)
+
+
+def _ties(source: nn.Module, target: nn.Module, roles: dict[int, list[_Role]], links: dict[str, str],
+          gains: dict[str, Tensor], names: set[str], target_names: dict[str, str]):
+    """Readers whose weight another tensor shares (an output layer tied to the embedding): the list, those the
+    small model unties (they get their own weight), and the norms that keep their gain because it is even (the
+    same in every basis). Any other tie is refused: the gain cannot move into a weight the embedding shares."""
+    aliases, small = _aliases(source), _aliases(target)
     tied = [r for rs in roles.values() for r in rs if r.kind == "reader" and len(aliases.get(r.name, [])) > 1]
-    untie, keep_gain = [], set()  # readers that get their own weight; norms that keep an even gain
+    untie, keep_gain = [], set()
     for r in tied:
         norm = links.get(r.owner)
         if norm is None or sum(1 for n in links.values() if n == norm) > 1 or not set(aliases[r.name]) <= names:
             raise _refuse(f"{r.name} shares its weight with another tensor in a way a rotation cannot follow")
         if len(small.get(target_names[r.name], [])) <= 1:
-            untie.append(r)  # the small model has its own output layer: the source's is copied apart
+            untie.append(r)
         elif float(gains[norm].max() - gains[norm].min()) <= 1e-6 * float(gains[norm].abs().max()):
-            keep_gain.add(norm)  # an even gain is the same in every basis
+            keep_gain.add(norm)
         else:
             raise _refuse(f"{r.name} is the embedding's own weight (tied), so the final norm's gain cannot move "
                           f"into it; add --set tie_word_embeddings=false (the small model gets its own output "
                           f"layer)")
+    return tied, untie, keep_gain
 
-    rotated = float32_copy(source, only=names)
-    modules = dict(rotated.named_modules())
-    for r in untie:
-        param = r.name.rpartition(".")[2]
-        setattr(modules[r.owner], param, nn.Parameter(getattr(modules[r.owner], param).detach().clone()))
-    tied_now = {r.name for r in tied if r not in untie}
+
+def _turn(rotated: nn.Module, roles: dict[int, list[_Role]], rotations: dict[int, Tensor],
+          forms: dict[str, tuple[float, float]], gains: dict[str, Tensor], links: dict[str, str],
+          keep_gain: set[str], tied: set[str]) -> None:
+    """Turn every residual tensor of ``rotated`` in place, each once (tied names share one tensor): writers and
+    readers along their stream axis (``t @ Q``; a reader first takes the gain of the norm it reads), norms to
+    an even gain of 1 (or their own, when kept)."""
     state = rotated.state_dict(keep_vars=True)
     done: set[int] = set()
-    scales: dict[str, tuple[float, float, float]] = {}
     for i, rs in roles.items():
         q = rotations[i]
         for r in rs:
@@ -291,17 +313,6 @@ def rotate_residual(source: nn.Module, target: nn.Module, plan: Any, inputs: Bat
                 slot.data.copy_(((gain - b) / a).to(slot.dtype))
                 continue
             w = slot.data.double().movedim(r.axis, -1)
-            if r.kind == "reader" and r.owner in links and r.name not in tied_now:
+            if r.kind == "reader" and r.owner in links and r.name not in tied:
                 w = w * gains[links[r.owner]]
             slot.data.copy_((w @ q).movedim(-1, r.axis).to(slot.dtype))
-    error, shares = _check(rotated, norms, first, rotations, kept, inputs)
-    if not error <= TOLERANCE:
-        raise _refuse(f"the turned model's stream differs from the source's by {error:.1e} (relative): a layer "
-                      f"reads it other than through RMS norms and linear maps")
-    for i, rs in roles.items():
-        for r in rs:
-            if r.kind == "norm":
-                a, b = forms[r.owner]
-                c = math.sqrt(dims[i].source / dims[i].target) * shares[r.owner]
-                scales[target_names[r.name]] = (a, b, c)
-    return ResidualTurn(rotated, {dim.name: torch.arange(dim.target) for dim in dims}, scales, error)
