@@ -227,7 +227,7 @@ def _fill(name: str, value: Tensor, fresh: Tensor, method: str, plan: Plan, choi
         index = index.to(work.device)  # choices live on the CPU, the tensors where the model is
         work = work.index_select(axis, index.clamp(min=0))
         missing = index < 0
-        if bool(missing.any()):  # asked of the index, not of a mask the tensor's size (0.9 s on a 251M decoder)
+        if bool(missing.any()):  # asked of the index, not of a mask the size of the tensor
             missing = missing.reshape([-1 if i == axis else 1 for i in range(work.dim())])
             mask = missing if mask is None else mask | missing
     if tuple(work.shape) != tuple(fresh.shape):
