@@ -110,6 +110,7 @@ class _Role:
     axis: int
     kind: str  # "writer", "reader" or "norm"
     owner: str  # module name
+    form: tuple[float, float] | None = None  # a norm's gain as a * weight + b (``gain_form``)
 
 
 def _roles(source: nn.Module, dim: Any, rename: Callable[[str], str]) -> list[_Role]:
@@ -125,12 +126,12 @@ def _roles(source: nn.Module, dim: Any, rename: Callable[[str], str]) -> list[_R
             kind = "reader" if (param, axis.axis) == ("weight", 1) else "writer"
         elif isinstance(module, nn.Embedding) and (param, axis.axis) == ("weight", 1):
             kind = "writer"
-        elif module is not None and param == "weight" and gain_form(module, dim.source) is not None:
+        elif module is not None and param == "weight" and (form := gain_form(module, dim.source)) is not None:
             kind = "norm"
         else:
             raise _refuse(f"{name} ({type(module).__name__}) reads or writes it other than as a linear map, an "
                           f"embedding or an RMS norm")
-        roles.append(_Role(name, axis.axis, kind, owner))
+        roles.append(_Role(name, axis.axis, kind, owner, form if kind == "norm" else None))
     return roles
 
 
@@ -248,7 +249,7 @@ def rotate_residual(source: nn.Module, target: nn.Module, plan: Any, inputs: Bat
     rotations = {i: _signed(torch.linalg.eigh(c)[1].flip(-1)) for i, c in covariances.items()}
     kept = {i: dim.target for i, dim in enumerate(dims)}
     modules = dict(source.named_modules())
-    forms = {n: gain_form(modules[n], dims[i].source) for n, i in norms.items()}
+    forms = {r.owner: r.form for rs in roles.values() for r in rs if r.kind == "norm"}
     gains = {n: a * modules[n].weight.detach().double() + b for n, (a, b) in forms.items()}
     names = {r.name for rs in roles.values() for r in rs}
     target_names = {rename(axis.tensor): axis.tensor for dim in dims for axis in dim.axes}
