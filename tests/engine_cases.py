@@ -13,15 +13,24 @@ import torch
 REFERENCE = Path(__file__).parent / "data" / "engine_reference.json"
 
 
+_IMAGES: dict[int, Path] = {}
+
+
 def demo_images(count: int = 6) -> Path:
-    """A folder of ``count`` shapes images of the source domain."""
+    """A folder of ``count`` shapes images of the source domain. Drawn once per process (the seed fixes
+    them) and removed when the process ends, so test runs leave no folders behind in the temp directory."""
+    import atexit
+    import shutil
     import tempfile
 
     from interprune.data.domains import write_domain
 
-    folder = Path(tempfile.mkdtemp(prefix="engine-cases-"))
-    write_domain("shapes", folder / "calib", train=count, valid=1, copies=1, size=96, seed=777)
-    return folder / "calib"
+    if count not in _IMAGES:
+        folder = Path(tempfile.mkdtemp(prefix="engine-cases-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        write_domain("shapes", folder / "calib", train=count, valid=1, copies=1, size=96, seed=777)
+        _IMAGES[count] = folder / "calib"
+    return _IMAGES[count]
 
 
 def demo_pixels(count: int = 6) -> dict:
