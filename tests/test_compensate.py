@@ -255,3 +255,35 @@ def test_compensation_stores_a_few_boundaries_of_activations(monkeypatch):
     monkeypatch.setattr(walk.Spill, "keep", tracked)
     _source_runs()
     assert peak[0] / (6 * 10 * 32 * 4) <= 4.0
+
+
+def test_layers_reading_one_input_share_their_statistics_through_the_engine(monkeypatch):
+    """In a real walk, queries, keys and values (and gate and up) are captured as one tensor, so they are one
+    group: one ``X^T X`` per mini-batch for each shared input (and, when the strength is chosen, one
+    decomposition). A fresh capture per layer made each layer its own group: seven products per decoder block
+    and mini-batch, not four. The model is bit for bit the one of separate groups."""
+    import importlib
+
+    module = importlib.import_module("interprune.preserve.compensate")
+    groups: list[int] = []
+    moments = module.group_moments
+
+    def counted(x, ys, lifted, held):
+        groups.append(len(ys))
+        return moments(x, ys, lifted, held)
+
+    monkeypatch.setattr(module, "group_moments", counted)
+    _, shared, done = _source_runs()
+    assert len(done.layers) == 3 * 7 and not done.skipped
+    # 3 blocks x 3 mini-batches: q|k|v, o, gate|up, down
+    assert sorted(groups) == [1] * 18 + [2] * 9 + [3] * 9
+    original = module._capture
+
+    def apart(walker, calls, i, until=None):  # each layer's input an object of its own, as before
+        return {key: value.clone() for key, value in original(walker, calls, i, until).items()}
+
+    monkeypatch.setattr(module, "_capture", apart)
+    groups.clear()
+    _, separate, _ = _source_runs()
+    assert groups == [1] * (3 * 3 * 7)
+    assert all(torch.equal(a, b) for a, b in zip(shared.values(), separate.values()))

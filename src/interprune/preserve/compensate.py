@@ -566,12 +566,24 @@ def _capture(walker: Walker, calls: list[tuple[str, int, str]], i: int,
     ``i``, stopping the forward once all are seen, or (``until``: a module and its recorder) once that module
     has returned and its output is recorded."""
     seen: dict[tuple[str, int, str], Tensor] = {}
+    # one captured tensor per tensor of the forward: layers reading one input (queries, keys and values; gate
+    # and up) then get the same object, which is what lets their statistics share X^T X and one
+    # decomposition (``record``, ``Bases``). A fresh ``detach()`` per layer made every layer a group of its own:
+    # a decoder block computed its queries' X^T X three times and decomposed it three times.
+    same: dict[int, tuple[Tensor, Tensor]] = {}  # id -> (the forward's tensor, kept alive; its capture)
+
+    def keep(value: Tensor, copy: bool) -> Tensor:
+        if copy:
+            return value.detach().clone()
+        if id(value) not in same:
+            same[id(value)] = (value, value.detach())
+        return same[id(value)][1]
 
     def grab(key: tuple[str, int, str]) -> Callable:
         def fn(module: nn.Module, args: tuple, kwargs: dict, *output: Any) -> None:
             value = output[0] if output else (args[0] if args and isinstance(args[0], Tensor) else None)
             if isinstance(value, Tensor):  # a pass that goes on must keep what the forward changes in place later
-                seen[key] = value.detach().clone() if key[0] in walker.written else value.detach()
+                seen[key] = keep(value, key[0] in walker.written)
             if len(seen) == len(calls) and until is None:
                 raise Stop
         return fn
