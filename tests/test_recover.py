@@ -166,7 +166,9 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, text, pictures, capsys)
         assert not out.exists()
     code = main(["shrink", str(source), "--set", "n_embd=16", "--recover", "0", "--calibration", str(text),
                  "--compensate", "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "never").exists()
+    assert err.strip() == "interprune: error: --recover 0: give the number of recovery steps, at least 1", err
 
 
 def test_loss_terms_against_direct_computations():
@@ -215,3 +217,69 @@ def test_two_processes_over_gloo_recover_and_write_one_model(tmp_path, text):
 
     assert [int(r["step"]) for r in read_metrics(out / "recover") if "val_loss" in r] == [0, 2, 4]
     T.AutoModel.from_pretrained(out)
+
+
+def test_an_existing_out_is_refused_unless_overwrite_which_leaves_one_model(tmp_path, text, capsys):
+    """Recovering into another model's folder used to replace it without a word, and into a folder of other
+    files mixed the model in. Now either is one line, exit 2, before any work; ``--overwrite`` replaces the
+    model, and an earlier model's files that the new one does not write (shards of another count) are gone."""
+    source = text_model(tmp_path / "gpt2", gpt2())
+    small = shrunk(tmp_path, source, {"n_embd": 16}, text, compensate=False)
+    other = shrunk(tmp_path, source, {"n_embd": 24}, text, name="other", compensate=False)
+    (other / "model-00002-of-00002.safetensors").write_bytes(b"an earlier model's second shard")
+    before = (other / "model.safetensors").read_bytes()
+    args = ["recover", str(small), "--teacher", str(source), "--data", str(text), "--steps", "2", "--batch-size",
+            "8", "--held-out", "8"]
+    for out in (other, small):  # another model's folder, and the student's own
+        code = main([*args, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "already exists; pass --overwrite" in err and len(err.strip().splitlines()) == 1, err
+    assert (other / "model.safetensors").read_bytes() == before and not (other / "recover").exists()
+    assert main([*args, "--out", str(other), "--overwrite"]) == 0
+    assert not (other / "model-00002-of-00002.safetensors").exists()
+    loaded = T.AutoModelForCausalLM.from_pretrained(other)
+    assert loaded.config.n_embd == 16
+    code = main([*args, "--out", str(other)])  # now it holds a run
+    err = capsys.readouterr().err
+    assert code == 2 and "holds a recovery run; pass --resume to continue it, --overwrite" in err
+
+
+def test_the_summary_holds_the_final_models_held_out_loss_when_steps_are_not_a_multiple(tmp_path, text):
+    """With ``--steps 5 --val-every 3`` the last held-out evaluation was at step 3: the summary printed the
+    loss before recovery twice (or a stale one). The final model is now evaluated once more."""
+    source = text_model(tmp_path / "gpt2", gpt2())
+    small = shrunk(tmp_path, source, {"n_embd": 16}, text, compensate=False)
+    summary = recover(small, source, text, tmp_path / "out", RecoverSettings(steps=5, **FAST), progress=False)
+    from interprune.train.metrics import read_metrics
+
+    validated = [int(r["step"]) for r in read_metrics(tmp_path / "out" / "recover") if r.get("val_loss") is not None]
+    assert validated == [0, 3, 5]
+    rows = {int(r["step"]): r for r in read_metrics(tmp_path / "out" / "recover")}
+    assert summary["val_loss_end"] == pytest.approx(rows[5]["val_loss"]) and summary["val_loss_end"] < summary["val_loss_start"]
+
+
+def test_a_student_with_a_rotated_residual_stream_is_matched_on_its_outputs_only(tmp_path, text):
+    """After ``--rotate residual`` the student's stream holds mixtures of the teacher's channels: matching its
+    block outputs against the teacher's kept channels (what recover did) pulled it away from its source. Its
+    logits are matched alone; an encoder, whose output is that stream, is refused in one line."""
+    from interprune.recover.run import check_pair, matching
+    from .test_residual import llama
+
+    teacher = text_model(tmp_path / "llama", llama(tied=False))
+    small, report = shrink(teacher, {"hidden_size": 48, "head_dim": 16}, "calibrated", calibration=str(text),
+                           rotate="residual")
+    assert report.preserved["rotated"] == ["residual"]
+    small = save(small, tmp_path / "small", report=report, source=teacher)
+    s, t, kind = check_pair(small, teacher)
+    match = matching(small, teacher, s, t, kind)
+    assert kind == "logits" and not match.states and match.kept is None
+    summary = recover(small, teacher, text, tmp_path / "out", RecoverSettings(steps=3, **FAST), progress=False)
+    assert summary["states_matched"] == 0 and not summary["states_comparable"]
+    meta = json.loads((small / "interprune.json").read_text())
+    encoder = text_model(tmp_path / "bert", bert())
+    student = shrunk(tmp_path, encoder, {"hidden_size": 16}, text, name="bert-small", compensate=False)
+    info = json.loads((student / "interprune.json").read_text())
+    info["preserved"] = {**(info.get("preserved") or {}), "rotated": meta["preserved"]["rotated"]}
+    (student / "interprune.json").write_text(json.dumps(info))
+    with pytest.raises(InterpruneError, match="was shrunk with --rotate residual: its hidden states mix"):
+        matching(student, encoder, *check_pair(student, encoder))

@@ -63,7 +63,7 @@ def run_shrink(args: argparse.Namespace) -> None:
         from .recover import recover
 
         data, settings = recovery
-        _print_recovery(recover(out, args.source, data, out, settings), out)
+        _print_recovery(recover(out, args.source, data, out, settings, overwrite=True), out)  # in place
 
 
 def _shrink_for(args: argparse.Namespace, budgets, dtype):
@@ -101,6 +101,8 @@ def _shrink_recovery(args: argparse.Namespace):
     from .hf.processors import model_processor
     from .recover.data import open_unlabelled
 
+    if args.recover < 1:
+        raise InterpruneError(f"--recover {args.recover}: give the number of recovery steps, at least 1")
     data = args.recover_data or args.calibration
     if not data:
         raise InterpruneError("--recover needs unlabelled inputs: pass --recover-data DATA (or --calibration DATA)")
@@ -543,6 +545,8 @@ def add_recover_parser(sub: Any) -> None:
                    "models, an image folder or COCO/Roboflow dataset for vision models")
     p.add_argument("--out", required=True, help="folder for the recovered model (its run goes into OUT/recover/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/recover/checkpoints/last.ckpt")
+    p.add_argument("--overwrite", action="store_true", help="replace the model (and any earlier run) in an "
+                   "existing OUT, SMALL itself included; without it an OUT that holds anything is refused")
     for name, field in RecoverSettings.model_fields.items():
         kinds = [a for a in (get_args(field.annotation) or (field.annotation,)) if a is not type(None)]
         convert = kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else str
@@ -565,7 +569,8 @@ def _recover_settings(args: argparse.Namespace, **fixed):
 def run_recover(args: argparse.Namespace) -> None:
     from .recover import recover
 
-    summary = recover(args.small, args.teacher, args.data, args.out, _recover_settings(args), resume=args.resume)
+    summary = recover(args.small, args.teacher, args.data, args.out, _recover_settings(args), resume=args.resume,
+                      overwrite=args.overwrite)
     _print_recovery(summary, args.out)
 
 
@@ -574,7 +579,7 @@ def _print_recovery(summary, out) -> None:
         return
     print(f"recovered for {summary['steps']} steps in {summary['seconds']:.0f} s: held-out distillation loss "
           f"{summary['val_loss_start']:.4f} -> {summary['val_loss_end']:.4f} ({summary['states_matched']} block "
-          f"outputs matched)")
+          f"outputs matched{'' if summary.get('states_comparable', True) else '; none can be: the residual stream was rotated'})")
     print(f"wrote {out}/ (config.json, model.safetensors, interprune.json; the run in {out}/recover/)")
 
 

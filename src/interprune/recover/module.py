@@ -29,12 +29,15 @@ STATES = ("hidden_states", "encoder_hidden_states", "decoder_hidden_states")  # 
 class Matching:
     """What the student's outputs are compared with: ``kind`` of output (``logits``, ``hidden`` or
     ``detection``), the teacher's residual channels the student kept (None: the same width), and per stack of
-    block outputs the teacher layers its blocks came from (None: the same relative depth)."""
+    block outputs the teacher layers its blocks came from (None: the same relative depth). ``states`` is False
+    when block outputs cannot be compared at all: a student whose residual stream was turned
+    (``--rotate residual``) carries mixtures of the teacher's channels, whatever the widths."""
 
     kind: str
     kept: Tensor | None = None
     layers: dict[str, list[int] | None] = field(default_factory=dict)
     num_labels: int = 0
+    states: bool = True
 
 
 class RecoverModule(L.LightningModule):
@@ -52,8 +55,8 @@ class RecoverModule(L.LightningModule):
 
     def _pairs(self, student: Any, teacher: Any) -> dict[str, list[tuple[int, int, bool]]]:
         """(student state, teacher state, index by kept channels) per stack whose shapes can be compared."""
-        found = {}
-        for attr in STATES:
+        found: dict[str, list[tuple[int, int, bool]]] = {}
+        for attr in STATES if self.matching.states else ():
             s, t = getattr(student, attr, None), getattr(teacher, attr, None)
             if not isinstance(s, (tuple, list)) or not isinstance(t, (tuple, list)) or not s or not t:
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..errors import InterpruneError
 from ..hf.config import hidden_size
 from ..hf.models import check_writable, class_names, load_config, load_model, model_class
 from ..hf.processors import copy_processor_files
-from ..train.distill import kept_channels
+from ..train.distill import kept_channels, residual_rotated
 from .module import STATES, Matching, RecoverModule
 from .settings import RecoverSettings
 
@@ -73,27 +74,35 @@ def matching(small: str | os.PathLike, teacher: str | os.PathLike, s: Any, t: An
     """What to compare, from the student's ``interprune.json``: the kept residual channels and layers."""
     kept = kept_channels(small, teacher)
     widths = (hidden_size(s), hidden_size(t))
-    if kind == "hidden" and kept is None and widths[0] != widths[1]:
-        raise InterpruneError(f"the student's hidden size is {widths[0]}, the teacher's {widths[1]}, and the "
-                              f"student's interprune.json does not say it was shrunk from {teacher}: its last "
-                              f"hidden states cannot be compared")
     try:
         meta = json.loads((Path(small) / "interprune.json").read_text())
     except (OSError, ValueError):
         meta = {}
+    turned = residual_rotated(meta)
+    if kind == "hidden" and turned:
+        raise InterpruneError(f"{small} was shrunk with --rotate residual: its hidden states mix the teacher's "
+                              f"channels and cannot be compared with them; recover a shrink made without it")
+    if kind == "hidden" and kept is None and widths[0] != widths[1]:
+        raise InterpruneError(f"the student's hidden size is {widths[0]}, the teacher's {widths[1]}, and the "
+                              f"student's interprune.json does not say it was shrunk from {teacher}: its last "
+                              f"hidden states cannot be compared")
     stacks = (meta.get("preserved") or {}).get("layers") or {}
     layers: dict[str, list[int] | None] = {}
     for attr in STATES:
         side = attr.split("_")[0] if attr != "hidden_states" else None
         found = [v for k, v in stacks.items() if side is None or side in k]
         layers[attr] = found[0] if len(found) == 1 and (side is not None or len(stacks) == 1) else None
-    return Matching(kind, kept, layers, num_labels=getattr(s, "num_labels", 0))
+    return Matching(kind, kept, layers, num_labels=getattr(s, "num_labels", 0), states=not turned)
 
 
 def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
-            settings: RecoverSettings | None = None, *, resume: bool = False, progress: bool = True) -> dict | None:
+            settings: RecoverSettings | None = None, *, resume: bool = False, overwrite: bool = False,
+            progress: bool = True) -> dict | None:
     """Distil ``small`` from ``teacher`` on the unlabelled ``data`` and write the result to ``out``; returns
-    the run summary (other processes of a multi-process run return None)."""
+    the run summary (other processes of a multi-process run return None). An ``out`` that already holds
+    anything (another model, ``small`` itself, an earlier run) is refused unless ``overwrite`` (or ``resume``,
+    to continue the run there); with ``overwrite`` an earlier run in it starts again, and model files the new
+    model does not write are removed when it is written, so the folder never mixes two models."""
     import lightning as L
 
     from ..hf.processors import model_processor
@@ -107,9 +116,8 @@ def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os
     run = out / RUN
     ckpt = run / "checkpoints" / "last.ckpt"
     lead = _launching_process()
-    if lead and run.exists() and any(run.iterdir()) and not resume:
-        raise InterpruneError(f"{out} already holds a recovery run; pass --resume to continue it or choose another "
-                              f"--out")
+    if lead and not resume:
+        _check_out(out, run, overwrite)
     check_writable(out)
     check_trainer(settings)
     s_config, t_config, kind = check_pair(small, teacher)
@@ -127,6 +135,8 @@ def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os
     train_loader, held_loader = loaders(train_set, held_set, collate, batch_size=settings.batch_size,
                                         steps=settings.steps, seed=settings.seed, workers=settings.workers,
                                         group_by_length=settings.group_by_length)
+    if lead and overwrite and not resume and run.exists():
+        shutil.rmtree(run)  # asked for: the earlier run starts again
     trainer, state, table = _trainer(settings, run, ckpt, train_loader.sampler, lead, resuming, progress)
     if not resuming:
         trainer.validate(module, held_loader, verbose=False)
@@ -135,11 +145,13 @@ def recover(small: str | os.PathLike, teacher: str | os.PathLike, data: str | os
     except NonFiniteLoss as err:
         where = f"the last good checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was written yet"
         raise InterpruneError(f"{err}; lower --lr ({where})") from None
+    if settings.steps % settings.val_every:  # the last step was not evaluated (decided alike in every process):
+        trainer.validate(module, held_loader, verbose=False)  # the summary's held-out loss is the final model's
     if not trainer.is_global_zero:
         return None
     summary = _summary(small, teacher, data, kind, trainer, state, table, module, match, settings)
     table.save()
-    _write_model(student.eval(), small, out, summary)
+    _write_model(student.eval(), small, out, summary, replace=overwrite)
     write_text(run / "summary.json", json.dumps(summary, indent=1))  # last: the run is complete
     return summary
 
@@ -153,7 +165,7 @@ def _summary(small: Any, teacher: Any, data: Any, kind: str, trainer: Any, state
             "val_loss_start": rows[0]["val_loss"] if rows else None,
             "val_loss_end": rows[-1]["val_loss"] if rows else None,
             "states_matched": sum(len(p) for p in (module.pairs or {}).values()),
-            "kept_channels": match.kept is not None, "lr": module.lr,
+            "kept_channels": match.kept is not None, "states_comparable": match.states, "lr": module.lr,
             "teacher_seconds": round(module.teacher.seconds, 2),
             "settings": settings.model_dump(mode="json")}
 
@@ -176,9 +188,28 @@ def _trainer(settings: RecoverSettings, run: Path, ckpt: Path, sampler: Any, lea
     return build_trainer(settings, run, table, state, progress and lead, strategy), state, table
 
 
-def _write_model(student: Any, small: str | os.PathLike, out: Path, summary: dict) -> None:
+def _check_out(out: Path, run: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that holds anything, unless ``overwrite``: recovering into another model's folder
+    replaced that model, and a folder of other files got model files mixed in."""
+    if overwrite or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if run.is_dir() and any(run.iterdir()):
+        raise InterpruneError(f"{out} already holds a recovery run; pass --resume to continue it, --overwrite to "
+                              f"start again, or choose another --out")
+    raise InterpruneError(f"{out} already exists; pass --overwrite to replace the model in it, or choose another "
+                          f"--out")
+
+
+# what a model folder's weights and config are written as: files of an earlier model that the new one does not
+# write again (shards of another count, a .bin checkpoint) would be read with the new ones
+MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json",
+               "config.json", "generation_config.json")
+
+
+def _write_model(student: Any, small: str | os.PathLike, out: Path, summary: dict, *, replace: bool = False) -> None:
     """The recovered model as a stock folder in ``out``: written beside it, then each file renamed into place
-    (so ``out/recover/`` and anything else there stays); ``interprune.json`` keeps the shrink's record."""
+    (so ``out/recover/`` and anything else there stays); ``interprune.json`` keeps the shrink's record.
+    ``replace``: model files of an earlier model in ``out`` that the new one does not write are removed."""
     tmp = temporary_name(out, "model")
     tmp.mkdir(parents=True)
     student.save_pretrained(tmp)
@@ -191,6 +222,10 @@ def _write_model(student: Any, small: str | os.PathLike, out: Path, summary: dic
     meta["recovered"] = {k: v for k, v in summary.items() if k != "settings"}
     (tmp / "interprune.json").write_text(json.dumps(meta, indent=1))
     out.mkdir(parents=True, exist_ok=True)
+    written = {f.name for f in tmp.iterdir()}
+    stale = [f for pattern in MODEL_FILES for f in out.glob(pattern) if f.name not in written] if replace else []
+    for file in stale:  # before the new files arrive: a kill in between leaves no folder of two models
+        file.unlink()
     for file in sorted(tmp.iterdir(), key=lambda f: f.suffix == ".safetensors"):  # weights last
         os.replace(file, out / file.name)
     tmp.rmdir()

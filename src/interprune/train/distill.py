@@ -22,7 +22,7 @@ from .criterion import DistillCriterion, DistillWeights, Teacher
 from .settings import TrainSettings
 from .summary import RunSummary, TeacherCost, UnreadableSummary
 
-__all__ = ["make_distillation", "kept_channels", "teacher_summary"]
+__all__ = ["make_distillation", "kept_channels", "residual_rotated", "teacher_summary"]
 
 
 def load_teacher(source: str | os.PathLike, names: list[str]) -> Teacher:
@@ -46,8 +46,16 @@ def kept_channels(student: str | os.PathLike, teacher: str | os.PathLike) -> tor
     source, choices = meta.get("source"), meta.get("choices") or {}
     if not source or "residual" not in choices or Path(source).resolve() != Path(teacher).resolve():
         return None
+    if residual_rotated(meta):  # the choice indexes coordinates of a turned stream, not the teacher's channels
+        return None
     kept = torch.as_tensor(choices["residual"], dtype=torch.long)
     return kept if bool((kept >= 0).all()) else None  # -1 marks a new channel (grown): no teacher counterpart
+
+
+def residual_rotated(meta: dict) -> bool:
+    """Whether the shrink turned the residual stream (``--rotate residual``): the student's channels are then
+    mixtures of the teacher's, and no teacher channel is a student channel."""
+    return "residual" in ((meta.get("preserved") or {}).get("rotated") or [])
 
 
 def make_distillation(settings: TrainSettings, student_source: str | os.PathLike, student: Any,
