@@ -91,11 +91,18 @@ def test_a_tied_output_layer_with_uneven_final_gain_needs_its_own_weight_in_the_
         source.model.norm.weight.copy_(torch.rand(WIDTH) + 0.5)
         reference = source(**tokens(8, 2)).logits
     cut = {"hidden_size": KEPT, "head_dim": 16}
-    with pytest.raises(InterpruneError, match="tie_word_embeddings=false"):
-        shrink(source, cut, "calibrated", calibration=tokens(24, 1), rotate="residual")
-    small, _ = shrink(source, {**cut, "tie_word_embeddings": False}, "calibrated", calibration=tokens(24, 1),
-                      rotate="residual")
+    runs = []
+    handle = source.model.layers[0].register_forward_pre_hook(lambda *args: runs.append(1))
+    with pytest.raises(InterpruneError, match="tie_word_embeddings=false"):  # after one of six mini-batches
+        shrink(source, cut, "calibrated", calibration=tokens(24, 1), rotate="residual", calibration_batch=4)
+    handle.remove()
+    assert len(runs) <= 2  # the prefix's probe and the first mini-batch, not the whole pass
+    small, report = shrink(source, {**cut, "tie_word_embeddings": False}, "calibrated", calibration=tokens(24, 1),
+                           rotate="residual")
     assert small.lm_head.weight is not small.model.embed_tokens.weight
+    # the source counted as it is (tied), not as the rotated copy with an output layer of its own
+    assert report.source_parameters == sum(p.numel() for p in source.parameters())
+    assert report.target_parameters == sum(p.numel() for p in small.parameters())
     with torch.no_grad():
         assert relative(small(**tokens(8, 2)).logits, reference) < 2e-3
 

@@ -121,6 +121,10 @@ def test_tied_fused_and_renamed_sources_stream_too(tmp_path, family):
     save(memory, tmp_path / "memory", report=expected, source=tmp_path / "source")
     a, b = tensors(tmp_path / "streamed"), tensors(tmp_path / "memory")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a tied output layer the checkpoint leaves out holds the embedding's values: not "initialised"
+    assert report.counts() == expected.counts() and report.counts()["initialised"] == 0
+    same = stream_shrink(tmp_path / "source", {}, "select", tmp_path / "same")
+    assert same.counts()["resampled"] == same.counts()["initialised"] == 0
     if family == "renamed":  # the file keeps the names every release reads, as save_pretrained writes them
         assert any("conv_encoder" in k for k in a) and any(k.endswith("out_proj.weight") for k in a)
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..methods import Kind, check_recipe, names, rotation_parts
 from ..plan import RULES, Plan, make_plan, output_index
-from ..weights.transfer import transfer
+from ..weights.transfer import count_parameters, transfer
 from .compensate import compensate
 from .importance import (activation_scores, choose, choose_layers, layer_influence, layer_name_map,
                          magnitude_scores)
@@ -136,6 +136,7 @@ def _fill(source: nn.Module, target: nn.Module, method: str, batches: Batches | 
     structured = method if method in names(Kind.STRUCTURED) else "select"
     report = transfer(full, target, structured, plan=plan, choices=choices, seed=seed)
     report.method = method
+    report.source_parameters = count_parameters(source)  # a rotated copy may hold an untied output layer
     if turn is not None:  # the small model's norms, for a stream of fewer channels
         turn.settle(target)
     if compensate_layers:

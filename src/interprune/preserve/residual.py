@@ -144,10 +144,13 @@ def _storage(t: Tensor) -> int:
 
 
 @torch.no_grad()
-def _statistics(model: nn.Module, norms: dict[str, int], readers: list[str], batches: Batches):
+def _statistics(model: nn.Module, norms: dict[str, int], readers: list[str], batches: Batches,
+                after_first: Callable[[dict[str, str]], None] = lambda links: None):
     """One pass of the source: per residual dimension, the covariance of the normalised stream at every norm
     input (summed over norms and tokens); which norm each reader reads (on the first mini-batch, by storage);
-    and the stream at every norm for the first example of the first mini-batch (for the check)."""
+    and the stream at every norm for the first example of the first mini-batch (for the check).
+    ``after_first(links)`` runs once the first mini-batch has found the links: a refusal that needs them
+    comes then, not after the whole pass (SmolLM2's tied output layer was refused after 38 s)."""
     named = dict(model.named_modules())
     covariances: dict[int, Tensor] = {}
     first: dict[str, Tensor] = {}
@@ -179,10 +182,14 @@ def _statistics(model: nn.Module, norms: dict[str, int], readers: list[str], bat
 
     def next_batch() -> None:
         state["batch"] += 1
+        if state["batch"] == 1:
+            after_first(links)
 
     hooks = [(named[n], norm_hook(n, d)) for n, d in norms.items()]
     hooks += [(named[n], reader_hook(n)) for n in readers]
     hooked_pass(model, batches, hooks, with_kwargs=True, before_batch=next_batch)
+    if state["batch"] < 1:  # a single mini-batch
+        after_first(links)
     return covariances, links, first
 
 
@@ -245,15 +252,17 @@ def rotate_residual(source: nn.Module, target: nn.Module, plan: Any, inputs: Bat
     if not norms:
         raise _refuse("no RMS norm reads it")
     readers = [r.owner for rs in roles.values() for r in rs if r.kind == "reader"]
-    covariances, links, first = _statistics(source, norms, readers, inputs)
-    rotations = {i: _signed(torch.linalg.eigh(c)[1].flip(-1)) for i, c in covariances.items()}
-    kept = {i: dim.target for i, dim in enumerate(dims)}
     modules = dict(source.named_modules())
     forms = {r.owner: r.form for rs in roles.values() for r in rs if r.kind == "norm"}
     gains = {n: a * modules[n].weight.detach().double() + b for n, (a, b) in forms.items()}
     names = {r.name for rs in roles.values() for r in rs}
     target_names = {rename(axis.tensor): axis.tensor for dim in dims for axis in dim.axes}
-    tied, untie, keep_gain = _ties(source, target, roles, links, gains, names, target_names)
+    ties: list[Any] = []
+    covariances, links, first = _statistics(source, norms, readers, inputs, lambda found: ties.extend(
+        _ties(source, target, roles, found, gains, names, target_names)))
+    tied, untie, keep_gain = ties
+    rotations = {i: _signed(torch.linalg.eigh(c)[1].flip(-1)) for i, c in covariances.items()}
+    kept = {i: dim.target for i, dim in enumerate(dims)}
     rotated = float32_copy(source, only=names)
     modules = dict(rotated.named_modules())
     for r in untie:  # the small model has its own output layer: the source's is copied apart from the embedding

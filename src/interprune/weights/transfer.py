@@ -117,13 +117,19 @@ def transfer(
     computed = set(plan.computed)
     tgt = target.state_dict(keep_vars=True)
     put = put or (lambda name, slot, value: None if value is None else slot.data.copy_(value))
+    tied: dict[int, str] = {}  # a tensor's id -> the action of its first name (tied weights are one tensor)
     for name, slot in tgt.items():
         value = state.get(names_[name]) if name in names_ else None
         keep_own = value is None or value.dim() != slot.dim() or bool(pattern and pattern.search(name)) \
             or name in computed
-        action = _put_one(name, slot, value, keep_own, put,
-                          lambda: _fill(name, value, slot.data, method, plan, picked, structured, generator),
-                          RESAMPLERS[method] is None)
+        if value is None and id(slot) in tied:  # a tied output layer a checkpoint does not store: it holds
+            put(name, slot, None)  # what its first name was given, not initial values
+            action = tied[id(slot)]
+        else:
+            action = _put_one(name, slot, value, keep_own, put,
+                              lambda: _fill(name, value, slot.data, method, plan, picked, structured, generator),
+                              RESAMPLERS[method] is None)
+        tied.setdefault(id(slot), action)
         source_shape = list(value.shape) if value is not None else None
         kind = "parameter" if name in params else "buffer"
         report.tensors.append(TensorRecord(name, source_shape, list(slot.shape), action, kind))
