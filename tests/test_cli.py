@@ -52,3 +52,25 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(detr_dir, tmp_path, cap
     assert main(["shrink", str(detr_dir), "--out", str(detr_dir)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(detr_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the middle of a shrink printed a full traceback; now one line, exit 130, and the folder
+    being written is gone (it was written into a temporary sibling)."""
+    import interprune.weights.transfer as transfer
+
+    put, calls = transfer._put_one, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return put(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "_put_one", interrupted)
+    out = tmp_path / "work" / "small"
+    out.parent.mkdir()
+    code = main(["shrink", str(detr_dir), "--set", "d_model=16", "--method", "select", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130 and err.startswith("interprune: interrupted") and len(err.strip().splitlines()) == 1, err
+    assert list(out.parent.iterdir()) == []

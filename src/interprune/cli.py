@@ -360,7 +360,7 @@ def add_shrink_parser(sub: Any) -> None:
     p = sub.add_parser("shrink", help="resize a pretrained model and carry its weights over")
     p.add_argument("source", help="Hugging Face Hub id or local model folder")
     _add_set_flag(p)
-    p.add_argument("--method", default="select", help="resampling method (see 'interprune methods')")
+    p.add_argument("--method", default="select", help="how each resized tensor is filled (default select; see 'interprune methods')")
     p.add_argument("--out", required=True, help="folder to write the model to")
     p.add_argument("--seed", type=int, default=0, help="seed for tensors that are freshly initialised")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="store the target in this dtype "
@@ -668,3 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     except InterpruneError as err:
         print(f"interprune: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)  # 2: bad input; a failed export check says 1
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; outputs are written whole or not at all
+        print("interprune: interrupted; no output was left half-written (a training or recovery run continues "
+              "with --resume)", file=sys.stderr)
+        return 130
