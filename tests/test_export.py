@@ -174,6 +174,7 @@ def test_auto_falls_back_to_dynamo_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "_export", no_torchscript)
     report = export_onnx(source, tmp_path / "onnx", tokens=8)
     assert report.exporter.startswith("torch.onnx.export (dynamo)") and "aten::diff" in report.exporter
+    assert "used instead of the TorchScript exporter" in report.exporter
     assert report.opset == 18 and all(check.passed for check in report.checks)
     assert report.inputs["input_ids"] == {0: "batch", 1: "sequence"}
 

@@ -250,8 +250,9 @@ def _export_and_check(model: nn.Module, source: str, path: Path, inputs: dict[st
         except InterpruneError as err:
             problems.append(err)
             continue
+        why = str(problems[0]).removesuffix("; nothing was written") if problems else ""
         used = f"torch.onnx.export ({name}), torch {torch.__version__}" + (
-            f"; the TorchScript exporter failed: {problems[0]}" if problems else "")
+            f"; used instead of the TorchScript exporter, whose graph was not kept: {why}" if problems else "")
         report = ExportReport(source, "", used, OPSETS[name], time.perf_counter() - start, axes, outputs)
         report.checks = _run_checks(model, path, cases, outputs)
         failed = next((check for check in report.checks if not check.passed), None)
