@@ -336,7 +336,7 @@ def _quiet_root_logger():
 def _write_beside(source: str, config: Any, folder: Path, report: ExportReport) -> None:
     """config.json, the processor or tokenizer files (a detector's default processor when it has none), the report."""
     shutil.copy2(Path(source) / "config.json", folder / "config.json")
-    copy_processor_files(source, folder)
+    copy_processor_files(source, folder, sentence_transformers=False)  # no PyTorch weights here to load
     if is_detector(config) and not (folder / "preprocessor_config.json").is_file():
         load_processor(source, config).save_pretrained(folder)
     report.out = str(report.out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -192,5 +193,7 @@ def _write_model(student: Any, small: str | os.PathLike, out: Path, summary: dic
     (tmp / "interprune.json").write_text(json.dumps(meta, indent=1))
     out.mkdir(parents=True, exist_ok=True)
     for file in sorted(tmp.iterdir(), key=lambda f: f.suffix == ".safetensors"):  # weights last
+        if file.is_dir() and (out / file.name).is_dir():  # a module folder (1_Pooling/): a rename needs it gone
+            shutil.rmtree(out / file.name)
         os.replace(file, out / file.name)
     tmp.rmdir()
