@@ -7,6 +7,7 @@ and sentence-transformers modules travel with them (``copy_processor_files``). A
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,12 +21,15 @@ from transformers import PretrainedConfig
 from ..errors import InterpruneError
 from .source_files import source_file
 
-__all__ = ["PROCESSOR_FILES", "copy_processor_files", "tokenizer_size", "load_processor", "model_processor"]
+__all__ = ["PROCESSOR_FILES", "copy_processor_files", "tokenizer_size", "tokenizer_inputs", "load_processor",
+           "model_processor"]
 
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
                    "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
                    "chat_template.jinja", "chat_template.json")  # a chat model's template: tokenizer.chat_template
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
 CHAT_TEMPLATES = "additional_chat_templates"  # a folder of named templates (local sources: a Hub folder is unlisted)
 
 
@@ -67,6 +71,29 @@ def tokenizer_size(source: str | os.PathLike) -> int | None:
     if (folder / "vocab.json").is_file():
         return len(json.loads((folder / "vocab.json").read_text()))
     return None
+
+
+def tokenizer_inputs(source: str | os.PathLike) -> tuple[str, ...] | None:
+    """The inputs the tokenizer beside a model produces for a text (BERT's: input_ids, token_type_ids,
+    attention_mask), or None when the local folder has none. This is what the model is fed in use, so what an
+    exported graph must take: ONNX Runtime refuses a feed with a name the graph lacks."""
+    folder = Path(source)
+    present = [name for name in TOKENIZER_FILES if (folder / name).is_file()] if folder.is_dir() else []
+    if not present:
+        return None
+    stamp = tuple((name, (folder / name).stat().st_mtime_ns) for name in present)  # a rewritten tokenizer is new
+    return _tokenizer_inputs(str(folder.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _tokenizer_inputs(folder: str, stamp: tuple) -> tuple[str, ...] | None:
+    """Loaded once per folder and version: dummy inputs are made several times per export or bench."""
+    from transformers import AutoTokenizer
+
+    try:
+        return tuple(AutoTokenizer.from_pretrained(folder)("a"))
+    except Exception:  # noqa: BLE001 - files a tokenizer cannot load from: no tokenizer, so no extra inputs
+        return None
 
 
 def load_processor(source: str | os.PathLike | None, config: PretrainedConfig, image_size: int | None = None) -> Any:
