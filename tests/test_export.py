@@ -179,6 +179,40 @@ def test_auto_falls_back_to_dynamo_and_says_why(tmp_path, monkeypatch):
     assert report.inputs["input_ids"] == {0: "batch", 1: "sequence"}
 
 
+def test_an_exported_encoder_takes_what_its_tokenizer_gives(tmp_path, capsys):
+    """BERT's tokenizer gives token_type_ids: the graph takes them, so the tokenizer's output feeds ONNX Runtime
+    as it is, and the check (segment 1 in the dummy inputs' second half, a real text file) covers them."""
+    import onnxruntime
+
+    from .conftest import tiny_bert
+
+    source = tmp_path / "bert"
+    model = tiny_bert()
+    model.save_pretrained(source)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "rock", "of", "ore"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words))
+    T.BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(source)
+    (tmp_path / "text.txt").write_text("a rock of ore")
+    out = tmp_path / "onnx"
+    assert main(["export", str(source), "--onnx", str(out), "--tokens", "8",
+                 "--input", str(tmp_path / "text.txt")]) == 0
+    assert "check passed: real input text.txt" in capsys.readouterr().out
+    report = json.loads((out / "export.json").read_text())
+    assert report["inputs"]["token_type_ids"] == {"0": "batch", "1": "sequence"}
+    assert all(check["failed"] is None for check in report["checks"]) and len(report["checks"]) == 3
+    runner = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    assert {i.name for i in runner.get_inputs()} == {"input_ids", "attention_mask", "token_type_ids"}
+    tokenizer = T.AutoTokenizer.from_pretrained(out)  # the one copied beside the graph
+    pairs = (["a rock", "ore"], ["rock of ore", "a"])  # sentence pairs: segment 1, and padding
+    fed = tokenizer(*pairs, padding=True, return_tensors="np")
+    assert fed["token_type_ids"].max() == 1 and fed["attention_mask"].min() == 0
+    got = runner.run(None, dict(fed))
+    with torch.no_grad():
+        want = model(**tokenizer(*pairs, padding=True, return_tensors="pt"))
+    np.testing.assert_allclose(got[0], want.last_hidden_state.numpy(), atol=ATOL, rtol=1e-3)
+    assert bench_onnx(out, batch=2, warmup=0, repeat=2, memory=False).latency_ms > 0  # its dummy inputs fit too
+
+
 SWEEP = """\
 name: tiny
 source: {source}

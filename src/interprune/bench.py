@@ -31,6 +31,7 @@ import torch
 from transformers import PretrainedConfig
 
 from .errors import InterpruneError
+from .hf.inputs import segment_ids
 from .hf.models import count_parameters, is_detector, load_config, load_model
 from .sources import resolve_source
 
@@ -144,6 +145,9 @@ def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_siz
             inputs["decoder_input_ids"] = ids
         if "input_features" not in inputs:
             inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+            segments = segment_ids(config, source, ids)  # BERT-like: what its tokenizer gives it, so ONNX takes it
+            if segments is not None:
+                inputs["token_type_ids"] = segments
         described.append(f"{length} tokens")
     if not inputs:
         raise InterpruneError(f"cannot make inputs for a {config.model_type} model: it is neither a detector, nor "

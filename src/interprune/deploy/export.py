@@ -9,6 +9,9 @@ a free batch) and takes 3 to 45 s per tiny model. The TorchScript exporter trace
 reads as a Python number could be frozen into the graph: the check therefore also runs the ONNX model on
 inputs of another batch and, where free, another image size or sequence length.
 
+A text model's graph takes the inputs its tokenizer gives that its forward accepts (``token_type_ids`` for
+BERT-like encoders, see ``bench.dummy_inputs``), so the tokenizer's output feeds ONNX Runtime as it is.
+
 The folder holds ``model.onnx``, the model's ``config.json``, its processor or tokenizer files and
 ``export.json`` (what was checked, with the tolerance and the largest differences). It is written to a hidden
 sibling and renamed into place only after the check passed: a failed export or check leaves nothing behind.
@@ -132,7 +135,7 @@ def _other_side(side: int) -> int:
 
 def _shared_names(axes: dict[str, dict[int, str]], inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
     """One name per size that several inputs share (ids and mask: ``sequence``; pixels and mask: height, width)."""
-    names = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"},
+    names = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}, "token_type_ids": {1: "sequence"},
              "decoder_input_ids": {1: "decoder_sequence"}, "pixel_values": {2: "height", 3: "width"},
              "pixel_mask": {1: "height", 2: "width"}}
     return {name: {i: (names.get(name, {}).get(i, label) if i else label) for i, label in free.items()}
@@ -224,7 +227,7 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, *, quantize: 
     cases = [(f"dummy inputs (batch {EXPORT_BATCH}, {described})", inputs),
              (f"other shape ({_shape_words(other)})", other)]
     if real is not None:
-        cases.append((f"real input {Path(real).name}", real_inputs(config, source, real)))
+        cases.append((f"real input {Path(real).name}", real_inputs(config, source, real, list(inputs))))
     with atomic_folder(out, overwrite=overwrite) as tmp:
         report = _export_and_check(model, source, tmp / ONNX_FILE, inputs, outputs, axes, cases, exporter)
         report.out = str(out)
@@ -337,15 +340,17 @@ def _quiet_root_logger():
 def _write_beside(source: str, config: Any, folder: Path, report: ExportReport) -> None:
     """config.json, the processor or tokenizer files (a detector's default processor when it has none), the report."""
     shutil.copy2(Path(source) / "config.json", folder / "config.json")
-    copy_processor_files(source, folder)
+    copy_processor_files(source, folder, sentence_transformers=False)  # no PyTorch weights here to load
     if is_detector(config) and not (folder / "preprocessor_config.json").is_file():
         load_processor(source, config).save_pretrained(folder)
     report.out = str(report.out)
     (folder / "export.json").write_text(json.dumps(report.to_dict(), indent=1))
 
 
-def real_inputs(config: Any, source: str, path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """One real input through the model's own processor (an image) or tokenizer (a text file)."""
+def real_inputs(config: Any, source: str, path: str | os.PathLike,
+                names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """One real input through the model's own processor (an image) or tokenizer (a text file); of a text, the
+    tokenizer's outputs among ``names`` (the graph's inputs: token_type_ids where the export takes them)."""
     path = Path(path)
     if path.suffix.lower() in (".txt", ".text"):
         from transformers import AutoTokenizer
@@ -356,7 +361,7 @@ def real_inputs(config: Any, source: str, path: str | os.PathLike) -> dict[str, 
             raise InterpruneError(f"--input {path}: {source} has no tokenizer files to read a text with") from None
         found = tokenizer(path.read_text().strip(), return_tensors="pt", truncation=True,
                           max_length=getattr(config, "max_position_embeddings", 512))
-        return {k: found[k] for k in ("input_ids", "attention_mask") if k in found}
+        return {k: found[k] for k in names or ("input_ids", "attention_mask") if k in found}
     from PIL import Image
 
     try:

@@ -2,19 +2,24 @@
 
 Some impossible targets build fine and fail only at their first forward pass; running the target once
 on a dummy input before any weight is read turns that into a one-line error naming the keys to change.
+Text models also get the segment ids their tokenizer produces (``segment_ids``), so measured and exported models
+take what they are fed in use.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from ..errors import InterpruneError, first_line
+from .models import model_class
+from .processors import tokenizer_inputs
 
-__all__ = ["dummy_inputs", "check_target"]
+__all__ = ["dummy_inputs", "check_target", "segment_ids"]
 
 
 def dummy_inputs(model: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -41,6 +46,25 @@ def dummy_inputs(model: PreTrainedModel) -> dict[str, torch.Tensor]:
         start = getattr(config, "decoder_start_token_id", None) or 0
         inputs["decoder_input_ids"] = torch.tensor([[start]])
     return inputs
+
+
+def segment_ids(config: PretrainedConfig, source: str | os.PathLike, ids: torch.Tensor) -> torch.Tensor | None:
+    """``token_type_ids`` for ``ids`` when the model is fed them in use: the tokenizer beside it produces them
+    (BERT's does) and its forward takes them; else None. The second half of each sequence is segment 1 (a
+    sentence pair) where the model has two segment types, so a check on these inputs covers segment 1's
+    embedding too, not only the zeros a single sentence gets."""
+    if "token_type_ids" not in (tokenizer_inputs(source) or ()):
+        return None
+    try:
+        forward = model_class(config).forward
+    except InterpruneError:
+        return None
+    if "token_type_ids" not in inspect.signature(forward).parameters:
+        return None
+    types = getattr(getattr(config, "text_config", None) or config, "type_vocab_size", None)
+    segments = torch.zeros_like(ids)
+    segments[:, ids.shape[1] // 2:] = 1 if isinstance(types, int) and types > 1 else 0
+    return segments
 
 
 @torch.no_grad()

@@ -1,11 +1,13 @@
 """Processors: the image processor or tokenizer that turns raw examples into a model's inputs.
 
 A model's processor files travel with its weights (``save`` copies them), so training, calibration,
-prediction and benchmarks prepare inputs exactly as the model expects. All processor loading lives here.
+prediction and benchmarks prepare inputs exactly as the model expects; the chat template, generation settings
+and sentence-transformers modules travel with them (``copy_processor_files``). All processor loading lives here.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -17,30 +19,40 @@ import transformers
 from transformers import PretrainedConfig
 
 from ..errors import InterpruneError
+from .source_files import source_file
 
-__all__ = ["PROCESSOR_FILES", "copy_processor_files", "tokenizer_size", "load_processor", "model_processor"]
+__all__ = ["PROCESSOR_FILES", "copy_processor_files", "tokenizer_size", "tokenizer_inputs", "load_processor",
+           "model_processor"]
 
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
-                   "tokenizer.model")
+                   "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+                   "chat_template.jinja", "chat_template.json")  # a chat model's template: tokenizer.chat_template
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+CHAT_TEMPLATES = "additional_chat_templates"  # a folder of named templates (local sources: a Hub folder is unlisted)
 
 
-def copy_processor_files(source: str | os.PathLike, dest: Path) -> None:
-    """Copy image-processor/tokenizer files from a local folder, or fetch them for a Hub id."""
-    folder = Path(source)
-    if folder.is_dir():
-        for name in PROCESSOR_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, dest / name)
-        return
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+def copy_processor_files(source: str | os.PathLike, dest: Path, *, sentence_transformers: bool = True) -> None:
+    """Copy what a user needs beside the weights from a local folder, or fetch it for a Hub id: the image
+    processor or tokenizer files with the chat template, the generation settings (``hf.generation``), and the
+    sentence-transformers modules corrected for the target (``hf.sentence``; ``sentence_transformers=False``
+    for a folder without PyTorch weights, which sentence-transformers could not load).
+
+    ``dest`` must already hold the target's ``config.json`` (the corrections read it); callers write into the
+    temporary folder that is renamed into place, so these files are as atomic as the weights."""
+    from .generation import copy_generation_config
+    from .sentence import copy_sentence_files
 
     for name in PROCESSOR_FILES:
-        try:
-            shutil.copy2(hf_hub_download(str(source), name), dest / name)
-        except EntryNotFoundError:  # the Hub model simply has no such file; other failures are real errors
-            continue
+        found = source_file(source, name)
+        if found is not None:
+            shutil.copy2(found, dest / name)
+    if (Path(source) / CHAT_TEMPLATES).is_dir():
+        shutil.copytree(Path(source) / CHAT_TEMPLATES, dest / CHAT_TEMPLATES, dirs_exist_ok=True)
+    copy_generation_config(source, dest)
+    if sentence_transformers:
+        copy_sentence_files(source, dest)
 
 
 def tokenizer_size(source: str | os.PathLike) -> int | None:
@@ -59,6 +71,29 @@ def tokenizer_size(source: str | os.PathLike) -> int | None:
     if (folder / "vocab.json").is_file():
         return len(json.loads((folder / "vocab.json").read_text()))
     return None
+
+
+def tokenizer_inputs(source: str | os.PathLike) -> tuple[str, ...] | None:
+    """The inputs the tokenizer beside a model produces for a text (BERT's: input_ids, token_type_ids,
+    attention_mask), or None when the local folder has none. This is what the model is fed in use, so what an
+    exported graph must take: ONNX Runtime refuses a feed with a name the graph lacks."""
+    folder = Path(source)
+    present = [name for name in TOKENIZER_FILES if (folder / name).is_file()] if folder.is_dir() else []
+    if not present:
+        return None
+    stamp = tuple((name, (folder / name).stat().st_mtime_ns) for name in present)  # a rewritten tokenizer is new
+    return _tokenizer_inputs(str(folder.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _tokenizer_inputs(folder: str, stamp: tuple) -> tuple[str, ...] | None:
+    """Loaded once per folder and version: dummy inputs are made several times per export or bench."""
+    from transformers import AutoTokenizer
+
+    try:
+        return tuple(AutoTokenizer.from_pretrained(folder)("a"))
+    except Exception:  # noqa: BLE001 - files a tokenizer cannot load from: no tokenizer, so no extra inputs
+        return None
 
 
 def load_processor(source: str | os.PathLike | None, config: PretrainedConfig, image_size: int | None = None) -> Any:

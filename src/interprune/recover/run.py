@@ -227,5 +227,7 @@ def _write_model(student: Any, small: str | os.PathLike, out: Path, summary: dic
     for file in stale:  # before the new files arrive: a kill in between leaves no folder of two models
         file.unlink()
     for file in sorted(tmp.iterdir(), key=lambda f: f.suffix == ".safetensors"):  # weights last
+        if file.is_dir() and (out / file.name).is_dir():  # a module folder (1_Pooling/): a rename needs it gone
+            shutil.rmtree(out / file.name)
         os.replace(file, out / file.name)
     tmp.rmdir()
