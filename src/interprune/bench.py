@@ -105,17 +105,7 @@ def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_siz
     photo = tuple(int(v) for v in image_size) if isinstance(image_size, (tuple, list)) else None
     side = image_size if isinstance(image_size, int) else None
     if is_detector(config):
-        from .hf.processors import load_processor
-
-        processor = load_processor(source, config, side)
-        size = processor.size
-        edge = side or getattr(size, "shortest_edge", None) or getattr(size, "height", None) or (
-            size.get("shortest_edge") or size.get("height"))
-        height, width = photo or (int(edge), int(edge))
-        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=gen)
-        inputs = processor(images=[image] * batch, return_tensors="pt")
-        keep = {k: inputs[k] for k in ("pixel_values", "pixel_mask") if k in inputs}
-        return keep, "image " + "x".join(map(str, keep["pixel_values"].shape[1:]))
+        return _detector_inputs(config, source, batch, side, photo, gen)
     inputs: dict[str, torch.Tensor] = {}
     described: list[str] = []
     if isinstance(getattr(config, "num_mel_bins", None), int):  # speech (Whisper): log-mel frames, fixed length
@@ -153,6 +143,23 @@ def dummy_inputs(config: PretrainedConfig, source: str, batch: int, *, image_siz
         raise InterpruneError(f"cannot make inputs for a {config.model_type} model: it is neither a detector, nor "
                               "has its config an image_size, num_channels or a vocab_size")
     return inputs, " + ".join(described)
+
+
+def _detector_inputs(config: PretrainedConfig, source: str, batch: int, side: int | None,
+                     photo: tuple[int, ...] | None, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], str]:
+    """A detector's random image through its own processor, at ``photo`` size or square at ``side`` (default:
+    the processor's shortest edge)."""
+    from .hf.processors import load_processor
+
+    processor = load_processor(source, config, side)
+    size = processor.size
+    edge = side or getattr(size, "shortest_edge", None) or getattr(size, "height", None) or (
+        size.get("shortest_edge") or size.get("height"))
+    height, width = photo or (int(edge), int(edge))
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=gen)
+    inputs = processor(images=[image] * batch, return_tensors="pt")
+    keep = {k: inputs[k] for k in ("pixel_values", "pixel_mask") if k in inputs}
+    return keep, "image " + "x".join(map(str, keep["pixel_values"].shape[1:]))
 
 
 def file_mb(source: str) -> float | None:

@@ -122,13 +122,9 @@ def transfer(
         value = state.get(names_[name]) if name in names_ else None
         keep_own = value is None or value.dim() != slot.dim() or bool(pattern and pattern.search(name)) \
             or name in computed
-        if value is None and id(slot) in tied:  # a tied output layer a checkpoint does not store: it holds
-            put(name, slot, None)  # what its first name was given, not initial values
-            action = tied[id(slot)]
-        else:
-            action = _put_one(name, slot, value, keep_own, put,
-                              lambda: _fill(name, value, slot.data, method, plan, picked, structured, generator),
-                              RESAMPLERS[method] is None)
+        action = _put_one(name, slot, value, keep_own, put,
+                          lambda: _fill(name, value, slot.data, method, plan, picked, structured, generator),
+                          RESAMPLERS[method] is None, tied.get(id(slot)))
         tied.setdefault(id(slot), action)
         source_shape = list(value.shape) if value is not None else None
         kind = "parameter" if name in params else "buffer"
@@ -139,9 +135,14 @@ def transfer(
 
 
 def _put_one(name: str, slot: Tensor, value: Tensor | None, keep_own: bool, put: Callable,
-             resampled: Callable[[], Tensor], own_values: bool) -> str:
+             resampled: Callable[[], Tensor], own_values: bool, tied_to: str | None = None) -> str:
     """Give one target tensor its value: its own (no counterpart, ``reinit``, computed, or ``random``'s
-    ``own_values``), the source's as it is (same shape), or the source's resampled; returns the action."""
+    ``own_values``), the source's as it is (same shape), or the source's resampled; returns the action.
+    ``tied_to``: the action of an earlier name of the same tensor. A tied output layer a checkpoint does not
+    store holds what that name was given, not initial values."""
+    if value is None and tied_to is not None:
+        put(name, slot, None)
+        return tied_to
     if keep_own or (value is not None and value.shape != slot.shape and own_values):
         put(name, slot, None)
         return INITIALISED
